@@ -1,0 +1,48 @@
+# MergeScope: `make run` serves the app, `make test` runs lint + the whole suite.
+# Both create .venv and install pinned requirements first (re-installing only when they change).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8501
+export PYTHONPATH := $(CURDIR)
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: run test install install-dev bench zoo lint browser clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+zoo: install
+	$(PY) -m core zoo build
+
+run: install zoo
+	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+
+# Debian's chromium for the browser smoke test; the test skips loudly where it cannot be had.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "WARNING: could not install chromium; tests/test_browser.py will skip"; }
+
+lint: install-dev
+	$(VENV)/bin/ruff check core pages tests bench app.py
+	$(VENV)/bin/ruff format --check core pages tests bench app.py
+
+test: install-dev browser lint
+	$(PY) -m pytest -q --timeout=900 tests
+
+bench: install-dev
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

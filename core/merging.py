@@ -1,0 +1,542 @@
+"""The merge-method registry.
+
+A merge method is one function plus one decorator (mergekit's pattern): the
+decorator records the method's name, its parameters (type, default, range -
+the Merge lab draws one control per parameter, so a new method needs no UI
+code) and the paper/code it follows.
+
+Every method computes a *merged direction* tau_merged (a task-vector-shaped
+dict) and a global scale lambda. `merge` then returns
+
+    theta = theta_0 + lambda * tau_merged                 (no LiNeS)
+    theta = theta_0 + lambda(l) (.) tau_merged            (LiNeS / any per-block curve; no extra global lambda)
+
+following wang-kee/LiNeS. Splitting direction and scale is what makes the
+live loop fast: sliders over lambda, LiNeS (alpha, beta) or the block curve
+only re-apply a cached direction.
+
+Memory: methods stream key by key over the fine-tuned checkpoints (which may
+be lazy mappings over files); no method stacks N full models. TIES finds its
+exact global top-k threshold with a two-pass radix select over the float bit
+patterns instead of sorting the concatenated vector.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .lines import infer_num_blocks, lines_curve, multitask_alpha, scale_by_block
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+# --------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class Param:
+    """A method parameter as the UI and the CLI see it.
+
+    kind: "float", "int", "choice" or "bool". per_task=True means the value may
+    also be a list with one entry per task (e.g. task-arithmetic coefficients).
+    """
+
+    name: str
+    kind: str
+    default: Any
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    choices: tuple = ()
+    per_task: bool = False
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    name: str
+    fn: Callable[..., MergedDirection]
+    params: tuple[Param, ...]
+    reference: str
+    description: str
+    # Grid for the global lambda when tuned on validation (METHODS.md).
+    lambda_grid: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
+    # Which LiNeS beta grid the paper uses with this method.
+    beta_grid: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+
+METHODS: dict[str, MergeMethod] = {}
+
+
+def merge_method(name: str, *, params: Sequence[Param], reference: str, description: str, **grids):
+    """Register `fn(tvs: TaskVectors, **params) -> MergedDirection` under `name`."""
+
+    def deco(fn):
+        if name in METHODS:
+            raise ValueError(f"merge method {name!r} registered twice")
+        METHODS[name] = MergeMethod(name, fn, tuple(params), reference, description, **grids)
+        return fn
+
+    return deco
+
+
+def get_method(name: str) -> MergeMethod:
+    if name not in METHODS:
+        raise KeyError(f"unknown merge method {name!r}; available: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+# --------------------------------------------------------------------------- task vectors, streamed
+class TaskVectors:
+    """Per-key access to the N task vectors tau_t = theta_t - theta_0, computed on
+    demand from (possibly lazy) state dicts, optionally preprocessed (DARE).
+
+    Keys: the floating-point keys of the fine-tuned checkpoints, sorted by
+    name (the flattening order of the reference implementations).
+    """
+
+    def __init__(self, base: StateDict, finetuned: Sequence[StateDict], names: Sequence[str] | None = None):
+        if len(finetuned) == 0:
+            raise ValueError("merging needs at least one fine-tuned checkpoint")
+        self.base = base
+        self.finetuned = list(finetuned)
+        self.names = list(names) if names is not None else [f"task{i}" for i in range(len(finetuned))]
+        first = self.finetuned[0]
+        self.keys = sorted(k for k in first.keys() if torch.is_floating_point(first[k]))
+        ref = set(self.keys)
+        for name, sd in zip(self.names, self.finetuned):
+            ks = {k for k in sd.keys() if torch.is_floating_point(sd[k])}
+            if ks != ref:
+                missing, extra = sorted(ref - ks)[:3], sorted(ks - ref)[:3]
+                raise ValueError(
+                    f"fine-tuned checkpoint {name!r} has different parameters from {self.names[0]!r}"
+                    f" (missing {missing}, extra {extra})"
+                )
+        for k in self.keys:
+            if k not in base:
+                raise KeyError(f"parameter {k!r} of the fine-tuned checkpoints is not in the base checkpoint")
+        self.preprocess: Callable[[int, str, torch.Tensor], torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.finetuned)
+
+    def base_f(self, key: str) -> torch.Tensor:
+        return _f32(self.base[key])
+
+    def raw(self, key: str) -> list[torch.Tensor]:
+        b = self.base_f(key)
+        out = []
+        for ft in self.finetuned:
+            f = _f32(ft[key])
+            if f.shape != b.shape:
+                raise ValueError(f"shape mismatch for {key!r}: base {tuple(b.shape)} vs fine-tuned {tuple(f.shape)}")
+            out.append(f - b)
+        return out
+
+    def get(self, key: str) -> list[torch.Tensor]:
+        tvs = self.raw(key)
+        if self.preprocess is not None:
+            tvs = [self.preprocess(t, key, v) for t, v in enumerate(tvs)]
+        return tvs
+
+    def numel(self) -> int:
+        return sum(self.base[k].numel() for k in self.keys)
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+@dataclass
+class MergedDirection:
+    """tau_merged, the global scale lambda, and ||sum_t tau_t||_1 for the LiNeS multi-task alpha."""
+
+    vector: dict[str, torch.Tensor]
+    scale: float
+    summed_l1: float
+    num_tasks: int
+    info: dict = field(default_factory=dict)
+
+    def merged_l1(self) -> float:
+        return float(sum(v.double().abs().sum() for v in self.vector.values()))
+
+    def auto_alpha(self) -> float:
+        return multitask_alpha(self.summed_l1, self.merged_l1(), self.num_tasks)
+
+
+def _coefficients(coefficients, n: int) -> tuple[list[float] | None, float]:
+    """(per-task list or None, global scale)."""
+    if isinstance(coefficients, (list, tuple)):
+        if len(coefficients) != n:
+            raise ValueError(f"got {len(coefficients)} coefficients for {n} tasks")
+        return [float(c) for c in coefficients], 1.0
+    return None, float(coefficients)
+
+
+def _stack_sum(tvs: list[torch.Tensor]) -> torch.Tensor:
+    # One reduction over the task axis, as the reference does over the stacked [N, d] matrix.
+    return torch.stack(tvs).sum(dim=0)
+
+
+def _l1(t: torch.Tensor) -> float:
+    return float(t.double().abs().sum())
+
+
+# --------------------------------------------------------------------------- methods
+@merge_method(
+    "weight_average",
+    params=(),
+    reference="Wortsman et al. 2022 (model soups); equals task arithmetic with lambda = 1/N",
+    description="Average of the fine-tuned weights: theta_0 + (1/N) sum_t tau_t.",
+)
+def weight_average(tvs: TaskVectors) -> MergedDirection:
+    vec, summed = {}, 0.0
+    for k in tvs.keys:
+        s = _stack_sum(tvs.get(k))
+        vec[k] = s
+        summed += _l1(s)
+    return MergedDirection(vec, 1.0 / len(tvs), summed, len(tvs))
+
+
+@merge_method(
+    "task_arithmetic",
+    params=(
+        Param(
+            "coefficients",
+            "float",
+            0.3,
+            0.0,
+            1.5,
+            0.05,
+            per_task=True,
+            help="lambda: one global value, or one per task",
+        ),
+    ),
+    reference="Ilharco et al. 2023, mlfoundations/task_vectors",
+    description="theta_0 + lambda * sum_t tau_t (or sum_t lambda_t tau_t).",
+)
+def task_arithmetic(tvs: TaskVectors, coefficients: float | Sequence[float] = 0.3) -> MergedDirection:
+    per_task, scale = _coefficients(coefficients, len(tvs))
+    vec, summed = {}, 0.0
+    for k in tvs.keys:
+        ts = tvs.get(k)
+        raw_sum = _stack_sum(ts)
+        summed += _l1(raw_sum)
+        vec[k] = raw_sum if per_task is None else _stack_sum([c * t for c, t in zip(per_task, ts)])
+    return MergedDirection(vec, scale, summed, len(tvs))
+
+
+def _trim_fraction(k: float) -> float:
+    # The reference accepts k in percent when > 1 (k=20 means 20%).
+    return k / 100 if k > 1 else k
+
+
+def global_topk_thresholds(tvs: TaskVectors, k: float) -> list[float] | None:
+    """Per task, the TIES trim threshold over the whole flattened task vector.
+
+    Reference (nik-dim/tall_masks topk_values_mask): with d entries, the
+    threshold is the (d - int(d*k))-th smallest |tau| (1-indexed) and entries
+    with |tau| >= threshold are kept. Found exactly with a radix select on the
+    IEEE-754 bit patterns (monotone in |x| for non-negative floats): pass 1
+    histograms the high 16 bits, pass 2 gathers the one bin that holds the
+    answer and selects inside it. Returns None when k >= 1 (keep everything).
+    """
+    frac = _trim_fraction(k)
+    if frac >= 1:
+        return None
+    d = tvs.numel()
+    rank = d - int(d * frac)  # 1-indexed rank of the threshold among ascending |tau|
+    if rank < 1:
+        rank = 1
+    n = len(tvs)
+    hist = torch.zeros(n, 1 << 15, dtype=torch.int64)
+    for key in tvs.keys:
+        for t, v in enumerate(tvs.get(key)):
+            bits = v.detach().abs().float().reshape(-1).view(torch.int32)
+            hist[t] += torch.bincount(bits >> 16, minlength=1 << 15)
+    cum = hist.cumsum(dim=1)
+    bins, ranks = [], []
+    for t in range(n):
+        b = int(torch.searchsorted(cum[t], torch.tensor(rank, dtype=torch.int64)))
+        before = int(cum[t, b - 1]) if b > 0 else 0
+        bins.append(b)
+        ranks.append(rank - before)
+    cands: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    for key in tvs.keys:
+        for t, v in enumerate(tvs.get(key)):
+            a = v.detach().abs().float().reshape(-1)
+            sel = (a.view(torch.int32) >> 16) == bins[t]
+            if sel.any():
+                cands[t].append(a[sel])
+    out = []
+    for t in range(n):
+        c = torch.cat(cands[t])
+        out.append(float(torch.kthvalue(c, ranks[t]).values))
+    return out
+
+
+def _trim(v: torch.Tensor, thr: float | None) -> torch.Tensor:
+    return v if thr is None else v * (v.abs() >= thr)
+
+
+def ties_direction(tvs: TaskVectors, k: float = 0.2, agg: str = "mean", per_task: list[float] | None = None):
+    """TIES: trim (global top-k per task), elect (mass sign, majority fallback), disjoint mean/sum."""
+    if agg not in ("mean", "sum"):
+        raise ValueError(f"TIES aggregation must be 'mean' or 'sum', got {agg!r}")
+    thresholds = global_topk_thresholds(tvs, k) or [None] * len(tvs)
+
+    def trimmed(key):
+        ts = [_trim(v, thr) for v, thr in zip(tvs.get(key), thresholds)]
+        if per_task is not None:
+            ts = [c * t for c, t in zip(per_task, ts)]
+        return torch.stack(ts)
+
+    # Elect: sign of the summed trimmed values; zeros get the global majority sign.
+    signs: dict[str, torch.Tensor] = {}
+    total = 0
+    for key in tvs.keys:
+        s = torch.sign(trimmed(key).sum(dim=0))
+        total += int(s.sum(dtype=torch.int64)) if s.numel() else 0
+        signs[key] = s.to(torch.int8)
+    majority = (total > 0) - (total < 0)
+    vec, summed = {}, 0.0
+    for key in tvs.keys:
+        tr = trimmed(key)
+        sign = signs.pop(key).to(tr.dtype)
+        sign[sign == 0] = majority
+        keep = torch.where(sign.unsqueeze(0) > 0, tr > 0, tr < 0)
+        selected = tr * keep
+        if agg == "mean":
+            count = (selected != 0).sum(dim=0).float()
+            vec[key] = torch.sum(selected, dim=0) / torch.clamp(count, min=1)
+        else:
+            vec[key] = torch.sum(selected, dim=0)
+        summed += _l1(_stack_sum(tvs.raw(key)))
+    return vec, summed, {"thresholds": thresholds, "majority_sign": majority}
+
+
+@merge_method(
+    "ties",
+    params=(
+        Param("k", "float", 0.2, 0.01, 1.0, 0.01, help="fraction of each task vector kept (global top-k by magnitude)"),
+        Param("agg", "choice", "mean", choices=("mean", "sum"), help="disjoint mean (paper) or sum (FusionBench)"),
+        Param("coefficients", "float", 1.0, 0.0, 1.5, 0.05, per_task=True, help="lambda (global or per task)"),
+    ),
+    reference="Yadav et al. 2023; nik-dim/tall_masks src/utils/ties_utils.py; tanganke/fusion_bench ties_merging",
+    description="Trim each task vector to its top-k entries, elect a sign per entry, average the agreeing entries.",
+    lambda_grid=tuple(round(0.1 * i, 1) for i in range(1, 16)),
+    beta_grid=tuple(round(0.1 * i, 1) for i in range(1, 16)),
+)
+def ties(tvs: TaskVectors, k: float = 0.2, agg: str = "mean", coefficients: float | Sequence[float] = 1.0):
+    per_task, scale = _coefficients(coefficients, len(tvs))
+    vec, summed, info = ties_direction(tvs, k, agg, per_task)
+    return MergedDirection(vec, scale, summed, len(tvs), info)
+
+
+def dare_mask_seed(seed: int, task: int, key: str) -> int:
+    return zlib.crc32(f"{seed}:{task}:{key}".encode())
+
+
+def dare_preprocess(p: float, seed: int) -> Callable[[int, str, torch.Tensor], torch.Tensor]:
+    """Drop each entry with probability p, rescale survivors by 1/(1-p). The mask of
+    (task, key) depends only on (seed, task, key), so every pass sees the same one."""
+    if not 0 <= p < 1:
+        raise ValueError(f"DARE drop rate p must be in [0, 1), got {p}")
+
+    def apply(task: int, key: str, v: torch.Tensor) -> torch.Tensor:
+        if p == 0:
+            return v
+        g = torch.Generator().manual_seed(dare_mask_seed(seed, task, key))
+        keep = torch.rand(v.shape, generator=g) >= p
+        return v * keep / (1 - p)
+
+    return apply
+
+
+@merge_method(
+    "dare",
+    params=(
+        Param("p", "float", 0.5, 0.0, 0.99, 0.01, help="drop probability per entry"),
+        Param("seed", "int", 0, 0, 2**31 - 1, 1),
+        Param("then", "choice", "task_arithmetic", choices=("task_arithmetic", "ties")),
+        Param("k", "float", 0.2, 0.01, 1.0, 0.01, help="TIES keep fraction (then = ties)"),
+        Param("coefficients", "float", 0.3, 0.0, 1.5, 0.05, per_task=True),
+    ),
+    reference="Yu et al. 2024 (DARE, 'Language models are Super Mario')",
+    description="Randomly drop task-vector entries and rescale the rest, then task arithmetic or TIES.",
+)
+def dare(
+    tvs: TaskVectors,
+    p: float = 0.5,
+    seed: int = 0,
+    then: str = "task_arithmetic",
+    k: float = 0.2,
+    coefficients: float | Sequence[float] = 0.3,
+):
+    tvs.preprocess = dare_preprocess(p, seed)
+    try:
+        if then == "task_arithmetic":
+            d = task_arithmetic(tvs, coefficients)
+        elif then == "ties":
+            d = ties(tvs, k=k, agg="mean", coefficients=coefficients)
+        else:
+            raise ValueError(f"DARE 'then' must be task_arithmetic or ties, got {then!r}")
+    finally:
+        tvs.preprocess = None
+    # The LiNeS rule compares against the raw task vectors' sum.
+    d.summed_l1 = sum(_l1(_stack_sum(tvs.raw(key))) for key in tvs.keys)
+    return d
+
+
+@merge_method(
+    "consensus",
+    params=(
+        Param("k", "int", 2, 0, 20, 1, help="keep entries used by at least k tasks (2 drops selfish and catastrophic)"),
+        Param(
+            "tall_lambda",
+            "float",
+            0.4,
+            0.0,
+            1.0,
+            0.1,
+            per_task=True,
+            help="TALL-mask lambda_t (paper: {0.2..0.6} per task on validation)",
+        ),
+        Param("base_method", "choice", "task_arithmetic", choices=("task_arithmetic", "ties")),
+        Param("coefficients", "float", 0.4, 0.0, 1.5, 0.05, help="global lambda"),
+    ),
+    reference="Wang et al. 2024 (TALL masks / Consensus); nik-dim/tall_masks src/utils/tallmask_utils.py",
+    description="TALL masks m_t = |tau_t| > lambda_t |theta_MTL - theta_t|; keep entries in >= k masks.",
+)
+def consensus(
+    tvs: TaskVectors,
+    k: int = 2,
+    tall_lambda: float | Sequence[float] = 0.4,
+    base_method: str = "task_arithmetic",
+    coefficients: float = 0.4,
+):
+    n = len(tvs)
+    lams = list(tall_lambda) if isinstance(tall_lambda, (list, tuple)) else [float(tall_lambda)] * n
+    if len(lams) != n:
+        raise ValueError(f"got {len(lams)} TALL lambdas for {n} tasks")
+    if base_method == "ties":
+        mtl, _, _ = ties_direction(tvs, 0.2, "sum")
+    elif base_method == "task_arithmetic":
+        mtl = None
+    else:
+        raise ValueError(f"consensus base_method must be task_arithmetic or ties, got {base_method!r}")
+    vec, summed, kept = {}, 0.0, 0
+    for key in tvs.keys:
+        ts = tvs.get(key)
+        raw_sum = _stack_sum(ts)
+        summed += _l1(raw_sum)
+        tau_mtl = raw_sum if mtl is None else mtl.pop(key)
+        base = tvs.base_f(key)
+        multi = base + tau_mtl
+        count = torch.zeros_like(raw_sum)
+        for lam, sd in zip(lams, tvs.finetuned):
+            ft = _f32(sd[key])
+            count += ((base - ft).abs() > (multi - ft).abs() * lam).float()
+        mask = count >= k
+        kept += int(mask.sum())
+        vec[key] = tau_mtl * mask
+    return MergedDirection(vec, float(coefficients), summed, n, {"kept_fraction": kept / max(1, tvs.numel())})
+
+
+# --------------------------------------------------------------------------- public entry points
+def _as_list(finetuned) -> tuple[list[StateDict], list[str]]:
+    if isinstance(finetuned, Mapping) and finetuned and all(isinstance(v, Mapping) for v in finetuned.values()):
+        return list(finetuned.values()), list(finetuned.keys())
+    lst = list(finetuned)
+    return lst, [f"task{i}" for i in range(len(lst))]
+
+
+def merged_direction(base_sd: StateDict, finetuned_sds, method: str, **params) -> MergedDirection:
+    """The method's merged direction tau_merged and its global scale (before LiNeS)."""
+    m = get_method(method)
+    unknown = set(params) - {p.name for p in m.params}
+    if unknown:
+        raise TypeError(f"merge method {method!r} has no parameter(s) {sorted(unknown)}; it takes {list(m.defaults())}")
+    sds, names = _as_list(finetuned_sds)
+    tvs = TaskVectors(base_sd, sds, names)
+    return m.fn(tvs, **params)
+
+
+def apply_direction(
+    base_sd: StateDict,
+    direction: MergedDirection,
+    *,
+    lines: tuple[float | str, float] | None = None,
+    curve: Sequence[float] | None = None,
+    outside: float | None = None,
+    scale: float | None = None,
+    num_blocks: int | None = None,
+    output_as_last_block: bool = False,
+) -> dict[str, torch.Tensor]:
+    """theta_0 + (scaled) direction, as a full state dict in the base's dtypes.
+
+    lines=(alpha, beta): LiNeS, alpha may be "auto" (the multi-task rule);
+    curve=[s_0..s_{L-1}] with `outside`: any per-block curve. Either replaces the
+    global lambda (official LiNeS applies no extra global scale). Without them,
+    `scale` (default: the method's lambda) multiplies the direction.
+    """
+    if lines is not None and curve is not None:
+        raise ValueError("give either lines=(alpha, beta) or a per-block curve, not both")
+    vec = direction.vector
+    if lines is not None or curve is not None:
+        L = num_blocks or infer_num_blocks(vec)
+        if lines is not None:
+            alpha, beta = lines
+            if alpha == "auto":
+                alpha = direction.auto_alpha()
+            curve, outside = lines_curve(float(alpha), float(beta), L), float(alpha)
+        elif len(curve) != L:
+            raise ValueError(f"the block curve has {len(curve)} values but the model has {L} blocks")
+        if outside is None:
+            outside = curve[0]
+        scaled = scale_by_block(vec, list(curve), outside, output_as_last_block=output_as_last_block)
+        lam = 1.0
+    else:
+        scaled = vec
+        lam = direction.scale if scale is None else float(scale)
+    out = dict(base_sd)
+    for k, v in scaled.items():
+        b = base_sd[k]
+        out[k] = (_f32(b) + lam * v).to(b.dtype)
+    return out
+
+
+def merge(
+    base_sd: StateDict,
+    finetuned_sds,
+    method: str,
+    *,
+    lines=None,
+    curve=None,
+    outside=None,
+    num_blocks: int | None = None,
+    output_as_last_block: bool = False,
+    **params,
+) -> dict[str, torch.Tensor]:
+    """Merge fine-tuned checkpoints into one state dict (see module docstring).
+
+    finetuned_sds: a list of state dicts or a dict name -> state dict (all with
+    the same floating-point keys; the base may hold more keys, which pass
+    through). method: a name in METHODS; params: that method's parameters.
+    """
+    d = merged_direction(base_sd, finetuned_sds, method, **params)
+    return apply_direction(
+        base_sd,
+        d,
+        lines=lines,
+        curve=curve,
+        outside=outside,
+        num_blocks=num_blocks,
+        output_as_last_block=output_as_last_block,
+    )
