@@ -306,35 +306,88 @@ def _read_safetensors(path: Path, device: str = "cpu", meta: bool = False) -> di
 
 def _pickle_refusal(path: Path, detail: str) -> CheckpointError:
     return CheckpointError(
-        f"{path}: the file holds pickled Python objects, not only tensors (for example a whole model saved with "
-        f"torch.save(model)). Unpickling them can execute arbitrary code, so it is refused by default. If you trust "
-        f"the file, load it with allow_pickle=True, or re-save it as a state dict "
-        f"(torch.save(model.state_dict(), ...)). Details: {detail}"
+        f"{path}: the file holds pickled Python objects, not only tensors ({detail}), e.g. a whole model saved "
+        "with torch.save(model). Unpickling it can execute arbitrary code, so it is refused by default. If you "
+        "trust the file, pass allow_pickle=True, or re-save it as a state dict (torch.save(model.state_dict(), ...))."
     )
 
 
+def _disallowed_global(message: str) -> str:
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    return f"it contains {m.group(1)}" if m else message.strip().splitlines()[0][:200]
+
+
+class _MissingClass:
+    """Stand-in for a pickled class whose code is not importable here (e.g. task_vectors' src.modeling.ImageEncoder).
+
+    nn.Module pickles as "new object + __dict__", so the stand-in keeps the __dict__ and
+    _module_state_dict reads _parameters/_buffers/_modules from it like from a real module.
+    """
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple):  # (dict, slots) form
+            state = state[0] or {}
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+
+
+class _TolerantUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        try:
+            return super().find_class(module, name)
+        except (ModuleNotFoundError, AttributeError):
+            return type(name, (_MissingClass,), {"__module__": module})
+
+
+class _tolerant_pickle:  # noqa: N801 - passed to torch.load as a pickle *module*
+    Unpickler = _TolerantUnpickler
+    load = pickle.load
+    __name__ = "pickle"
+
+
+def _module_state_dict(obj: object, prefix: str = "") -> dict[str, torch.Tensor]:
+    """State dict of a real or stand-in module, read from its __dict__ (tolerates old pickles)."""
+    d = getattr(obj, "__dict__", {})
+    skip = d.get("_non_persistent_buffers_set", set())
+    out = {}
+    for store in ("_parameters", "_buffers"):
+        for k, t in (d.get(store) or {}).items():
+            if t is not None and k not in skip:
+                out[prefix + k] = t.detach()
+    for k, child in (d.get("_modules") or {}).items():
+        if child is not None:
+            out.update(_module_state_dict(child, prefix + k + "."))
+    return out
+
+
+def _torch_load(path: Path, **kwargs) -> object:
+    if path.suffix.lower() == ".safetensors":
+        # torch.load goes by the name and would read it as safetensors; the content said torch.
+        with open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", **{**kwargs, "mmap": False})
+    return torch.load(path, map_location="cpu", **kwargs)
+
+
 def _read_torch(path: Path, *, allow_pickle: bool) -> object:
-    zip_format = open(path, "rb").read(4) == b"PK\x03\x04"
+    with open(path, "rb") as f:
+        zip_format = f.read(4) == b"PK\x03\x04"
     try:
         # mmap keeps large zip-format files lazy: tensor data is paged in on first use.
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=zip_format)
+        return _torch_load(path, weights_only=True, mmap=zip_format)
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower():
             raise CheckpointError(f"{path}: cannot read torch file ({e}); the file is corrupt") from e
         if not allow_pickle:
-            first_line = str(e).strip().splitlines()[-1][:300]
-            raise _pickle_refusal(path, first_line) from e
+            raise _pickle_refusal(path, _disallowed_global(str(e))) from e
     except Exception as e:
         raise CheckpointError(
             f"{path}: cannot read torch file ({type(e).__name__}: {e}); it is corrupt or truncated"
         ) from e
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (ModuleNotFoundError, AttributeError) as e:
-        raise CheckpointError(
-            f"{path}: the pickled model refers to code that is not importable here ({e}). Load it in the project "
-            "that defined the class and save model.state_dict() instead."
-        ) from e
+        return _torch_load(path, weights_only=False, mmap=False, pickle_module=_tolerant_pickle)
     except Exception as e:
         raise CheckpointError(f"{path}: cannot unpickle the file ({type(e).__name__}: {e})") from e
 
@@ -342,13 +395,15 @@ def _read_torch(path: Path, *, allow_pickle: bool) -> object:
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     """Find the state dict inside whatever torch.load returned."""
     for _ in range(8):  # wrappers nest at most a few levels
-        if isinstance(obj, torch.nn.Module):
-            obj = obj.state_dict()
+        if isinstance(obj, (torch.nn.Module, _MissingClass)):
+            obj = _module_state_dict(obj)
         if not isinstance(obj, Mapping):
             raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict (a mapping name -> tensor)")
         if any(isinstance(v, torch.Tensor) for v in obj.values()):
             break
-        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), (Mapping, torch.nn.Module))), None)
+        inner = next(
+            (obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), (Mapping, torch.nn.Module, _MissingClass))), None
+        )
         if inner is None:
             raise CheckpointError(
                 f"{path}: no tensors found; top-level keys are {list(obj)[:10]}, expected a state dict or one of "
@@ -627,9 +682,10 @@ def validate_checkpoints(
 ) -> list[Issue]:
     """Check fine-tuned state dicts against the base before computing task vectors or merging.
 
-    Errors: keys missing from a tower the fine-tune covers, shape mismatches, float vs
-    non-float dtype mismatches, NaN/Inf entries (in any checkpoint, base included).
-    Warnings: extra keys the base lacks, floating-point precision mismatches (castable).
+    Errors: keys missing from a tower the fine-tune covers, floating-point keys the base
+    lacks, shape mismatches, float vs non-float dtype mismatches, NaN/Inf entries (in any
+    checkpoint, base included). Warnings: extra non-float buffers, floating-point precision
+    mismatches (castable).
     A tower absent altogether (a visual-only fine-tune of a full CLIP base) is not an issue:
     the base's tower passes through merges unchanged.
     `paths` maps names (and optionally "base") to file paths for the messages; else names are used.
@@ -648,9 +704,11 @@ def validate_checkpoints(
                 )))  # fmt: skip
         for k, t in sd.items():
             if k not in base_sd:
-                issues.append(Issue("warning", file, k, (
+                # task_vector needs a base entry for every floating-point key; other buffers are skipped.
+                level = "error" if t.is_floating_point() else "warning"
+                issues.append(Issue(level, file, k, (
                     f"{file}: key '{k}' is not in the base checkpoint; expected only the base's keys "
-                    "(this entry has no task vector and is ignored by merges)"
+                    "(no task vector can be computed for it — was it fine-tuned from a different base?)"
                 )))  # fmt: skip
                 continue
             b = base_sd[k]
