@@ -1,0 +1,433 @@
+"""The live loop: merge + evaluate fast enough to follow a slider.
+
+What does not change between two slider positions is computed once and kept
+(DESIGN.md, "Live evaluation"):
+
+- the base state dict and the fine-tuned checkpoints (the ModelSet's own cache),
+- the merged direction tau_merged of each (method, direction parameters, tasks),
+  keyed by `MergeSpec.direction_key()` (LiNeS alpha/beta, a block curve and a
+  scalar lambda are not part of it),
+- the evaluator's preprocessed tensors and zero-shot heads (core.evaluate),
+- the results of every spec already seen, keyed by `MergeSpec.key()` and the
+  evaluation settings (a bounded LRU).
+
+So a move of a LiNeS or lambda slider costs one `apply_direction` (a scaled
+add per tensor) and one forward pass over the evaluation images.
+
+Conventions (METHODS.md): accuracies are fractions in [0, 1]. Normalized
+accuracy = acc / acc_finetuned (the task's own fine-tuned model). In a
+single-task spec (tasks=(target,)) the other tasks are *control* tasks:
+control_norm = mean over them of acc / acc_zeroshot, and the LiNeS paper's
+trade-off score is 2 * target_norm + control_norm.
+
+No streamlit here; the pages and the bench drive the same object.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+
+import pandas as pd
+import torch
+
+from .evaluate import Evaluator, control_accuracy, mean_accuracy, normalized_accuracy
+from .lines import infer_num_blocks
+from .merging import MergedDirection, apply_direction, get_method, merged_direction
+from .spec import EvalSpec, MergeSpec
+
+# The single-task LiNeS grid (METHODS.md): alpha in {1.0, 0.9, ..., 0.0}, beta = 1 - alpha.
+ALPHAS: tuple[float, ...] = tuple(round(1.0 - 0.1 * i, 1) for i in range(11))
+
+# One forward pass at a time: an Evaluator loads weights into its model in place,
+# and two concurrent passes on 2 cores would only slow each other down.
+_FORWARD_LOCK = threading.RLock()
+
+Progress = Callable[[int, int, str], None]
+
+
+def single_task_spec(target: str, alpha: float, beta: float | None = None) -> MergeSpec:
+    """Single-task LiNeS: theta_0 + lambda(l) tau_target, lambda(l) = alpha + beta * l/(L-1); beta defaults to 1 - alpha."""
+    beta = round(1.0 - alpha, 10) if beta is None else beta
+    return MergeSpec.make("task_arithmetic", tasks=(target,), lines=(float(alpha), float(beta)))
+
+
+def uniform_spec(target: str, alpha: float) -> MergeSpec:
+    """The uniform-scaling baseline: theta_0 + alpha * tau_target (every layer scaled alike)."""
+    return MergeSpec.make("task_arithmetic", {"coefficients": float(alpha)}, tasks=(target,))
+
+
+class LiveMerger:
+    """Merges and evaluates MergeSpecs of one model set, caching everything reusable.
+
+    `evaluator` evaluates on `eval_spec.split` (default: the evaluator's test
+    split); other splits (e.g. "val" for choosing alpha) get their evaluator
+    from `evaluator_for(EvalSpec)`, by default `Evaluator.for_model_set`.
+    Thread-safe: the caches and the forward passes are guarded by locks.
+    """
+
+    def __init__(
+        self,
+        ms,
+        evaluator: Evaluator | None = None,
+        *,
+        eval_spec: EvalSpec | None = None,
+        evaluator_for: Callable[[EvalSpec], Evaluator] | None = None,
+        max_results: int = 512,
+        max_directions: int = 4,
+    ):
+        self.ms = ms
+        self.eval_spec = eval_spec or EvalSpec(bf16=bool(getattr(evaluator, "bf16", False)))
+        self._evaluator_for = evaluator_for or self._default_evaluator
+        self._evaluators: dict[str, Evaluator] = {}
+        if evaluator is not None:
+            self._evaluators[self.eval_spec.split] = evaluator
+        self._directions: OrderedDict[str, tuple[MergedDirection, dict]] = OrderedDict()
+        self._results: OrderedDict[tuple, dict] = OrderedDict()
+        self._refs: dict[tuple, object] = {}
+        self.max_results = max_results
+        self.max_directions = max_directions
+        self._lock = threading.RLock()
+        self.last_state_dict: tuple[str, dict[str, torch.Tensor]] | None = None
+        self.stats = {"direction_builds": 0, "evaluations": 0, "result_hits": 0}
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _default_evaluator(self, es: EvalSpec) -> Evaluator:
+        return Evaluator.for_model_set(self.ms, split=es.split, subsample=es.subsample, bf16=es.bf16, seed=es.seed)
+
+    def evaluator(self, split: str | None = None) -> Evaluator:
+        split = split or self.eval_spec.split
+        with self._lock:
+            if split not in self._evaluators:
+                self._evaluators[split] = self._evaluator_for(replace(self.eval_spec, split=split))
+            return self._evaluators[split]
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.ms.tasks)
+
+    @property
+    def eval_tasks(self) -> list[str]:
+        return list(self.eval_spec.tasks or self.evaluator().task_names)
+
+    @property
+    def num_blocks(self) -> int:
+        if "num_blocks" not in self._refs:
+            self._refs["num_blocks"] = infer_num_blocks(self.ms.finetuned(self.tasks[0]))
+        return self._refs["num_blocks"]
+
+    def base(self) -> dict[str, torch.Tensor]:
+        return self.ms.base()
+
+    def _merge_tasks(self, spec: MergeSpec) -> list[str]:
+        tasks = list(spec.tasks) if spec.tasks else self.tasks
+        unknown = [t for t in tasks if t not in self.ms.tasks]
+        if unknown:
+            raise KeyError(f"tasks {unknown} have no fine-tuned checkpoint in this model set (it has {self.ms.tasks})")
+        return tasks
+
+    # -- merging --------------------------------------------------------------------------
+    def direction(self, spec: MergeSpec) -> tuple[MergedDirection, dict]:
+        """The cached merged direction of `spec` and its memo (the LiNeS auto alpha, computed once)."""
+        key = spec.direction_key()
+        with self._lock:
+            if key in self._directions:
+                self._directions.move_to_end(key)
+                return self._directions[key]
+            tasks = self._merge_tasks(spec)
+            fts = {t: self.ms.finetuned(t) for t in tasks}
+            d = merged_direction(self.base(), fts, spec.method, **spec.param_dict)
+            self.stats["direction_builds"] += 1
+            entry = (d, {})
+            self._directions[key] = entry
+            while len(self._directions) > self.max_directions:
+                self._directions.popitem(last=False)
+            return entry
+
+    def auto_alpha(self, spec: MergeSpec) -> float:
+        """The multi-task LiNeS alpha, (||sum tau||_1 / ||tau_merged||_1) / N, of the spec's direction."""
+        d, memo = self.direction(spec)
+        if "auto_alpha" not in memo:
+            memo["auto_alpha"] = d.auto_alpha()
+        return memo["auto_alpha"]
+
+    def merged_state_dict(self, spec: MergeSpec) -> dict[str, torch.Tensor]:
+        """theta_0 + (scaled) tau_merged for `spec`: the cached direction re-applied with its lines/curve/lambda."""
+        if self.last_state_dict is not None and self.last_state_dict[0] == spec.key():
+            return self.last_state_dict[1]
+        d, _ = self.direction(spec)
+        lines = spec.lines
+        if lines is not None and lines[0] == "auto":
+            lines = (self.auto_alpha(spec), lines[1])
+        # A scalar lambda is not part of the direction key, so the cached direction's
+        # scale may be another spec's: take it from this spec.
+        c = spec.param_dict.get("coefficients")
+        scale = float(c) if isinstance(c, (int, float)) and not isinstance(c, bool) else None
+        sd = apply_direction(
+            self.base(),
+            d,
+            lines=lines,
+            curve=spec.curve,
+            outside=spec.outside,
+            scale=scale,
+            output_as_last_block=spec.output_as_last_block,
+        )
+        self.last_state_dict = (spec.key(), sd)
+        return sd
+
+    # -- evaluation -----------------------------------------------------------------------
+    def _accuracy(self, sd, split: str, tasks: Sequence[str] | None = None) -> dict[str, float]:
+        ev = self.evaluator(split)
+        with _FORWARD_LOCK:
+            return ev.accuracy(sd, list(tasks) if tasks is not None else self.eval_tasks)
+
+    def evaluate(self, spec: MergeSpec, split: str | None = None) -> dict:
+        """Merge `spec` and evaluate it on every evaluation task (cached by spec and eval settings).
+
+        Returns a dict with
+          accuracy {task: acc}, normalized {task: acc / acc_finetuned},
+          mean / normalized_mean over the merged tasks, mean_all over every evaluated task;
+        for a single-task spec also
+          target, target_acc, target_norm, control {task: acc}, control_acc (mean),
+          control_norm (mean of acc / acc_zeroshot over the control tasks), score = 2 target_norm + control_norm;
+        and merge_seconds, eval_seconds, cached, spec_key, split.
+        """
+        split = split or self.eval_spec.split
+        rkey = (spec.key(), json.dumps(replace(self.eval_spec, split=split).to_dict(), sort_keys=True))
+        with self._lock:
+            hit = self._results.get(rkey)
+            if hit is not None:
+                self._results.move_to_end(rkey)
+                self.stats["result_hits"] += 1
+                return {**hit, "cached": True}
+        t0 = time.perf_counter()
+        sd = self.merged_state_dict(spec)
+        t1 = time.perf_counter()
+        acc = self._accuracy(sd, split)
+        t2 = time.perf_counter()
+        out = self.summarize(spec, acc, split)
+        out.update(merge_seconds=t1 - t0, eval_seconds=t2 - t1, cached=False, spec_key=spec.key(), split=split)
+        with self._lock:
+            self.stats["evaluations"] += 1
+            self._results[rkey] = out
+            while len(self._results) > self.max_results:
+                self._results.popitem(last=False)
+        return dict(out)
+
+    def summarize(self, spec: MergeSpec, acc: Mapping[str, float], split: str | None = None) -> dict:
+        """The derived numbers of `evaluate` from per-task accuracies (no merging, no forward pass)."""
+        split = split or self.eval_spec.split
+        refs = self.reference_rows(split).set_index("task")
+        ft, zs = refs["finetuned"].to_dict(), refs["zero_shot"].to_dict()
+        merged = [t for t in self._merge_tasks(spec) if t in acc]
+        out: dict = {
+            "tasks": merged,
+            "accuracy": dict(acc),
+            "normalized": {t: a / ft[t] if ft.get(t) else float("nan") for t, a in acc.items()},
+            "mean": mean_accuracy({t: acc[t] for t in merged}),
+            "normalized_mean": normalized_accuracy({t: acc[t] for t in merged}, ft),
+            "mean_all": mean_accuracy(acc),
+        }
+        if len(merged) == 1:
+            target = merged[0]
+            ctrl = control_accuracy(acc, target, zs)
+            target_norm = acc[target] / ft[target] if ft.get(target) else float("nan")
+            out.update(
+                target=target,
+                target_acc=acc[target],
+                target_norm=target_norm,
+                control={t: a for t, a in acc.items() if t != target},
+                control_acc=ctrl["control"],
+                control_norm=ctrl["control_normalized"],
+                score=2 * target_norm + ctrl["control_normalized"],
+            )
+        return out
+
+    # -- references -----------------------------------------------------------------------
+    def reference_rows(self, split: str | None = None) -> pd.DataFrame:
+        """Per task: zero-shot accuracy (the base) and the task's own fine-tuned model's accuracy.
+
+        Columns task, zero_shot, finetuned, source ("manifest" or "evaluated"). Read
+        from the zoo manifest when it was measured with these evaluation settings
+        (full split, fp32), else evaluated once (1 + N forward passes) and cached.
+        """
+        split = split or self.eval_spec.split
+        key = ("refs", split)
+        with self._lock:
+            if key in self._refs:
+                return self._refs[key].copy()
+        df = self._manifest_references(split)
+        if df is None:
+            zs = self._accuracy(None, split)
+            ft = {}
+            for t in self.eval_tasks:
+                if t in self.ms.tasks:
+                    ft[t] = self._accuracy(self.ms.finetuned(t), split, [t])[t]
+            df = pd.DataFrame(
+                {"task": t, "zero_shot": zs[t], "finetuned": ft.get(t, float("nan")), "source": "evaluated"}
+                for t in self.eval_tasks
+            )
+        with self._lock:
+            self._refs[key] = df
+        return df.copy()
+
+    def _manifest_references(self, split: str) -> pd.DataFrame | None:
+        es = self.eval_spec
+        zoo_dir = getattr(self.ms, "zoo_dir", None)
+        if zoo_dir is None or es.subsample is not None or es.bf16:
+            return None
+        path = zoo_dir / "manifest.json"
+        if not path.exists():
+            return None
+        try:
+            found = manifest_accuracies(json.loads(path.read_text()), split)
+        except (ValueError, TypeError, KeyError):
+            return None
+        if found is None or any(t not in found for t in self.eval_tasks):
+            return None
+        return pd.DataFrame(
+            {"task": t, "zero_shot": found[t][0], "finetuned": found[t][1], "source": "manifest"}
+            for t in self.eval_tasks
+        )
+
+    def finetuned_accuracy(self, target: str, split: str | None = None) -> dict[str, float]:
+        """The fully fine-tuned model of `target` on every evaluation task (its forgetting on the others)."""
+        split = split or self.eval_spec.split
+        key = ("ft_all", target, split)
+        with self._lock:
+            if key in self._refs:
+                return dict(self._refs[key])
+        acc = self._accuracy(self.ms.finetuned(target), split)
+        with self._lock:
+            self._refs[key] = acc
+        return dict(acc)
+
+    def zero_shot_accuracy(self, split: str | None = None) -> dict[str, float]:
+        refs = self.reference_rows(split)
+        return dict(zip(refs["task"], refs["zero_shot"]))
+
+    # -- comparisons and sweeps -----------------------------------------------------------
+    def delta_to_task_arithmetic(
+        self, spec: MergeSpec, coefficients: float | None = None, split: str | None = None
+    ) -> dict:
+        """`spec`'s results minus plain task arithmetic's on the same tasks (lambda = `coefficients`,
+        default the registry's default): per-task accuracy deltas and the deltas of the means."""
+        lam = get_method("task_arithmetic").defaults()["coefficients"] if coefficients is None else coefficients
+        ta = MergeSpec.make("task_arithmetic", {"coefficients": float(lam)}, tasks=spec.tasks)
+        a, b = self.evaluate(spec, split), self.evaluate(ta, split)
+        return {
+            "task_arithmetic_spec": ta,
+            "coefficients": float(lam),
+            "accuracy": {t: a["accuracy"][t] - b["accuracy"][t] for t in a["accuracy"]},
+            "mean": a["mean"] - b["mean"],
+            "normalized_mean": a["normalized_mean"] - b["normalized_mean"],
+            "task_arithmetic": b,
+        }
+
+    def alpha_sweep(
+        self,
+        target: str,
+        alphas: Sequence[float] = ALPHAS,
+        split: str = "val",
+        progress: Progress | None = None,
+        *,
+        beta: float | None = None,
+        uniform: bool = True,
+    ) -> pd.DataFrame:
+        """Single-task LiNeS over `alphas` (beta = 1 - alpha unless given), and the uniform-scaling
+        baseline at the same alphas when `uniform`. Meant for the validation split: pick with
+        `best_alpha`, then report that point on test.
+
+        Columns: kind ("LiNeS" | "uniform"), alpha, beta, target_acc, control_acc, target_norm,
+        control_norm, score, split.
+        """
+        points = [("LiNeS", a) for a in alphas] + ([("uniform", a) for a in alphas] if uniform else [])
+        rows = []
+        for i, (kind, a) in enumerate(points):
+            b = (round(1.0 - a, 10) if beta is None else beta) if kind == "LiNeS" else None
+            spec = single_task_spec(target, a, b) if kind == "LiNeS" else uniform_spec(target, a)
+            r = self.evaluate(spec, split)
+            rows.append(
+                {
+                    "kind": kind,
+                    "alpha": float(a),
+                    "beta": b,
+                    **{k: r[k] for k in ("target_acc", "control_acc", "target_norm", "control_norm", "score")},
+                    "split": split,
+                }
+            )
+            if progress is not None:
+                progress(i + 1, len(points), f"{kind} alpha={a:.2f}")
+        return pd.DataFrame(rows)
+
+
+def comparison_table(
+    result: Mapping, refs: pd.DataFrame, others: Mapping[str, Mapping[str, float]] | None = None
+) -> pd.DataFrame:
+    """Long table task, model, accuracy, normalized for the bars and the CSV export.
+
+    Models: "zero-shot" and "fine-tuned" (each task's own fine-tuned model) from
+    `refs` (`LiveMerger.reference_rows`), "merged" from `result["accuracy"]`,
+    plus `others` {label: {task: acc}} (e.g. plain task arithmetic).
+    normalized = accuracy / the task's fine-tuned accuracy.
+    """
+    ft = dict(zip(refs["task"], refs["finetuned"]))
+    series = {"zero-shot": dict(zip(refs["task"], refs["zero_shot"])), "merged": dict(result["accuracy"])}
+    series.update(others or {})
+    series["fine-tuned"] = ft
+    rows = []
+    for model, acc in series.items():
+        for task in result["accuracy"]:
+            if task in acc:
+                a = float(acc[task])
+                rows.append(
+                    {"task": task, "model": model, "accuracy": a, "normalized": a / ft[task] if ft.get(task) else None}
+                )
+    return pd.DataFrame(rows)
+
+
+def best_alpha(sweep: pd.DataFrame, kind: str = "LiNeS") -> pd.Series:
+    """The sweep row with the highest score 2 target_norm + control_norm (first one on ties)."""
+    rows = sweep[sweep["kind"] == kind]
+    if rows.empty:
+        raise ValueError(f"the sweep has no {kind!r} rows (kinds: {sorted(sweep['kind'].unique())})")
+    return rows.loc[rows["score"].idxmax()]
+
+
+def manifest_accuracies(manifest: Mapping, split: str = "test") -> dict[str, tuple[float, float]] | None:
+    """{task: (zero-shot acc, fine-tuned acc)} from a zoo manifest, or None if it holds none for `split`.
+
+    Accepts the shapes the zoo writes: a "tasks" mapping whose entries carry
+    zero-shot and fine-tuned accuracies either flat (``zero_shot``, ``finetuned``;
+    ``*_acc`` spellings too) or per split (``{"test": ...}``).
+    """
+    tasks = manifest.get("tasks")
+    if isinstance(tasks, list):
+        tasks = {t.get("name"): t for t in tasks if isinstance(t, Mapping)}
+    if not isinstance(tasks, Mapping) or not tasks:
+        return None
+    manifest_split = manifest.get("eval_split", "test")
+
+    def pick(entry: Mapping, names: Sequence[str]):
+        for n in names:
+            if n in entry:
+                v = entry[n]
+                if isinstance(v, Mapping):
+                    return v.get(split)
+                return v if split == manifest_split else None
+        return None
+
+    out = {}
+    for t, entry in tasks.items():
+        if not isinstance(entry, Mapping):
+            return None
+        zs = pick(entry, ("zero_shot", "zeroshot", "zero_shot_acc", "zeroshot_acc"))
+        ft = pick(entry, ("finetuned", "fine_tuned", "finetuned_acc", "fine_tuned_acc"))
+        if zs is None or ft is None:
+            return None
+        out[t] = (float(zs), float(ft))
+    return out
