@@ -288,9 +288,9 @@ def _sniff(path: Path) -> str:
     )
 
 
-def _read_safetensors(path: Path, device: str = "cpu", meta: bool = False) -> dict[str, torch.Tensor]:
+def _read_safetensors(path: Path, meta: bool = False) -> dict[str, torch.Tensor]:
     try:
-        with safe_open(str(path), framework="pt", device=device) as f:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
             if meta:  # shapes and dtypes from the header only; no tensor data is read
                 out = {}
                 for k in f.keys():
@@ -523,6 +523,10 @@ def detect_format(path: str | os.PathLike, *, allow_pickle: bool = False) -> str
             return "pickled_module"
         raise
     _sd, layout = _canonicalize(sd, str(path))
+    return _format_name(path, container, layout)
+
+
+def _format_name(path: Path, container: str, layout: str | None) -> str:
     if layout is not None:
         return layout
     if container == "directory":
@@ -545,7 +549,12 @@ KNOWN_ARCHITECTURES = {
 def _architecture(sd: Mapping[str, torch.Tensor]) -> dict:
     conv = sd.get("visual.conv1.weight")
     if conv is None:
-        return {"architecture": "unknown (no visual.conv1.weight)"}
+        return {
+            "architecture": "unknown (no visual.conv1.weight)",
+            "width": None,
+            "patch_size": None,
+            "image_size": None,
+        }
     width, patch = int(conv.shape[0]), int(conv.shape[-1])
     blocks = num_blocks(sd, prefix="visual.")
     pos = sd.get("visual.positional_embedding")
@@ -569,10 +578,9 @@ def checkpoint_info(path: str | os.PathLike, *, allow_pickle: bool = False) -> d
     sd, container = _read_raw(path, allow_pickle=allow_pickle, meta=True)
     canonical, layout = _canonicalize(sd, str(path))
     files = _directory_weights(path) if container == "directory" else [path]
-    fmt = layout or (container if container != "directory" else detect_format(path))
     return {
         "path": str(path),
-        "format": fmt,
+        "format": _format_name(path, container, layout),
         "file_size": sum(f.stat().st_size for f in files),
         "num_tensors": len(canonical),
         "num_params": sum(t.numel() for t in canonical.values()),
@@ -613,7 +621,8 @@ def save_state_dict(
     """Write `sd` as safetensors, atomically (temp file in the same directory, then os.replace).
 
     `hf_names=True` exports Hugging Face CLIP names (in_proj split into q/k/v, proj transposed
-    back to ``visual_projection.weight``). `metadata` values that are not strings are stored as JSON.
+    back to ``visual_projection.weight``); keys with no HF equivalent raise ValueError.
+    `metadata` values that are not strings are stored as JSON.
     """
     path = Path(path)
     if hf_names:
@@ -662,7 +671,7 @@ def _shape(t: torch.Tensor) -> str:
 def _nonfinite_issues(sd: Mapping[str, torch.Tensor], file: str) -> list[Issue]:
     issues = []
     for k, t in sd.items():
-        if not (t.is_floating_point() or t.is_complex()) or t.device.type == "meta":
+        if not (t.is_floating_point() or t.is_complex()) or t.device.type == "meta" or torch.isfinite(t).all():
             continue
         n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
         for count, what in ((n_nan, "NaN"), (n_inf, "Inf")):

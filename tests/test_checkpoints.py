@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import types
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors import safe_open
 from transformers import (
     CLIPConfig,
@@ -30,8 +33,10 @@ from core.checkpoints import (
     Issue,
     checkpoint_info,
     detect_format,
+    from_hf_names,
     load_state_dict,
     save_state_dict,
+    to_hf_names,
     validate_checkpoints,
 )
 
@@ -260,6 +265,50 @@ def test_hf_pytorch_model_bin_directory_loads(tmp_path):
     assert_same(load_state_dict(tmp_path / "bin"), load_state_dict(tmp_path / "st"))
 
 
+def test_hf_sharded_directory_loads_every_shard(tmp_path):
+    hf = CLIPVisionModelWithProjection(CLIPVisionConfig(**HF_VISION))
+    hf.save_pretrained(tmp_path / "one")
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="30KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    assert_same(load_state_dict(tmp_path / "sharded"), load_state_dict(tmp_path / "one"))
+
+
+@settings(max_examples=12, deadline=None)
+@given(width=st.sampled_from([4, 8]), blocks=st.integers(1, 3), with_text=st.booleans())
+def test_hf_name_map_is_its_own_inverse(width, blocks, with_text):
+    sd = {k: torch.randn(shape) for k, shape in open_clip_shapes(width, blocks, with_text).items()}
+    hf = to_hf_names(sd)
+    assert len(hf) == len(sd) + 2 * 2 * blocks * (2 if with_text else 1)  # in_proj weight+bias -> q, k, v
+    assert_same(from_hf_names(hf), sd)
+
+
+def open_clip_shapes(width: int, blocks: int, with_text: bool) -> dict[str, tuple[int, ...]]:
+    roots = ["visual."] + ([""] if with_text else [])  # open_clip's text tower has no root
+    shapes: dict[str, tuple[int, ...]] = {
+        "visual.class_embedding": (width,),
+        "visual.conv1.weight": (width, 3, 2, 2),
+        "visual.positional_embedding": (5, width),
+        "visual.ln_pre.weight": (width,),
+        "visual.ln_pre.bias": (width,),
+        "visual.ln_post.weight": (width,),
+        "visual.ln_post.bias": (width,),
+        "visual.proj": (width, 3),
+    }
+    for root in roots:
+        for i in range(blocks):
+            b = f"{root}transformer.resblocks.{i}."
+            shapes |= {b + "attn.in_proj_weight": (3 * width, width), b + "attn.in_proj_bias": (3 * width,)}
+            shapes |= {b + "attn.out_proj.weight": (width, width), b + "attn.out_proj.bias": (width,)}
+            shapes |= {b + "mlp.c_fc.weight": (2 * width, width), b + "mlp.c_fc.bias": (2 * width,)}
+            shapes |= {b + "mlp.c_proj.weight": (width, 2 * width), b + "mlp.c_proj.bias": (width,)}
+            shapes |= {b + f"{ln}.{wb}": (width,) for ln in ("ln_1", "ln_2") for wb in ("weight", "bias")}
+    if with_text:
+        shapes |= {"token_embedding.weight": (11, width), "positional_embedding": (6, width)}
+        shapes |= {"ln_final.weight": (width,), "ln_final.bias": (width,), "text_projection": (width, 3)}
+        shapes |= {"logit_scale": ()}
+    return shapes
+
+
 def test_hf_export_round_trips_and_loads_into_transformers(tmp_path, tiny_clip):
     visual = {k: v for k, v in tiny_clip.state_dict().items() if k.startswith("visual.")}
     save_state_dict(visual, tmp_path / "hf.safetensors", hf_names=True)
@@ -358,7 +407,8 @@ def test_empty_file_is_reported_as_empty(tmp_path, name):
 
 
 def test_random_bytes_with_safetensors_suffix_are_reported_corrupt(tmp_path):
-    (tmp_path / "junk.safetensors").write_bytes(os.urandom(4096).replace(b"{", b"x"))
+    junk = random.Random(0).randbytes(4096).replace(b"{", b"x").replace(b"PK", b"xx")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x13" + junk)  # cannot start like a pickle either
     with pytest.raises(CheckpointError, match=r"junk\.safetensors: not a safetensors or torch checkpoint"):
         load_state_dict(tmp_path / "junk.safetensors")
 
