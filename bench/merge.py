@@ -1,0 +1,151 @@
+"""Merge speed and memory from files, on ViT-B-32-sized checkpoints.
+
+Builds 8 synthetic fine-tunes of open_clip ViT-B-32's visual tower (random
+init + structured perturbations: a low-rank update growing with depth plus
+noise; 88M parameters each) as safetensors in a temp dir, then times, each in
+a fresh subprocess so peak RSS is per method:
+
+  floor   one streaming pass that reads every input once and writes one output
+  TA      task arithmetic (lambda 0.3)
+  TIES    exact global top-k (k = 0.2), mass sign election, disjoint mean
+  TA+LiNeS  task arithmetic with LiNeS (alpha auto = 1/N, beta 0.5)
+
+and prints each time as a ratio to the floor, plus peak RSS in model sizes.
+Targets (issue 2): TA <= 2x floor, TIES <= 10x floor, peak RSS <= 3 model sizes.
+
+    python bench/merge.py [--tasks 8] [--model ViT-B-32] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def build(dirpath: Path, n_tasks: int, model: str) -> None:
+    import open_clip
+    import torch
+
+    from core.checkpoints import save_state_dict
+    from core.layers import layer_index
+
+    torch.manual_seed(0)
+    m = open_clip.create_model(model, pretrained=None)
+    base = {f"visual.{k}": v.detach().clone() for k, v in m.visual.state_dict().items()}
+    del m
+    save_state_dict(base, dirpath / "base.safetensors")
+    L = 1 + max(i for i in (layer_index(k) for k in base) if i is not None)
+    for t in range(n_tasks):
+        g = torch.Generator().manual_seed(100 + t)
+        ft = {}
+        for k, v in base.items():
+            i = layer_index(k)
+            depth = 0.5 if i is None else 0.5 + i / max(1, L - 1)
+            d = 1e-3 * depth * torch.randn(v.shape, generator=g)
+            if v.ndim == 2:  # a low-rank, task-specific direction on every matrix
+                r = 4
+                d += (
+                    1e-3
+                    * depth
+                    * (torch.randn(v.shape[0], r, generator=g) @ torch.randn(r, v.shape[1], generator=g))
+                    / r
+                )
+            ft[k] = v + d
+        save_state_dict(ft, dirpath / f"task{t}.safetensors")
+        print(f"  wrote task{t}.safetensors", flush=True)
+
+
+def run_one(dirpath: Path, what: str, n_tasks: int) -> dict:
+    import torch
+
+    from core.checkpoints import open_state_dict, save_state_dict
+    from core.merging import merge
+
+    torch.set_num_threads(2)
+    base = open_state_dict(dirpath / "base.safetensors")
+    fts = [open_state_dict(dirpath / f"task{t}.safetensors") for t in range(n_tasks)]
+    out_path = dirpath / f"out-{what}.safetensors"
+    t0 = time.perf_counter()
+    if what == "floor":
+        out = {}
+        for k in base.keys():
+            acc = base[k].clone()
+            for ft in fts:
+                acc = ft[k]  # read every input once; keep the last
+            out[k] = acc
+    elif what == "ta":
+        out = merge(base, fts, "task_arithmetic", coefficients=0.3)
+    elif what == "ties":
+        out = merge(base, fts, "ties", k=0.2, coefficients=1.0)
+    elif what == "ta_lines":
+        out = merge(base, fts, "task_arithmetic", lines=("auto", 0.5))
+    else:
+        raise ValueError(what)
+    save_state_dict(out, out_path)
+    dt = time.perf_counter() - t0
+    out_path.unlink()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"what": what, "seconds": dt, "peak_rss": rss}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", type=int, default=8)
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--keep", type=Path, help="reuse/keep the synthetic checkpoints in this folder")
+    ap.add_argument("--_one", help=argparse.SUPPRESS)
+    ap.add_argument("--_dir", type=Path, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a._one:
+        print(json.dumps(run_one(a._dir, a._one, a.tasks)))
+        return 0
+    tmp = a.keep or Path(tempfile.mkdtemp(prefix="mergescope-bench-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        if not (tmp / f"task{a.tasks - 1}.safetensors").exists():
+            print(f"building {a.tasks} synthetic {a.model} visual towers in {tmp} ...", flush=True)
+            build(tmp, a.tasks, a.model)
+        model_bytes = (tmp / "base.safetensors").stat().st_size
+        print(
+            f"model size: {model_bytes / 2**20:.0f} MiB ({model_bytes // 4 / 1e6:.1f}M fp32 parameters), {a.tasks} tasks"
+        )
+        results = {}
+        for what in ("floor", "ta", "ties", "ta_lines"):
+            # warm the page cache once so every method sees the same (cached) files
+            r = subprocess.run(
+                [sys.executable, __file__, "--_one", what, "--_dir", str(tmp), "--tasks", str(a.tasks)],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+            if r.returncode != 0:
+                print(r.stderr, file=sys.stderr)
+                return 1
+            results[what] = json.loads(r.stdout.strip().splitlines()[-1])
+        floor = results["floor"]["seconds"]
+        print(f"{'method':<10} {'seconds':>8} {'x floor':>8} {'peak RSS':>10} {'x model':>8}")
+        for what, r in results.items():
+            print(
+                f"{what:<10} {r['seconds']:8.2f} {r['seconds'] / floor:8.2f} "
+                f"{r['peak_rss'] / 2**20:8.0f}Mi {r['peak_rss'] / model_bytes:8.2f}"
+            )
+        print("targets: ta <= 2.0x floor, ties <= 10x floor, peak RSS <= 3.0 model sizes")
+    finally:
+        if not a.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
