@@ -14,8 +14,8 @@ Supported inputs (detected from the file's content, not only its name):
 HF names are translated by one table, ``HF_TOWER_MAP``, used in both directions: on load
 (HF -> open_clip) and on export (``save_state_dict(..., hf_names=True)``).
 
-Whole pickled modules (``torch.save(model)``) are refused unless ``allow_pickle=True``:
-unpickling them runs arbitrary code from the file.
+Whole pickled modules (``torch.save(model)``) and TorchScript archives (OpenAI's original
+CLIP files) are refused unless ``allow_pickle=True``: loading them can run code from the file.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import pickle
 import re
 import struct
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,8 +81,10 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
 # A prefix is stripped only when every key carries it.
 STRIP_PREFIXES = ("module.", "model.", "_orig_mod.")
 
-# Buffers that are not weights and differ between libraries; dropped on load.
+# Entries that are not weights and differ between libraries; dropped on load. HF stores
+# position_ids buffers; OpenAI's original CLIP files carry three integer hyperparameters.
 DROPPED_SUFFIXES = ("position_ids",)
+DROPPED_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -371,9 +374,29 @@ def _torch_load(path: Path, **kwargs) -> object:
     return torch.load(path, map_location="cpu", **kwargs)
 
 
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives (e.g. OpenAI's original CLIP .pt files) hold code next to the weights."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _read_torchscript(path: Path, *, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    if not allow_pickle:
+        raise _pickle_refusal(path, "it is a TorchScript archive, such as OpenAI's original CLIP files")
+    try:
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot load TorchScript archive ({type(e).__name__}: {e})") from e
+
+
 def _read_torch(path: Path, *, allow_pickle: bool) -> object:
     with open(path, "rb") as f:
         zip_format = f.read(4) == b"PK\x03\x04"
+    if zip_format and _is_torchscript(path):
+        return _read_torchscript(path, allow_pickle=allow_pickle)
     try:
         # mmap keeps large zip-format files lazy: tensor data is paged in on first use.
         return _torch_load(path, weights_only=True, mmap=zip_format)
@@ -431,7 +454,7 @@ def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _canonicalize(sd: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], str | None]:
     """Strip wrappers' prefixes and map to open_clip names; returns (state dict, layout or None)."""
     sd = _strip_prefixes(sd)
-    sd = {k: v for k, v in sd.items() if not k.endswith(DROPPED_SUFFIXES)}
+    sd = {k: v for k, v in sd.items() if not k.endswith(DROPPED_SUFFIXES) and k not in DROPPED_KEYS}
     if _is_hf_layout(sd):
         return from_hf_names(sd, source=source), "hf_clip"
     if "conv1.weight" in sd and "token_embedding.weight" not in sd and not any(k.startswith("visual.") for k in sd):

@@ -261,7 +261,9 @@ def test_hf_pytorch_model_bin_directory_loads(tmp_path):
     hf.save_pretrained(tmp_path / "st")
     (tmp_path / "bin").mkdir()
     (tmp_path / "st" / "config.json").rename(tmp_path / "bin" / "config.json")
-    torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    # transformers 4 also saved the position_ids buffer; it is not a weight and is dropped.
+    old = dict(hf.state_dict(), **{"vision_model.embeddings.position_ids": torch.arange(17)[None]})
+    torch.save(old, tmp_path / "bin" / "pytorch_model.bin")
     assert_same(load_state_dict(tmp_path / "bin"), load_state_dict(tmp_path / "st"))
 
 
@@ -482,6 +484,27 @@ def test_pickled_task_vectors_image_encoder_loads_without_its_source(tmp_path, t
     finally:
         del sys.modules[module.__name__]
     assert_same(load_state_dict(tmp_path / "finetuned.pt", allow_pickle=True), clip_sd)
+
+
+def test_torchscript_archive_is_refused_by_default_and_loads_with_opt_in(tmp_path):
+    # OpenAI's original CLIP checkpoints are TorchScript archives with a few integer hyperparameters.
+    class OpenAIStyle(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.visual = torch.nn.Module()
+            self.visual.conv1 = torch.nn.Conv2d(3, 4, 2, bias=False)
+            self.register_buffer("input_resolution", torch.tensor(32))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.visual.conv1(x)
+
+    module = OpenAIStyle()
+    torch.jit.script(module).save(str(tmp_path / "ViT-tiny.pt"))
+    with pytest.raises(CheckpointError, match=r"ViT-tiny\.pt: .*TorchScript.*allow_pickle=True"):
+        load_state_dict(tmp_path / "ViT-tiny.pt")
+    sd = load_state_dict(tmp_path / "ViT-tiny.pt", allow_pickle=True)
+    assert list(sd) == ["visual.conv1.weight"]  # input_resolution is metadata, dropped
+    assert torch.equal(sd["visual.conv1.weight"], module.visual.conv1.weight)
 
 
 # ---------------------------------------------------------------------------------------------- validation
