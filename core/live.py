@@ -31,6 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -275,22 +276,30 @@ class LiveMerger:
             self._refs[key] = df
         return df.copy()
 
-    def _manifest_references(self, split: str) -> pd.DataFrame | None:
+    def _manifest(self, split: str) -> dict | None:
+        """The zoo manifest's accuracies for `split` when they were measured with these
+        evaluation settings (the full split, fp32, every task), else None."""
         es = self.eval_spec
         zoo_dir = getattr(self.ms, "zoo_dir", None)
         if zoo_dir is None or es.subsample is not None or es.bf16:
             return None
-        path = zoo_dir / "manifest.json"
+        path = Path(zoo_dir) / "manifest.json"
         if not path.exists():
             return None
         try:
             found = manifest_accuracies(json.loads(path.read_text()), split)
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, OSError):
             return None
-        if found is None or any(t not in found for t in self.eval_tasks):
+        if found is None or any(t not in found["zero_shot"] or t not in found["finetuned"] for t in self.eval_tasks):
+            return None
+        return found
+
+    def _manifest_references(self, split: str) -> pd.DataFrame | None:
+        found = self._manifest(split)
+        if found is None:
             return None
         return pd.DataFrame(
-            {"task": t, "zero_shot": found[t][0], "finetuned": found[t][1], "source": "manifest"}
+            {"task": t, "zero_shot": found["zero_shot"][t], "finetuned": found["finetuned"][t], "source": "manifest"}
             for t in self.eval_tasks
         )
 
@@ -301,7 +310,12 @@ class LiveMerger:
         with self._lock:
             if key in self._refs:
                 return dict(self._refs[key])
-        acc = self._accuracy(self.ms.finetuned(target), split)
+        found = self._manifest(split)
+        cross = (found or {}).get("cross", {}).get(target)
+        if cross is not None and all(t in cross for t in self.eval_tasks):
+            acc = {t: float(cross[t]) for t in self.eval_tasks}
+        else:
+            acc = self._accuracy(self.ms.finetuned(target), split)
         with self._lock:
             self._refs[key] = acc
         return dict(acc)
@@ -398,36 +412,16 @@ def best_alpha(sweep: pd.DataFrame, kind: str = "LiNeS") -> pd.Series:
     return rows.loc[rows["score"].idxmax()]
 
 
-def manifest_accuracies(manifest: Mapping, split: str = "test") -> dict[str, tuple[float, float]] | None:
-    """{task: (zero-shot acc, fine-tuned acc)} from a zoo manifest, or None if it holds none for `split`.
+def manifest_accuracies(manifest: Mapping, split: str = "test") -> dict[str, dict] | None:
+    """The zoo manifest's accuracies for `split` (core.zoo.evaluate_zoo: full split, fp32), or None.
 
-    Accepts the shapes the zoo writes: a "tasks" mapping whose entries carry
-    zero-shot and fine-tuned accuracies either flat (``zero_shot``, ``finetuned``;
-    ``*_acc`` spellings too) or per split (``{"test": ...}``).
+    Returns {"zero_shot": {task: acc}, "finetuned": {task: acc of its own fine-tune},
+    "cross": {fine-tuned task: {task: acc}}} ("cross" may be empty).
     """
-    tasks = manifest.get("tasks")
-    if isinstance(tasks, list):
-        tasks = {t.get("name"): t for t in tasks if isinstance(t, Mapping)}
-    if not isinstance(tasks, Mapping) or not tasks:
+    acc = (manifest.get("accuracy") or {}).get(split)
+    if not isinstance(acc, Mapping):
         return None
-    manifest_split = manifest.get("eval_split", "test")
-
-    def pick(entry: Mapping, names: Sequence[str]):
-        for n in names:
-            if n in entry:
-                v = entry[n]
-                if isinstance(v, Mapping):
-                    return v.get(split)
-                return v if split == manifest_split else None
+    zs, ft = acc.get("zero_shot"), acc.get("finetuned")
+    if not isinstance(zs, Mapping) or not isinstance(ft, Mapping):
         return None
-
-    out = {}
-    for t, entry in tasks.items():
-        if not isinstance(entry, Mapping):
-            return None
-        zs = pick(entry, ("zero_shot", "zeroshot", "zero_shot_acc", "zeroshot_acc"))
-        ft = pick(entry, ("finetuned", "fine_tuned", "finetuned_acc", "fine_tuned_acc"))
-        if zs is None or ft is None:
-            return None
-        out[t] = (float(zs), float(ft))
-    return out
+    return {"zero_shot": dict(zs), "finetuned": dict(ft), "cross": dict(acc.get("cross") or {})}

@@ -7,6 +7,7 @@ milliseconds; the last ones run the real micro zoo.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -183,24 +184,29 @@ def test_alpha_sweep_and_choice(toy_live):
 def test_reference_rows_come_from_the_manifest_when_it_fits(toy_set, tmp_path):
     ev = FakeEvaluator(toy_set)
     toy_set.zoo_dir = tmp_path
-    (tmp_path / "manifest.json").write_text(
-        '{"tasks": {"a": {"zero_shot": 0.1, "finetuned": 0.9}, "b": {"zero_shot": 0.2, "finetuned": 0.8},'
-        ' "c": {"zero_shot": 0.3, "finetuned": 0.7}}}'
-    )
-    live = LiveMerger(toy_set, ev)
+    test = {
+        "zero_shot": {"a": 0.1, "b": 0.2, "c": 0.3},
+        "finetuned": {"a": 0.9, "b": 0.8, "c": 0.7},
+        "cross": {"a": {"a": 0.9, "b": 0.15, "c": 0.25}},
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps({"tasks": ["a", "b", "c"], "accuracy": {"test": test}}))
+    live = LiveMerger(toy_set, ev, evaluator_for=lambda es: ev)
     refs = live.reference_rows()
-    assert ev.calls == 0 and set(refs["source"]) == {"manifest"}
+    assert set(refs["source"]) == {"manifest"}
     assert refs.set_index("task").loc["b", "finetuned"] == 0.8
-    # A subsampled evaluation does not match the manifest's full split: evaluate instead.
+    assert live.finetuned_accuracy("a") == {"a": 0.9, "b": 0.15, "c": 0.25}
+    assert ev.calls == 0
+    # No val numbers in the manifest, and a subsample does not match its full split: evaluate instead.
+    assert set(live.reference_rows("val")["source"]) == {"evaluated"}
     live_sub = LiveMerger(toy_set, ev, eval_spec=EvalSpec(subsample=10))
     assert set(live_sub.reference_rows()["source"]) == {"evaluated"}
 
 
-def test_manifest_accuracies_shapes():
-    per_split = {"tasks": {"x": {"zero_shot": {"test": 0.2, "val": 0.25}, "finetuned": {"test": 0.9}}}}
-    assert manifest_accuracies(per_split, "test") == {"x": (0.2, 0.9)}
-    assert manifest_accuracies(per_split, "val") is None
-    assert manifest_accuracies({"tasks": {}}) is None
+def test_manifest_accuracies_reads_the_zoo_layout():
+    man = {"accuracy": {"test": {"zero_shot": {"x": 0.2}, "finetuned": {"x": 0.9}}}}
+    assert manifest_accuracies(man, "test") == {"zero_shot": {"x": 0.2}, "finetuned": {"x": 0.9}, "cross": {}}
+    assert manifest_accuracies(man, "val") is None
+    assert manifest_accuracies({}) is None
 
 
 def test_comparison_table_is_long_and_normalized(toy_live):
