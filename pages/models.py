@@ -1,0 +1,218 @@
+"""Models: choose the model set (demo zoo, files on the server, or uploads) and check it."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core.checkpoints import DIRECTORY_WEIGHT_FILES, SUPPORTED_SUFFIXES
+from core.spec import ModelSetRef
+from ui import state as S
+
+UPLOAD_LIMIT_MB = 200  # Streamlit's default server.maxUploadSize; larger checkpoints go by path
+
+st.title("Models")
+st.caption(
+    "A model set is one pretrained **base** plus **fine-tuned** checkpoints of it, one per task. "
+    "Weights are read lazily and kept in memory once per server, so switching pages never reloads them."
+)
+
+
+def _zoo_tab() -> None:
+    try:
+        from core import zoo
+    except ImportError:
+        st.warning("The demo zoo module (core/zoo.py) is not available in this checkout.")
+        return
+    st.markdown(
+        "The **demo zoo**: a small CLIP-style ViT pretrained here on synthetic captioned images, and one "
+        "visual encoder fine-tuned per task (digits, shapes, colours, ...), with zero-shot heads — task "
+        f"arithmetic in miniature. Built once into `{zoo.cache_dir()}`; later starts are instant."
+    )
+    kind = st.radio(
+        "Zoo", ["demo", "micro"], horizontal=True, key="zoo_kind",
+        format_func=lambda k: {"demo": "demo (full, a few minutes to build)", "micro": "micro (tiny, seconds)"}[k],
+    )  # fmt: skip
+    built = zoo.is_built(kind)
+    c1, c2 = st.columns([1, 3])
+    if built:
+        if c1.button(f"Load the {kind} zoo", type="primary", key="zoo_load"):
+            S.set_model_set(ModelSetRef(zoo=kind))
+            st.rerun()
+        c2.caption("Built and cached on disk.")
+    else:
+        c2.caption("Not built yet: building trains the models on this machine's CPU (or GPU).")
+        if c1.button(f"Build the {kind} zoo", type="primary", key="zoo_build"):
+            cb = S.progress_callback(f"Building the {kind} zoo")
+            try:
+                zoo.build_zoo(kind=kind, progress=cb)
+            except Exception as e:
+                cb.fail(f"Building the {kind} zoo failed: {e}")
+                return
+            cb.finish(f"The {kind} zoo is built")
+            S.set_model_set(ModelSetRef(zoo=kind))
+            st.rerun()
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    """Checkpoints inside a folder: weight files, or sub-folders holding a known weight file."""
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix in SUPPORTED_SUFFIXES:
+            out.append(p)
+        elif p.is_dir() and any((p / f).exists() for f in DIRECTORY_WEIGHT_FILES):
+            out.append(p)
+    return out
+
+
+def _task_name(path: Path) -> str:
+    return path.name if path.is_dir() else path.stem
+
+
+def _paths_tab() -> None:
+    st.markdown(
+        "Checkpoints on **this server**: safetensors, torch (`.pt/.pth/.bin`), open_clip, or Hugging Face CLIP "
+        "folders. Task names come from the file or folder names; edit them below."
+    )
+    base = st.text_input("Base (pretrained) checkpoint: file or folder", key="paths_base")
+    listing = st.text_area(
+        "Fine-tuned checkpoints: one path per line, or a single folder holding them", key="paths_ft", height=110
+    )
+    if not st.button("Scan", key="paths_scan"):
+        rows = st.session_state.get("_paths_rows")
+    else:
+        rows, problems = [], []
+        for line in [x.strip() for x in listing.splitlines() if x.strip()]:
+            p = Path(line).expanduser()
+            if not p.exists():
+                problems.append(f"{p}: no such file or folder")
+            elif p.is_dir() and not any((p / f).exists() for f in DIRECTORY_WEIGHT_FILES):
+                found = _checkpoint_files(p)
+                problems += [] if found else [f"{p}: no checkpoint files ({', '.join(SUPPORTED_SUFFIXES)}) inside"]
+                rows += [{"task": _task_name(f), "path": str(f)} for f in found]
+            else:
+                rows.append({"task": _task_name(p), "path": str(p)})
+        if base and not Path(base).expanduser().exists():
+            problems.append(f"{base}: the base checkpoint does not exist")
+        for msg in problems:
+            st.error(msg)
+        st.session_state["_paths_rows"] = rows
+    if not rows:
+        return
+    edited = st.data_editor(pd.DataFrame(rows), key="paths_editor", hide_index=True, disabled=["path"])
+    names = [str(t).strip() for t in edited["task"]]
+    if len(set(names)) != len(names) or not all(names):
+        st.error("Task names must be unique and non-empty.")
+        return
+    if st.button("Use these checkpoints", type="primary", key="paths_use", disabled=not base):
+        ft = tuple(sorted(zip(names, [str(Path(p).expanduser()) for p in edited["path"]])))
+        S.set_model_set(ModelSetRef(zoo=None, base=str(Path(base).expanduser()), finetuned=ft))
+        st.rerun()
+
+
+def _save_upload(f, folder: Path) -> Path:
+    data = f.getvalue()
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    out = folder / f"{digest}-{Path(f.name).name}"
+    if not out.exists():
+        out.write_bytes(data)
+    return out
+
+
+def _upload_tab() -> None:
+    st.markdown(
+        f"Upload **safetensors** files from your computer, for small models only: at most "
+        f"**{UPLOAD_LIMIT_MB} MB per file**. Larger checkpoints (ViT-B/32 and up): copy them to the server and "
+        "use *Files on the server*."
+    )
+    base = st.file_uploader("Base checkpoint (.safetensors)", type=["safetensors"], key="up_base")
+    fts = st.file_uploader(
+        "Fine-tuned checkpoints (.safetensors; task name = file name)",
+        type=["safetensors"], accept_multiple_files=True, key="up_ft",
+    )  # fmt: skip
+    if base is None or not fts:
+        return
+    too_big = [f.name for f in [base, *fts] if f.size > UPLOAD_LIMIT_MB * 2**20]
+    if too_big:
+        st.error(f"Over {UPLOAD_LIMIT_MB} MB: {', '.join(too_big)}. Put these on the server and load them by path.")
+        return
+    if st.button("Use the uploaded checkpoints", type="primary", key="up_use"):
+        folder = Path(tempfile.gettempdir()) / "mergescope-uploads"
+        folder.mkdir(parents=True, exist_ok=True)
+        base_path = _save_upload(base, folder)
+        ft = tuple(sorted((Path(f.name).stem, str(_save_upload(f, folder))) for f in fts))
+        S.set_model_set(ModelSetRef(zoo=None, base=str(base_path), finetuned=ft))
+        st.rerun()
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _summary(ms) -> None:
+    st.subheader(f"Loaded: {ms.name}")
+    rows = []
+    for role, path in [("base", ms.base_path), *ms.finetuned_paths.items()]:
+        info = S.checkpoint_summary(path)
+        rows.append(
+            {
+                "checkpoint": role if role == "base" else f"fine-tuned: {role}",
+                "format": info.get("format", "—"),
+                "architecture": info.get("architecture", "—"),
+                "parameters": f"{info['num_params'] / 1e6:.2f} M" if "num_params" in info else "—",
+                "blocks": info.get("num_blocks", "—"),
+                "dtype": ", ".join(info.get("dtypes", [])) or "—",
+                "file size": _size(info["file_size"]) if "file_size" in info else "—",
+                "status": "cannot read: " + info["error"] if "error" in info else "ok",
+                "path": str(path),
+            }
+        )
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="models_summary")
+    total = sum(S.checkpoint_summary(p).get("file_size", 0) for p in [ms.base_path, *ms.finetuned_paths.values()])
+    auto = total < 500 * 2**20
+    if auto or st.session_state.get("_validated") == S.ms_key(ms) or st.button("Check keys, shapes and values"):
+        st.session_state["_validated"] = S.ms_key(ms)
+        try:
+            issues = S.cached_validation(ms)
+        except Exception as e:
+            st.error(f"Could not read the checkpoints: {e}")
+            return
+        errors = [i for i in issues if i.level == "error"]
+        warnings = [i for i in issues if i.level != "error"]
+        if not issues:
+            st.success("All checkpoints match the base: same keys and shapes, finite values.")
+        for i in errors[:20]:
+            st.error(i.message)
+        for i in warnings[:20]:
+            st.warning(i.message)
+        if len(issues) > 40:
+            st.caption(f"... and {len(issues) - 40} more.")
+    else:
+        st.caption(f"The set is {_size(total)}: validation reads every file, so it runs on request.")
+    if st.button("Unload", key="unload"):
+        S.set_model_set(None)
+        st.rerun()
+
+
+ms = S.get_model_set()
+if ms is not None:
+    _summary(ms)
+elif st.session_state.get(S.ERROR_KEY):
+    st.error(st.session_state[S.ERROR_KEY])
+
+st.subheader("Load a model set" if ms is None else "Load another model set")
+zoo_tab, paths_tab, upload_tab = st.tabs(["Demo zoo", "Files on the server", "Upload"])
+with zoo_tab:
+    _zoo_tab()
+with paths_tab:
+    _paths_tab()
+with upload_tab:
+    _upload_tab()

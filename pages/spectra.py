@@ -1,0 +1,110 @@
+"""Spectra: heavy-tailed self-regularization per layer (WeightWatcher's α), the lr rules built on it,
+and weight scopes."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core.lr_rules import block_mean_alphas, model_balancing_multipliers, tempbalance_multipliers
+from core.plots import analysis as P
+from ui import state as S
+
+st.title("Spectra")
+ms = S.require_model_set()
+st.caption(
+    "Each weight matrix W has an empirical spectral density (ESD): the eigenvalues of WᵀW. Its tail follows a "
+    "power law p(λ) ∝ λ^−α. Well-trained layers are heavy-tailed (α ≈ 2–6, shaded); larger α means a layer "
+    "learned less. Fits follow WeightWatcher; spectra are computed once per model and cached."
+)
+
+METRICS = ["alpha", "alpha_weighted", "stable_rank", "lambda_max"]
+sources = S.spectral_sources(ms)
+models = [w for w in sources if not w.startswith("tv:")]
+tvs = [w for w in sources if w.startswith("tv:")]
+
+c1, c2, c3 = st.columns([3, 3, 2])
+chosen = c1.multiselect(
+    "Models", models, default=["base", *ms.tasks[:2]] + (["merged"] if "merged" in models else []),
+    key="spec_models", format_func=S.source_label,
+)  # fmt: skip
+chosen_tv = c2.multiselect("Task vectors", tvs, default=tvs[:2], key="spec_tvs", format_func=S.source_label)
+metric = c3.selectbox("Metric", METRICS, key="spec_metric", format_func=P.METRIC_LABELS.get)
+if "merged" not in models:
+    st.caption("Merge models in the Merge lab to add the merged model here.")
+
+base_table = S.cached_spectral_table(ms, "base")
+kinds = sorted(base_table["kind"].unique())
+kind = st.radio(
+    "Matrices", ["mean", *kinds], horizontal=True, key="spec_kind",
+    format_func=lambda k: "mean per block" if k == "mean" else k,
+)  # fmt: skip
+kind_arg = None if kind == "mean" else kind
+
+left, right = st.columns(2)
+with left:
+    tables = {S.source_label(w): S.cached_spectral_table(ms, w) for w in chosen}
+    st.plotly_chart(P.spectral_depth(tables, metric, kind_arg, title="Weights"), key="spec_depth")
+with right:
+    tv_tables = {S.source_label(w): S.cached_spectral_table(ms, w) for w in chosen_tv}
+    st.plotly_chart(
+        P.spectral_depth(tv_tables, metric, kind_arg, title="Task vectors τ = θ_ft − θ₀"), key="spec_depth_tv"
+    )
+
+# ------------------------------------------------------------------------------------- one layer
+st.subheader("One layer: ESD and power-law fit")
+names = list(P.depth_sorted(base_table)["name"])
+c1, c2, c3 = st.columns([3, 2, 2])
+matrix = c1.selectbox("Weight matrix", names, key="spec_layer", format_func=P.short_name)
+model = c2.selectbox("Model", models, key="spec_esd_model", format_func=S.source_label)
+task = c3.selectbox("Task vector of", ms.tasks, key="spec_task") if ms.tasks else None
+
+plots = [(model, "Weights")] + ([(f"tv:{task}", "Task vector")] if task else [])
+cols = st.columns(len(plots))
+for col, (which, title) in zip(cols, plots):
+    with col:
+        eigs, fit = S.cached_esd(ms, which, matrix)
+        label = S.source_label(which)
+        st.plotly_chart(P.esd_figure({label: (eigs, fit)}, title=f"{title}: {label}"), key=f"spec_esd_{title}")
+        m1, m2, m3, m4 = st.columns(4)
+        m1.metric("α", f"{fit['alpha']:.2f}" if fit["status"] != "failed" else "—")
+        m2.metric("xmin", f"{fit['xmin']:.3g}" if fit["status"] != "failed" else "—")
+        m3.metric("KS distance D", f"{fit['D']:.3f}" if fit["status"] != "failed" else "—")
+        m4.metric("eigenvalues", f"{len(eigs)}")
+        if fit.get("warning"):
+            st.caption(f"WeightWatcher would flag this layer as {fit['warning']}.")
+
+# ------------------------------------------------------------------------------------- lr rules
+st.subheader("TempBalance view: per-layer learning rates from α")
+st.caption(
+    "TempBalance gives each layer lr·[s1 + (s2 − s1)(α − α_min)/(α_max − α_min)]: heavy-tailed (well-trained, low α) "
+    "layers learn slower. Model Balancing averages α per block and uses lr·10^(s·(σ(T(ᾱ_b − mean)) − ½)), T = 10."
+)
+c1, c2, c3 = st.columns([2, 3, 2])
+source = c1.selectbox("α from", models, key="spec_lr_source", format_func=S.source_label)
+s1, s2 = c2.slider("TempBalance s1, s2", 0.0, 3.0, (0.5, 1.5), 0.05, key="spec_s1s2")
+s_mb = c3.select_slider("Model Balancing s", [0.25, 0.5, 0.75, 1.0, 1.25], value=1.25, key="spec_mb_s")
+t = S.cached_spectral_table(ms, source)[["name", "layer", "alpha"]].copy()
+t["tempbalance"] = tempbalance_multipliers(t["alpha"], s1=s1, s2=s2).to_numpy()
+mb = model_balancing_multipliers(block_mean_alphas(t), s=s_mb)
+t["model_balancing"] = pd.to_numeric(t["layer"].map(mb.to_dict()), errors="coerce")
+st.plotly_chart(P.lr_multipliers_figure(t), key="spec_lr")
+
+# ------------------------------------------------------------------------------------- scopes
+st.subheader("Weight scopes (WSA)")
+st.caption(
+    "Mean μ and standard deviation σ of every weight matrix. Weight Scope Alignment pulls fine-tunes toward a "
+    "common scope so they merge better; here: how far each fine-tune drifted from the base."
+)
+scope_models = st.multiselect(
+    "Models", models, default=["base", *ms.tasks], key="spec_scope_models", format_func=S.source_label
+)
+scopes = {}
+for w in scope_models:
+    sc = S.cached_scopes(ms, w)
+    scopes[S.source_label(w)] = sc[(sc["level"] == "tensor") & (sc["ndim"] >= 2)]
+st.plotly_chart(P.weight_scopes_figure(scopes), key="spec_scopes")
+
+with st.expander("Spectral table of the base model"):
+    st.dataframe(P.depth_sorted(base_table).drop(columns=["depth"]), hide_index=True, key="spec_table")
+    st.download_button("Download (CSV)", base_table.to_csv(index=False), "spectra_base.csv", "text/csv")

@@ -1,0 +1,410 @@
+"""Session state and caches every page shares.
+
+- The active model set is a `core.spec.ModelSetRef` in ``st.session_state["model_set_ref"]``;
+  the `ModelSet` it names is held by ``st.cache_resource`` keyed by the ref and the files'
+  sizes and mtimes, so a page reload never reloads weights (the ModelSet keeps its state
+  dicts and task vectors once per process).
+- Derived results (task-vector tables, spectral tables, scopes, ESDs) live in a per-model-set
+  store held by ``st.cache_resource`` (never st.cache_data: no pickling of tensors). The first
+  computation shows a progress bar; later reruns read the store.
+- The Merge lab puts its last merged model in ``st.session_state["merged_state_dict"]`` as
+  ``(spec_key, state_dict)``; the analysis pages pick it up as "merged".
+
+Nothing heavy happens at import: core modules that pull in torch are imported lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import streamlit as st
+
+from core.spec import ModelSetRef
+
+MODEL_SET_KEY = "model_set_ref"
+MERGED_KEY = "merged_state_dict"
+SEED_KEY = "seed"
+ERROR_KEY = "model_set_error"
+DEFAULT_ZOO_ENV = "MERGESCOPE_DEFAULT_ZOO"  # e.g. "micro": preselect that zoo when it is built
+MODELS_PAGE = "pages/models.py"
+
+
+# ----------------------------------------------------------------------------------- model set
+
+
+def current_ref() -> ModelSetRef | None:
+    """The active ModelSetRef, or the default zoo (``?zoo=`` query parameter or $MERGESCOPE_DEFAULT_ZOO)
+    when nothing was chosen yet in this session and that zoo is built."""
+    ref = st.session_state.get(MODEL_SET_KEY)
+    if isinstance(ref, dict):
+        ref = ModelSetRef.from_dict(ref)
+    if ref is None and not st.session_state.get("_default_zoo_checked"):
+        st.session_state["_default_zoo_checked"] = True
+        kind = st.query_params.get("zoo") or os.environ.get(DEFAULT_ZOO_ENV)
+        if kind:
+            try:
+                from core.zoo import is_built
+
+                if is_built(kind):
+                    ref = ModelSetRef(zoo=kind)
+                    st.session_state[MODEL_SET_KEY] = ref
+            except Exception:  # a wrong kind or an unreadable cache: start with nothing loaded
+                ref = None
+    return ref
+
+
+def set_model_set(ref: ModelSetRef | None) -> None:
+    """Make `ref` the active model set (None: unload). A merged model of the previous set is dropped."""
+    if ref != st.session_state.get(MODEL_SET_KEY):
+        st.session_state.pop(MERGED_KEY, None)
+    st.session_state[MODEL_SET_KEY] = ref
+    st.session_state.pop(ERROR_KEY, None)
+    st.session_state["_default_zoo_checked"] = True
+
+
+def _file_stamp(path: Path) -> list:
+    """(path, size, mtime) of a file, or of every file directly inside a directory."""
+    path = Path(path)
+    if path.is_dir():
+        return [_file_stamp(p)[0] for p in sorted(path.iterdir()) if p.is_file()]
+    st_ = path.stat()
+    return [[str(path), st_.st_size, st_.st_mtime_ns]]
+
+
+def _stamp(ms) -> str:
+    parts = [_file_stamp(ms.base_path)] + [_file_stamp(p) for p in ms.finetuned_paths.values()]
+    return json.dumps(parts)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _model_set_resource(ref_key: str, stamp: str, _fresh):
+    return _fresh
+
+
+def get_model_set():
+    """The active `core.modelset.ModelSet`, or None when nothing is loaded (or it cannot be read:
+    then ``st.session_state["model_set_error"]`` says why)."""
+    ref = current_ref()
+    if ref is None:
+        return None
+    try:
+        fresh = ref.load()  # cheap: paths only, no weights
+        stamp = _stamp(fresh)
+    except Exception as e:
+        st.session_state[ERROR_KEY] = f"Cannot open the model set ({_describe(ref)}): {e}"
+        return None
+    st.session_state.pop(ERROR_KEY, None)
+    return _model_set_resource(json.dumps(ref.to_dict(), sort_keys=True), stamp, _fresh=fresh)
+
+
+def _describe(ref: ModelSetRef) -> str:
+    return f"{ref.zoo} zoo" if ref.zoo else f"base {ref.base}, {len(ref.finetuned)} fine-tuned"
+
+
+def require_model_set():
+    """The active ModelSet; without one, explain what to load, link the Models page and stop the page."""
+    ms = get_model_set()
+    if ms is not None:
+        return ms
+    err = st.session_state.get(ERROR_KEY)
+    if err:
+        st.error(err)
+    st.info(
+        "No model set is loaded yet. A model set is one pretrained base plus fine-tuned checkpoints "
+        "(one per task). Load the demo zoo or your own checkpoints on the Models page."
+    )
+    st.page_link(MODELS_PAGE, label="Go to Models to load a model set", icon=":material/inventory_2:")
+    st.stop()
+
+
+def seed() -> int:
+    return int(st.session_state.get(SEED_KEY, 0))
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ----------------------------------------------------------------------------------- progress
+
+
+class ProgressCallback:
+    """A progress bar driven by callbacks of either shape core uses:
+    ``cb(stage: str, done: int, total: int)`` (zoo builds) or ``cb(done: int, total: int)`` (tables).
+
+    Shown inside an ``st.status`` box; ``transient=True`` draws only a bar in a placeholder
+    that `finish` removes (for first-time computations of cached results).
+    """
+
+    def __init__(self, label: str, *, transient: bool = False):
+        self.label = label
+        self.transient = transient
+        if transient:
+            self._slot = st.empty()
+            self._bar = self._slot.progress(0.0, text=label)
+            self._status = None
+        else:
+            self._status = st.status(label, expanded=True)
+            self._bar = self._status.progress(0.0, text=label)
+
+    def __call__(self, stage_or_done, done=None, total=None) -> None:
+        if isinstance(stage_or_done, str):
+            stage, d, t = stage_or_done, done or 0, total or 0
+        else:
+            stage, d, t = None, stage_or_done or 0, done or 0
+        frac = min(max(d / t, 0.0), 1.0) if t else 0.0
+        text = self.label + (f" — {stage}" if stage else "") + (f" ({d}/{t})" if t else "")
+        self._bar.progress(frac, text=text)
+        if self._status is not None and stage:
+            self._status.update(label=f"{self.label} — {stage}")
+
+    def finish(self, message: str | None = None) -> None:
+        if self.transient:
+            self._slot.empty()
+        else:
+            self._bar.progress(1.0, text=message or self.label)
+            self._status.update(label=message or self.label, state="complete", expanded=False)
+
+    def fail(self, message: str) -> None:
+        if self.transient:
+            self._slot.error(message)
+        else:
+            self._status.update(label=message, state="error", expanded=True)
+
+
+def progress_callback(label: str, *, transient: bool = False) -> ProgressCallback:
+    """A callable(stage_or_done, ...) updating an st.status + st.progress; call `.finish()` at the end."""
+    return ProgressCallback(label, transient=transient)
+
+
+# ----------------------------------------------------------------------------------- result store
+
+
+def ms_key(ms) -> str:
+    """Identity of a model set's files (paths, sizes, mtimes) for cache keys."""
+    return ms.fingerprint()
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _store(key: str) -> dict:
+    return {"_lock": threading.RLock()}
+
+
+def memo(ms, name: str, compute: Callable, label: str | None = None):
+    """`compute(progress)` once per model set and `name`, kept in a cache_resource store.
+
+    The progress bar (a transient ProgressCallback labelled `label`) appears only when the
+    value is actually computed, never on later reruns.
+    """
+    store = _store(ms_key(ms))
+    if name in store:
+        return store[name]
+    with store["_lock"]:
+        if name not in store:
+            cb = progress_callback(label or f"Computing {name}", transient=True)
+            try:
+                store[name] = compute(cb)
+            finally:
+                cb.finish()
+    return store[name]
+
+
+def analysis_keys(ms) -> list[str]:
+    """The floating-point keys the fine-tuned checkpoints share with the base (what task vectors cover)."""
+
+    def compute(cb):
+        base = ms.base()
+        ft = ms.finetuned(ms.tasks[0]) if ms.tasks else {}
+        return [k for k in ft if k in base and ft[k].is_floating_point()]
+
+    return memo(ms, "keys", compute, "Reading checkpoints")
+
+
+def cached_task_vectors(ms) -> dict:
+    """{task: task vector} (ft - base over the shared floating-point keys), computed once per model set."""
+
+    def compute(cb):
+        out = {}
+        for i, t in enumerate(ms.tasks):
+            cb(f"task vector of {t}", i, len(ms.tasks))
+            out[t] = ms.task_vector(t)
+        return out
+
+    return memo(ms, "task_vectors", compute, "Loading checkpoints and computing task vectors")
+
+
+def cached_tv_tables(ms) -> dict:
+    """Task-vector statistics: parameter, block, kind and sign-conflict tables (core.task_vectors)."""
+
+    def compute(cb):
+        from core import task_vectors as T
+
+        tvs = cached_task_vectors(ms)
+        base = ms.base()
+        out = {}
+        steps = [
+            ("parameter", T.parameter_table),
+            ("block", T.block_table),
+            ("kind", T.kind_table),
+            ("sign_conflict", lambda b, tv: T.sign_conflict_table(tv)),
+        ]
+        for i, (name, fn) in enumerate(steps):
+            cb(f"{name} table", i, len(steps))
+            out[name] = fn(base, tvs)
+        return out
+
+    return memo(ms, "tv_tables", compute, "Task-vector statistics")
+
+
+def cached_cosine(ms, layer: int | None | str = "all"):
+    """Task x task cosine matrix over all parameters ("all"), one block (int) or outside the blocks (None)."""
+    from core.task_vectors import cosine_matrix
+
+    return memo(ms, f"cosine:{layer}", lambda cb: cosine_matrix(cached_task_vectors(ms), layer), "Cosine similarity")
+
+
+def merged_entry() -> tuple[str, dict] | None:
+    """(spec_key, state_dict) of the Merge lab's last merged model, if any."""
+    v = st.session_state.get(MERGED_KEY)
+    return v if isinstance(v, tuple) and len(v) == 2 else None
+
+
+def spectral_sources(ms) -> list[str]:
+    """Every `which` the analysis caches accept for this model set, in menu order."""
+    out = ["base", *ms.tasks, *[f"tv:{t}" for t in ms.tasks]]
+    return out + (["merged"] if merged_entry() else [])
+
+
+def source_label(which: str) -> str:
+    if which == "base":
+        return "base θ₀"
+    if which == "merged":
+        return "merged"
+    if which.startswith("tv:"):
+        return f"τ {which[3:]}"
+    return f"fine-tuned {which}"
+
+
+def _resolve(ms, which: str) -> tuple[str, dict]:
+    """(cache name, state dict) for "base", a task name, "tv:<task>" or "merged"."""
+    if which == "base":
+        return "base", ms.base()
+    if which == "merged":
+        entry = merged_entry()
+        if entry is None:
+            raise KeyError("no merged model yet: make one in the Merge lab")
+        return f"merged:{entry[0]}", entry[1]
+    if which.startswith("tv:"):
+        return which, cached_task_vectors(ms)[which[3:]]
+    if which in ms.tasks:
+        return f"ft:{which}", ms.finetuned(which)
+    raise KeyError(f"unknown model {which!r}; expected 'base', a task of {ms.tasks}, 'tv:<task>' or 'merged'")
+
+
+def _drop_old_merged(store: dict, prefix: str, keep: str) -> None:
+    for k in [k for k in store if k.startswith(prefix) and k != keep]:
+        store.pop(k, None)
+
+
+def cached_spectral_table(ms, which: str):
+    """`core.spectra.spectral_table` of one model ("base", a task, "tv:<task>", "merged"),
+    over the keys the fine-tuned checkpoints cover; computed once per model."""
+    from core.spectra import spectral_table
+
+    name, sd = _resolve(ms, which)
+    keys = [k for k in analysis_keys(ms) if k in sd]
+    if which == "merged":
+        _drop_old_merged(_store(ms_key(ms)), "spectra:merged:", f"spectra:{name}")
+    return memo(
+        ms,
+        f"spectra:{name}",
+        lambda cb: spectral_table(sd, keys=keys, progress=cb),
+        f"Spectra of {source_label(which)} (once per model)",
+    )
+
+
+def cached_scopes(ms, which: str):
+    """`core.scopes.weight_scopes` of one model (same `which` as cached_spectral_table)."""
+    from core.scopes import weight_scopes
+
+    name, sd = _resolve(ms, which)
+    keys = [k for k in analysis_keys(ms) if k in sd]
+    if which == "merged":
+        _drop_old_merged(_store(ms_key(ms)), "scopes:merged:", f"scopes:{name}")
+    return memo(ms, f"scopes:{name}", lambda cb: weight_scopes({k: sd[k] for k in keys}), "Weight scopes")
+
+
+def cached_esd(ms, which: str, matrix: str) -> tuple:
+    """(eigenvalues, power-law fit) of one analysed matrix (a spectral_table row name) of one model."""
+    from core.spectra import analysed_matrices, esd, fit_powerlaw
+
+    name, sd = _resolve(ms, which)
+
+    def compute(cb):
+        base_name = matrix.split("[")[0]
+        for row, w in analysed_matrices(sd, keys=[base_name]):
+            if row == matrix:
+                eigs = esd(w)
+                return eigs, fit_powerlaw(eigs)
+        raise KeyError(f"{matrix!r} is not an analysed matrix of {source_label(which)}")
+
+    return memo(ms, f"esd:{name}:{matrix}", compute, "Eigenvalues")
+
+
+def cached_validation(ms) -> list:
+    """`core.checkpoints.validate_checkpoints` over the whole set (loads every checkpoint once)."""
+    from core.checkpoints import validate_checkpoints
+
+    def compute(cb):
+        n = len(ms.tasks) + 1
+        cb("base", 0, n)
+        base = ms.base()
+        fts = {}
+        for i, t in enumerate(ms.tasks, start=1):
+            cb(t, i, n)
+            fts[t] = ms.finetuned(t)
+        paths = {"base": str(ms.base_path), **{t: str(p) for t, p in ms.finetuned_paths.items()}}
+        return validate_checkpoints(base, fts, paths=paths)
+
+    return memo(ms, "validation", compute, "Checking keys, shapes and values")
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _checkpoint_info(path: str, stamp: str) -> dict:
+    from core.checkpoints import checkpoint_info
+
+    try:
+        return checkpoint_info(path)
+    except Exception as e:  # the Models page shows the message, not a traceback
+        return {"path": path, "error": str(e)}
+
+
+def checkpoint_summary(path) -> dict:
+    """`core.checkpoints.checkpoint_info` (headers only), cached by path + size + mtime;
+    {"path", "error"} when the file cannot be read."""
+    try:
+        stamp = json.dumps(_file_stamp(Path(path)))
+    except OSError as e:
+        return {"path": str(path), "error": f"{path}: {e.strerror or e}"}
+    return _checkpoint_info(str(path), stamp)
+
+
+# ----------------------------------------------------------------------------------- evaluation
+
+
+@st.cache_resource(show_spinner="Preparing evaluation data (once per model set)…", max_entries=8)
+def _evaluator(key: str, split: str, subsample: int | None, bf16: bool, seed_: int, _ms):
+    from core.evaluate import Evaluator
+
+    return Evaluator.for_model_set(_ms, split=split, subsample=subsample, bf16=bf16, seed=seed_)
+
+
+def get_evaluator(ms, split: str = "test", subsample: int | None = None, bf16: bool = False):
+    """`core.evaluate.Evaluator.for_model_set(ms, ...)` for the session's seed, held by st.cache_resource."""
+    return _evaluator(ms_key(ms), split, subsample, bf16, seed(), _ms=ms)
