@@ -607,7 +607,7 @@ def checkpoint_info(path: str | os.PathLike, *, allow_pickle: bool = False) -> d
         "file_size": sum(f.stat().st_size for f in files),
         "num_tensors": len(canonical),
         "num_params": sum(t.numel() for t in canonical.values()),
-        "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in canonical.values()}),
+        "dtypes": sorted({_dtype(t) for t in canonical.values()}),
         "num_blocks": num_blocks(canonical, prefix="visual."),
         "has_text": "token_embedding.weight" in canonical,
         **_architecture(canonical),
@@ -691,6 +691,10 @@ def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
 def _nonfinite_issues(sd: Mapping[str, torch.Tensor], file: str) -> list[Issue]:
     issues = []
     for k, t in sd.items():
@@ -716,8 +720,8 @@ def validate_checkpoints(
 
     Errors: keys missing from a tower the fine-tune covers, floating-point keys the base
     lacks, shape mismatches, float vs non-float dtype mismatches, NaN/Inf entries (in any
-    checkpoint, base included). Warnings: extra non-float buffers, floating-point precision
-    mismatches (castable).
+    checkpoint, base included). Warnings: extra non-float buffers, precision mismatches
+    within floats or within integers (castable).
     A tower absent altogether (a visual-only fine-tune of a full CLIP base) is not an issue:
     the base's tower passes through merges unchanged.
     `paths` maps names (and optionally "base") to file paths for the messages; else names are used.
@@ -732,7 +736,7 @@ def validate_checkpoints(
             if k not in sd and _tower(k) in towers:
                 issues.append(Issue("error", file, k, (
                     f"{file}: key '{k}' is missing; expected it as in the base checkpoint "
-                    f"(shape {_shape(base_sd[k])}, {base_sd[k].dtype})"
+                    f"(shape {_shape(base_sd[k])}, {_dtype(base_sd[k])})"
                 )))  # fmt: skip
         for k, t in sd.items():
             if k not in base_sd:
@@ -750,11 +754,11 @@ def validate_checkpoints(
                     "(a different architecture?)"
                 )))  # fmt: skip
             if t.dtype != b.dtype:
-                castable = t.is_floating_point() and b.is_floating_point()
+                # float16 vs float32 is cast by task_vector; float vs integer means a different tensor.
+                castable = t.is_floating_point() == b.is_floating_point()
                 issues.append(Issue("warning" if castable else "error", file, k, (
-                    f"{file}: key '{k}' has dtype {str(t.dtype).removeprefix('torch.')}, expected "
-                    f"{str(b.dtype).removeprefix('torch.')} as in the base"
-                    + (" (it will be cast)" if castable else "")
+                    f"{file}: key '{k}' has dtype {_dtype(t)}, expected {_dtype(b)} as in the base"
+                    + (" (it will be cast)" if t.is_floating_point() and castable else "")
                 )))  # fmt: skip
         issues.extend(_nonfinite_issues(sd, file))
     return issues
