@@ -41,6 +41,7 @@ from .layers import num_blocks
 
 __all__ = [
     "CheckpointError",
+    "UnsafeCheckpointError",
     "Issue",
     "load_state_dict",
     "save_state_dict",
@@ -54,6 +55,10 @@ __all__ = [
 
 class CheckpointError(Exception):
     """A checkpoint could not be read: missing, corrupt, truncated, unsupported or unsafe."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The checkpoint can only be loaded by running code from it; pass allow_pickle=True to trust it."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,8 +312,8 @@ def _read_safetensors(path: Path, meta: bool = False) -> dict[str, torch.Tensor]
         raise CheckpointError(f"{path}: cannot read safetensors file ({e}); the file is corrupt or truncated") from e
 
 
-def _pickle_refusal(path: Path, detail: str) -> CheckpointError:
-    return CheckpointError(
+def _pickle_refusal(path: Path, detail: str) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
         f"{path}: the file holds pickled Python objects, not only tensors ({detail}), e.g. a whole model saved "
         "with torch.save(model). Unpickling it can execute arbitrary code, so it is refused by default. If you "
         "trust the file, pass allow_pickle=True, or re-save it as a state dict (torch.save(model.state_dict(), ...))."
@@ -535,16 +540,18 @@ def detect_format(path: str | os.PathLike, *, allow_pickle: bool = False) -> str
 
     "hf_clip" (Hugging Face CLIP names, file or directory), "open_clip" (a full open_clip
     CLIP, image and text towers), "open_clip_visual" (a bare ``model.visual`` state dict),
-    "pickled_module" (a whole pickled model, refused without allow_pickle), else the
+    "pickled_module" (a whole pickled model, refused without allow_pickle), "torchscript"
+    (a TorchScript archive such as OpenAI's original CLIP files), else the
     container of a state dict already in canonical or unknown names: "safetensors" or "torch".
     """
     path = Path(path)
+    _check_exists(path)
+    if path.is_file() and _sniff(path) == "torch" and _is_torchscript(path):
+        return "torchscript"
     try:
         sd, container = _read_raw(path, allow_pickle=allow_pickle, meta=True)
-    except CheckpointError as e:
-        if "pickled Python objects" in str(e):
-            return "pickled_module"
-        raise
+    except UnsafeCheckpointError:
+        return "pickled_module"
     _sd, layout = _canonicalize(sd, str(path))
     return _format_name(path, container, layout)
 

@@ -31,6 +31,7 @@ from transformers import (
 from core.checkpoints import (
     CheckpointError,
     Issue,
+    UnsafeCheckpointError,
     checkpoint_info,
     detect_format,
     from_hf_names,
@@ -477,7 +478,7 @@ def test_torch_file_holding_a_list_is_not_a_state_dict(tmp_path):
 def test_pickled_module_is_refused_by_default_and_loads_with_opt_in(tmp_path, tiny_clip, clip_sd):
     path = tmp_path / "whole_model.pt"
     torch.save(tiny_clip, path)
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(UnsafeCheckpointError) as err:
         load_state_dict(path)
     message = str(err.value)
     assert "whole_model.pt" in message and "arbitrary code" in message and "allow_pickle=True" in message
@@ -521,6 +522,7 @@ def test_torchscript_archive_is_refused_by_default_and_loads_with_opt_in(tmp_pat
     torch.jit.script(module).save(str(tmp_path / "ViT-tiny.pt"))
     with pytest.raises(CheckpointError, match=r"ViT-tiny\.pt: .*TorchScript.*allow_pickle=True"):
         load_state_dict(tmp_path / "ViT-tiny.pt")
+    assert detect_format(tmp_path / "ViT-tiny.pt") == "torchscript"
     sd = load_state_dict(tmp_path / "ViT-tiny.pt", allow_pickle=True)
     assert list(sd) == ["visual.conv1.weight"]  # input_resolution is metadata, dropped
     assert torch.equal(sd["visual.conv1.weight"], module.visual.conv1.weight)
