@@ -26,6 +26,7 @@ No streamlit here; the pages and the bench drive the same object.
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -36,8 +37,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .checkpoints import save_state_dict
 from .evaluate import Evaluator, control_accuracy, mean_accuracy, normalized_accuracy
-from .lines import infer_num_blocks
+from .lines import infer_num_blocks, lines_curve
 from .merging import MergedDirection, apply_direction, get_method, merged_direction
 from .spec import EvalSpec, MergeSpec
 
@@ -180,10 +182,40 @@ class LiveMerger:
         self.last_state_dict = (spec.key(), sd)
         return sd
 
+    def block_scales(self, spec: MergeSpec) -> tuple[list[float], float]:
+        """The effective per-block scales lambda(l), l = 0..L-1, and the scale outside the blocks,
+        for any spec: its curve, its LiNeS line (auto alpha resolved) or its global lambda."""
+        L = self.num_blocks
+        if spec.curve is not None:
+            curve = [float(x) for x in spec.curve]
+            return curve, float(spec.outside if spec.outside is not None else curve[0])
+        if spec.lines is not None:
+            alpha = self.auto_alpha(spec) if spec.lines[0] == "auto" else float(spec.lines[0])
+            return lines_curve(alpha, float(spec.lines[1]), L), alpha
+        c = spec.param_dict.get("coefficients")
+        lam = float(c) if isinstance(c, (int, float)) and not isinstance(c, bool) else self.direction(spec)[0].scale
+        return [lam] * L, lam
+
+    def save(self, spec: MergeSpec, path: str | Path, *, hf_names: bool = False) -> Path:
+        """Write the merged model as safetensors (open_clip or Hugging Face CLIP names), the spec in its metadata."""
+        path = Path(path)
+        save_state_dict(self.merged_state_dict(spec), path, hf_names=hf_names, metadata={"mergescope_spec": spec.to_dict()})
+        return path
+
+    def safetensors_bytes(self, spec: MergeSpec, *, hf_names: bool = False) -> bytes:
+        """The bytes `save` would write (for a download button)."""
+        with tempfile.TemporaryDirectory() as d:
+            return self.save(spec, Path(d) / "merged.safetensors", hf_names=hf_names).read_bytes()
+
+    def model_megabytes(self) -> float:
+        return sum(v.numel() * v.element_size() for v in self.base().values()) / 2**20
+
     # -- evaluation -----------------------------------------------------------------------
     def _accuracy(self, sd, split: str, tasks: Sequence[str] | None = None) -> dict[str, float]:
         ev = self.evaluator(split)
         with _FORWARD_LOCK:
+            # Evaluators are shared per (model set, split, subsample); bf16 is a switch on them.
+            ev.bf16 = self.eval_spec.bf16
             return ev.accuracy(sd, list(tasks) if tasks is not None else self.eval_tasks)
 
     def evaluate(self, spec: MergeSpec, split: str | None = None) -> dict:
@@ -320,6 +352,31 @@ class LiveMerger:
             self._refs[key] = acc
         return dict(acc)
 
+    def single_task_table(self, target: str, current: Mapping, label: str = "current", split: str | None = None):
+        """The LiNeS page's numbers: rows zero-shot (the base), fine-tuned (the target's full fine-tune)
+        and `label` (`current` = an `evaluate` result); columns the target's accuracy, each control
+        task's, their mean, target_norm, control_norm and score = 2 target_norm + control_norm."""
+        spec = MergeSpec.make("task_arithmetic", tasks=(target,))
+        rows = []
+        for name, acc in (
+            ("zero-shot", self.zero_shot_accuracy(split)),
+            ("fine-tuned", self.finetuned_accuracy(target, split)),
+            (label, current["accuracy"]),
+        ):
+            s = self.summarize(spec, acc, split)
+            rows.append(
+                {
+                    "model": name,
+                    f"{target} (target)": s["target_acc"],
+                    **s["control"],
+                    "control mean": s["control_acc"],
+                    "target_norm": s["target_norm"],
+                    "control_norm": s["control_norm"],
+                    "score": s["score"],
+                }
+            )
+        return pd.DataFrame(rows).set_index("model")
+
     def zero_shot_accuracy(self, split: str | None = None) -> dict[str, float]:
         refs = self.reference_rows(split)
         return dict(zip(refs["task"], refs["zero_shot"]))
@@ -425,3 +482,61 @@ def manifest_accuracies(manifest: Mapping, split: str = "test") -> dict[str, dic
     if not isinstance(zs, Mapping) or not isinstance(ft, Mapping):
         return None
     return {"zero_shot": dict(zs), "finetuned": dict(ft), "cross": dict(acc.get("cross") or {})}
+
+
+# --------------------------------------------------------------------------- URL state
+QUERY_KEYS = ("method", "params", "lines", "curve", "outside", "tasks", "output_as_last_block")
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"'{what}' in the link must be comma-separated numbers, got {text!r}") from None
+
+
+def spec_to_query(spec: MergeSpec) -> dict[str, str]:
+    """A MergeSpec as URL query parameters (short, readable), e.g.
+    method=ties&params={"agg":"mean","coefficients":1.0,"k":0.2}&lines=auto,0.5&tasks=digits,shapes."""
+    q = {"method": spec.method, "params": json.dumps(spec.param_dict, sort_keys=True, separators=(",", ":"))}
+    if spec.lines is not None:
+        q["lines"] = ",".join(str(x) for x in spec.lines)
+    if spec.curve is not None:
+        q["curve"] = ",".join(str(float(x)) for x in spec.curve)
+    if spec.outside is not None:
+        q["outside"] = str(float(spec.outside))
+    if spec.tasks:
+        q["tasks"] = ",".join(spec.tasks)
+    if spec.output_as_last_block:
+        q["output_as_last_block"] = "1"
+    return q
+
+
+def spec_from_query(q: Mapping[str, str]) -> MergeSpec:
+    """The inverse of `spec_to_query`; raises ValueError naming the bad parameter."""
+    method = q.get("method", "task_arithmetic")
+    try:
+        params = json.loads(q["params"]) if q.get("params") else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"'params' in the link is not valid JSON ({e})") from None
+    if not isinstance(params, dict):
+        raise ValueError("'params' in the link must be a JSON object")
+    kw: dict = {}
+    if q.get("lines"):
+        parts = q["lines"].split(",")
+        if len(parts) != 2:
+            raise ValueError(f"'lines' in the link must be 'alpha,beta' (alpha may be 'auto'), got {q['lines']!r}")
+        alpha = "auto" if parts[0].strip() == "auto" else _floats(parts[0], "lines")[0]
+        kw["lines"] = (alpha, _floats(parts[1], "lines")[0])
+    if q.get("curve"):
+        kw["curve"] = tuple(_floats(q["curve"], "curve"))
+    if q.get("outside"):
+        kw["outside"] = _floats(q["outside"], "outside")[0]
+    if q.get("tasks"):
+        kw["tasks"] = tuple(t for t in q["tasks"].split(",") if t)
+    if q.get("output_as_last_block") in ("1", "true", "True"):
+        kw["output_as_last_block"] = True
+    try:
+        return MergeSpec.make(method, params, **kw)
+    except KeyError as e:
+        raise ValueError(str(e).strip("'\"")) from None

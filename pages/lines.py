@@ -1,0 +1,124 @@
+"""LiNeS, single task: keep the target task, give the other tasks back what fine-tuning took.
+
+One fine-tuned model, its task vector scaled block by block, λ(ℓ) = α + β·ℓ/(L−1)
+(core.lines; official semantics: everything outside the blocks takes α). The
+numbers follow every slider move (core.live: the direction is cached, a move
+re-applies it and runs the forward passes); the α sweep chooses on validation
+and reports on test.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.lines import lines_curve
+from core.live import ALPHAS, LiveMerger, best_alpha, single_task_spec, uniform_spec
+from core.plots.merge import block_scale_curve, tradeoff_curve
+from core.spec import EvalSpec
+from ui import state as S
+
+st.title("LiNeS: forget less by scaling shallow layers down")
+st.caption(
+    "Fine-tuning on one task (the *target*) costs accuracy on the others (the *controls*). LiNeS keeps the "
+    "fine-tuned update in the deep blocks and shrinks it in the shallow ones: block ℓ of L gets "
+    "λ(ℓ) = α + β·ℓ/(L−1) (β = 1 − α by default, so the last block keeps the full update; everything outside "
+    "the blocks gets α). Normalized target = acc / fine-tuned acc; normalized control = acc / zero-shot acc, "
+    "averaged over the controls; the paper's score is 2·target_norm + control_norm."
+)
+
+ms = S.require_model_set()
+
+with st.expander("Evaluation settings"):
+    subsample = st.selectbox(
+        "Images per task", [None, 50, 100, 200], format_func=lambda n: "all" if n is None else str(n), key="lines_sub"
+    )
+    bf16 = st.toggle("bf16 autocast (about 2x faster on CPU, within ~1 point)", key="lines_bf16")
+
+
+def live_merger(ms, subsample: int | None, bf16: bool) -> LiveMerger:
+    """One LiveMerger per model set and evaluation settings, shared by sessions and pages (ui.state.memo)."""
+    es = EvalSpec(split="test", subsample=subsample, bf16=bf16, seed=S.seed())
+    return S.memo(
+        ms,
+        f"live:{subsample}:{bf16}:{es.seed}",
+        lambda cb: LiveMerger(
+            ms, eval_spec=es, evaluator_for=lambda e: S.get_evaluator(ms, e.split, e.subsample, e.bf16)
+        ),
+        "Preparing the live merger",
+    )
+
+
+live = live_merger(ms, subsample, bf16)
+target = st.selectbox("Fine-tuned model (target task)", ms.tasks, key="lines_target")
+L = live.num_blocks
+
+
+@st.fragment
+def live_panel() -> None:
+    c1, c2 = st.columns([2, 3])
+    with c1:
+        alpha = st.slider(
+            "α: scale of the shallowest block (and outside the blocks)", 0.0, 1.0, 0.5, 0.05, key="lines_alpha"
+        )
+        free = st.toggle("Set β freely (default β = 1 − α)", key="lines_free_beta")
+        if free:
+            beta = st.slider(
+                "β: extra scale added linearly up to the last block", 0.0, 1.5, 0.5, 0.05, key="lines_beta"
+            )
+        else:
+            beta = round(1.0 - alpha, 10)
+            st.caption(f"β = 1 − α = {beta:.2f}")
+        curve = lines_curve(alpha, beta, L)
+        st.plotly_chart(block_scale_curve({"LiNeS": curve}, outside={"LiNeS": alpha}), key="lines_curve_fig")
+    spec = single_task_spec(target, alpha, beta)
+    with c2:
+        with st.spinner("Merging and evaluating…"):
+            result = live.evaluate(spec)
+        st.session_state["lines_result"] = (spec.key(), result)
+        table = live.single_task_table(target, result, label=f"LiNeS α={alpha:.2f}, β={beta:.2f}")
+        cur, ft = table.iloc[2], table.loc["fine-tuned"]
+        m1, m2, m3 = st.columns(3)
+        m1.metric("Target accuracy", f"{cur.iloc[0]:.1%}", f"{cur.iloc[0] - ft.iloc[0]:+.1%} vs fine-tuned")
+        m2.metric(
+            "Control accuracy (mean)", f"{cur['control mean']:.1%}", f"{cur['control mean'] - ft['control mean']:+.1%}"
+        )
+        m3.metric("Score 2·target_norm + control_norm", f"{cur['score']:.3f}", f"{cur['score'] - ft['score']:+.3f}")
+        st.dataframe(table.style.format("{:.3f}"), key="lines_table")
+        timing = (
+            "cached"
+            if result["cached"]
+            else f"merge {result['merge_seconds'] * 1e3:.0f} ms + evaluation {result['eval_seconds'] * 1e3:.0f} ms"
+        )
+        st.caption(f"Test split, {'all' if subsample is None else subsample} images per task; {timing}.")
+
+    sweeps = st.session_state.setdefault("lines_sweeps", {})
+    if st.button("Run the α sweep {1.0, 0.9, …, 0.0} on validation", key="lines_sweep_btn"):
+        cb = S.progress_callback("α sweep on the validation split (LiNeS and uniform scaling)")
+        df = live.alpha_sweep(target, ALPHAS, split="val", progress=cb)
+        best = best_alpha(df)
+        report = live.evaluate(single_task_spec(target, best["alpha"]))
+        cb.finish(f"Sweep done: α = {best['alpha']:.1f} is best on validation")
+        sweeps[target] = {"df": df, "best": best, "report": report}
+    sweep = sweeps.get(target)
+    if sweep is not None:
+        val_now = live.evaluate(spec, split="val")
+        zs, ft_acc = live.single_task_table(target, val_now, split="val").iloc[:2].to_dict("index").values()
+        refs = {
+            "zero-shot": (zs["control mean"], zs[f"{target} (target)"]),
+            "fine-tuned": (ft_acc["control mean"], ft_acc[f"{target} (target)"]),
+        }
+        fig = tradeoff_curve(
+            sweep["df"], current=val_now, references=refs, chosen=sweep["best"], title="Trade-off on validation"
+        )
+        st.plotly_chart(fig, key="lines_tradeoff_fig")
+        b, rep = sweep["best"], sweep["report"]
+        uni = live.evaluate(uniform_spec(target, b["alpha"]))
+        st.markdown(
+            f"**Chosen on validation:** α = {b['alpha']:.1f}, β = {1 - b['alpha']:.1f} (score {b['score']:.3f}). "
+            f"**On test:** target {rep['target_acc']:.1%}, control {rep['control_acc']:.1%}, score {rep['score']:.3f} "
+            f"(uniform scaling at the same α: target {uni['target_acc']:.1%}, control {uni['control_acc']:.1%}, "
+            f"score {uni['score']:.3f})."
+        )
+
+
+live_panel()

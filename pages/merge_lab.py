@@ -1,0 +1,249 @@
+"""Merge lab: pick a merge method, steer it (its own parameters, LiNeS, a per-block curve), see accuracy live.
+
+Controls are drawn from the method's declared `Param`s (core.merging registry): one
+generic widget per kind, no per-method code. Results come from core.live (cached
+direction, cached results by the spec's hash). The spec lives in the URL, so a
+link reproduces the merge; "copy as CLI command" gives the same run as RunConfig JSON.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core.live import QUERY_KEYS, LiveMerger, comparison_table, spec_from_query, spec_to_query
+from core.merging import METHODS, Param, get_method
+from core.plots.merge import accuracy_bars, block_scale_curve
+from core.spec import EvalSpec, MergeSpec, RunConfig
+from ui import state as S
+
+st.title("Merge lab")
+st.caption(
+    "Merge the fine-tuned models into one and measure it on every task, live. θ = θ₀ + λ·τ_merged, or with "
+    "LiNeS / a block curve θ = θ₀ + λ(ℓ)·τ_merged (no extra global λ). Normalized accuracy = accuracy / the "
+    "task's own fine-tuned accuracy. Results are on the test split: tune on validation (Sweeps) before trusting them."
+)
+ms = S.require_model_set()
+
+with st.expander("Evaluation settings"):
+    subsample = st.selectbox(
+        "Images per task", [None, 50, 100, 200], format_func=lambda n: "all" if n is None else str(n), key="ml_sub"
+    )
+    bf16 = st.toggle("bf16 autocast (about 2x faster on CPU, within ~1 point)", key="ml_bf16")
+
+
+def live_merger(ms, subsample: int | None, bf16: bool) -> LiveMerger:
+    """One LiveMerger per model set and evaluation settings, shared by sessions and pages (ui.state.memo)."""
+    es = EvalSpec(split="test", subsample=subsample, bf16=bf16, seed=S.seed())
+    return S.memo(
+        ms,
+        f"live:{subsample}:{bf16}:{es.seed}",
+        lambda cb: LiveMerger(
+            ms, eval_spec=es, evaluator_for=lambda e: S.get_evaluator(ms, e.split, e.subsample, e.bf16)
+        ),
+        "Preparing the live merger",
+    )
+
+
+live = live_merger(ms, subsample, bf16)
+L = live.num_blocks
+
+
+# --------------------------------------------------------------------------- URL -> widgets (once per session)
+def load_spec_into_widgets(spec: MergeSpec) -> None:
+    ss = st.session_state
+    ss["ml_method"] = spec.method
+    ss["ml_tasks"] = [t for t in (spec.tasks or ms.tasks) if t in ms.tasks]
+    for name, value in spec.param_dict.items():
+        key = f"ml_{spec.method}_{name}"
+        if isinstance(value, list):
+            ss[key + "__per_task"] = True
+            for t, v in zip(ss["ml_tasks"], value):
+                ss[f"{key}__{t}"] = v
+        else:
+            ss[key] = value
+    ss["ml_lines"] = spec.lines is not None
+    if spec.lines is not None:
+        ss["ml_alpha_auto"] = spec.lines[0] == "auto"
+        if spec.lines[0] != "auto":
+            ss["ml_alpha"] = float(spec.lines[0])
+        ss["ml_beta"] = float(spec.lines[1])
+    ss["ml_curve_on"] = spec.curve is not None
+    if spec.curve is not None:
+        ss["ml_curve_base"] = list(spec.curve)
+        ss["ml_outside"] = float(spec.outside if spec.outside is not None else spec.curve[0])
+
+
+if not st.session_state.get("ml_url_loaded"):
+    st.session_state["ml_url_loaded"] = True
+    if "method" in st.query_params:
+        try:
+            load_spec_into_widgets(spec_from_query(st.query_params.to_dict()))
+        except ValueError as e:
+            st.warning(f"The link's merge settings could not be read ({e}); starting from the defaults.")
+
+
+# --------------------------------------------------------------------------- generic widgets
+def _value_kw(key: str, default, arg: str = "value") -> dict:
+    return {} if key in st.session_state else {arg: default}
+
+
+def numeric_widget(p: Param, label: str, key: str, default):
+    cast = float if p.kind == "float" else int
+    if p.min is not None and p.max is not None and (p.max - p.min) / (p.step or 1) <= 1000:
+        return st.slider(
+            label,
+            cast(p.min),
+            cast(p.max),
+            step=cast(p.step or 1),
+            key=key,
+            help=p.help,
+            **_value_kw(key, cast(default)),
+        )
+    return st.number_input(
+        label, min_value=p.min, max_value=p.max, step=p.step, key=key, help=p.help, **_value_kw(key, default)
+    )
+
+
+def param_widget(p: Param, method: str, tasks: list[str]):
+    """One control for one declared parameter; per_task parameters can be one value or one per task."""
+    key = f"ml_{method}_{p.name}"
+    if p.kind in ("float", "int"):
+        if p.per_task and st.toggle(f"{p.name}: one per task", key=key + "__per_task"):
+            return [numeric_widget(p, f"{p.name} · {t}", f"{key}__{t}", p.default) for t in tasks]
+        return numeric_widget(p, p.name, key, p.default)
+    if p.kind == "choice":
+        return st.selectbox(
+            p.name, p.choices, key=key, help=p.help, **_value_kw(key, p.choices.index(p.default), "index")
+        )
+    if p.kind == "bool":
+        return st.toggle(p.name, key=key, help=p.help, **_value_kw(key, bool(p.default)))
+    raise ValueError(f"the Merge lab has no widget for parameter kind {p.kind!r} ({method}.{p.name})")
+
+
+def reset_curve(curve: list[float], outside: float) -> None:
+    st.session_state["ml_curve_base"] = curve
+    st.session_state["ml_outside"] = outside
+    st.session_state.pop("ml_curve_editor", None)
+
+
+def curve_editor(line_spec: MergeSpec) -> tuple[tuple[float, ...], float] | None:
+    """Per-block scales as an editable table, starting from `line_spec`'s LiNeS line or λ; None unless in use."""
+    start, start_out = live.block_scales(line_spec)
+    st.button(
+        "Reset to the current LiNeS / λ line", on_click=reset_curve, args=(start, start_out), key="ml_curve_reset"
+    )
+    base = list(st.session_state.get("ml_curve_base") or start)
+    base = (base + [base[-1]] * L)[:L]
+    edited = st.data_editor(
+        pd.DataFrame({"block": range(L), "scale": base}), disabled=["block"], hide_index=True, key="ml_curve_editor"
+    )
+    out = st.number_input(
+        "Scale outside the blocks (embeddings, ln_pre/ln_post, proj)",
+        step=0.05,
+        key="ml_outside",
+        **_value_kw("ml_outside", start_out),
+    )
+    if st.toggle("Use this curve (replaces LiNeS and λ)", key="ml_curve_on"):
+        return tuple(float(x) for x in edited["scale"]), float(out)
+    return None
+
+
+# --------------------------------------------------------------------------- the lab
+@st.fragment
+def lab() -> None:
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        method = st.selectbox("Method", list(METHODS), key="ml_method", **_value_kw("ml_method", 1, "index"))
+        m = get_method(method)
+        st.caption(f"{m.description} — {m.reference}")
+        tasks = st.multiselect("Tasks to merge", ms.tasks, key="ml_tasks", **_value_kw("ml_tasks", ms.tasks))
+        if not tasks:
+            st.warning("Pick at least one task to merge.")
+            return
+        params = {p.name: param_widget(p, method, tasks) for p in m.params}
+        lines = None
+        if st.toggle("LiNeS: scale τ_merged by block, λ(ℓ) = α + β·ℓ/(L−1)", key="ml_lines"):
+            auto = st.toggle(
+                "α = (‖Σ τ‖₁ / ‖τ_merged‖₁) / N, the multi-task rule",
+                key="ml_alpha_auto",
+                **_value_kw("ml_alpha_auto", True),
+            )
+            alpha = (
+                "auto" if auto else st.slider("α", 0.0, 1.5, step=0.01, key="ml_alpha", **_value_kw("ml_alpha", 0.3))
+            )
+            lines = (alpha, st.slider("β", 0.0, 1.5, step=0.05, key="ml_beta", **_value_kw("ml_beta", 0.5)))
+            st.caption("With LiNeS the method's global λ is not applied (official LiNeS).")
+        subset = tuple(tasks) if tasks != ms.tasks else None
+        spec = MergeSpec.make(method, params, lines=lines, tasks=subset)
+        with st.expander("Per-block coefficient curve (advanced)", expanded=bool(st.session_state.get("ml_curve_on"))):
+            edited = curve_editor(spec)
+        if edited is not None:
+            spec = MergeSpec.make(method, params, curve=edited[0], outside=edited[1], tasks=subset)
+        scales, outside = live.block_scales(spec)
+        st.plotly_chart(block_scale_curve({"merged": scales}, outside={"merged": outside}), key="ml_curve_fig")
+    sync_url(spec)
+    with right:
+        results(spec)
+    export(spec)
+
+
+def sync_url(spec: MergeSpec) -> None:
+    """Keep the spec (and the zoo) in the URL: a copied link reproduces this merge."""
+    q = spec_to_query(spec)
+    ref = S.current_ref()
+    if ref is not None and ref.zoo:
+        q["zoo"] = ref.zoo
+    for k in (*QUERY_KEYS, "zoo"):
+        if k in q and st.query_params.get(k) != q[k]:
+            st.query_params[k] = q[k]
+        elif k not in q and k in st.query_params and k != "zoo":
+            del st.query_params[k]
+
+
+def results(spec: MergeSpec) -> None:
+    with st.spinner("Merging and evaluating…"):
+        r = live.evaluate(spec)
+        ta_lam = st.number_input("λ of the plain task-arithmetic baseline", 0.0, 2.0, 0.3, 0.05, key="ml_ta_lambda")
+        delta = live.delta_to_task_arithmetic(spec, ta_lam)
+    st.session_state["ml_result"] = (spec.key(), r)
+    entry = st.session_state.get(S.MERGED_KEY)
+    if not (isinstance(entry, tuple) and entry[0] == spec.key()):  # the Spectra page analyses it as "merged"
+        st.session_state[S.MERGED_KEY] = (spec.key(), live.merged_state_dict(spec))
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Absolute accuracy (merged tasks)", f"{r['mean']:.1%}", f"{delta['mean']:+.1%} vs TA")
+    c2.metric("Normalized accuracy", f"{r['normalized_mean']:.1%}", f"{delta['normalized_mean']:+.1%} vs TA")
+    c3.metric(f"Task arithmetic (λ = {ta_lam:g})", f"{delta['task_arithmetic']['mean']:.1%}")
+    table = comparison_table(r, live.reference_rows(), {"task arithmetic": delta["task_arithmetic"]["accuracy"]})
+    st.session_state["ml_table"] = table
+    st.plotly_chart(accuracy_bars(table, "Accuracy per task: merged vs zero-shot vs fine-tuned"), key="ml_bars")
+    wide = table.pivot(index="task", columns="model", values="accuracy").reindex(list(r["accuracy"]))
+    st.dataframe(wide.style.format("{:.3f}"), key="ml_wide")
+    how = (
+        "cached" if r["cached"] else f"merge {r['merge_seconds'] * 1e3:.0f} ms + eval {r['eval_seconds'] * 1e3:.0f} ms"
+    )
+    st.caption(f"Test split, {'all' if subsample is None else subsample} images per task; {how}. Spec {spec.key()}.")
+
+
+def export(spec: MergeSpec) -> None:
+    st.subheader("Export")
+    c1, c2, c3 = st.columns(3)
+    hf = c1.toggle("Hugging Face CLIP names", key="ml_hf_names")
+    mb = live.model_megabytes()
+    if mb <= 500:  # larger models: save to a path instead of holding the file in memory for a download
+        data = lambda: live.safetensors_bytes(spec, hf_names=hf)  # noqa: E731 - deferred until clicked
+        c1.download_button(f"Merged model ({mb:.0f} MB)", data, f"merged-{spec.key()}.safetensors", key="ml_dl_model")
+    path = c2.text_input("…or save to a path", key="ml_save_path", placeholder="/path/to/merged.safetensors")
+    if c2.button("Save", key="ml_save_btn", disabled=not path):
+        c2.success(f"Saved to {live.save(spec, path, hf_names=hf)}")
+    table = st.session_state.get("ml_table")
+    if table is not None:
+        c3.download_button("Results (CSV)", table.to_csv(index=False), f"results-{spec.key()}.csv", key="ml_dl_csv")
+    ref = S.current_ref()
+    if ref is not None:
+        with st.expander("Copy as CLI command"):
+            st.code("python -m core eval --config spec.json", language="bash")
+            st.code(RunConfig(model_set=ref, merge=spec, eval=live.eval_spec).to_json(), language="json")
+
+
+lab()

@@ -1,0 +1,72 @@
+"""The LiNeS page (AppTest on the micro zoo): sliders drive the numbers, and they are core's numbers."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.evaluate import Evaluator
+from core.live import ALPHAS
+from core.merging import merge
+from core.spec import ModelSetRef
+
+
+@pytest.fixture
+def page(micro_zoo):
+    at = AppTest.from_file("pages/lines.py", default_timeout=60)
+    at.session_state["model_set_ref"] = ModelSetRef(zoo="micro")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _core_accuracy(ms, target, alpha, beta):
+    sd = merge(ms.base(), {target: ms.finetuned(target)}, "task_arithmetic", lines=(alpha, beta))
+    return Evaluator.for_model_set(ms, split="test").accuracy(sd)
+
+
+def test_alpha_slider_changes_the_numbers_and_they_equal_core(page, micro_zoo):
+    target = page.selectbox(key="lines_target").value
+    page.slider(key="lines_alpha").set_value(1.0).run()
+    key_ft, at_ft = page.session_state["lines_result"]
+    page.slider(key="lines_alpha").set_value(0.0).run()
+    assert not page.exception
+    key_0, at_0 = page.session_state["lines_result"]
+    assert key_0 != key_ft
+    assert at_0["accuracy"] != at_ft["accuracy"]  # alpha = 1 is the fine-tuned model, alpha = 0 removes most of it
+    assert at_0["accuracy"] == _core_accuracy(micro_zoo, target, 0.0, 1.0)
+    # The table's current row shows the same numbers.
+    row = page.dataframe(key="lines_table").value.iloc[2]
+    assert row[f"{target} (target)"] == pytest.approx(at_0["accuracy"][target])
+    assert row["score"] == pytest.approx(at_0["score"])
+
+
+def test_beta_unlocks_and_moves_independently(page, micro_zoo):
+    target = page.selectbox(key="lines_target").value
+    page.toggle(key="lines_free_beta").set_value(True).run()
+    page.slider(key="lines_alpha").set_value(0.3).run()
+    page.slider(key="lines_beta").set_value(0.2).run()
+    assert not page.exception
+    _, result = page.session_state["lines_result"]
+    assert result["accuracy"] == _core_accuracy(micro_zoo, target, 0.3, 0.2)
+
+
+def test_target_select_switches_the_model(page, micro_zoo):
+    other = micro_zoo.tasks[1]
+    page.selectbox(key="lines_target").set_value(other).run()
+    _, result = page.session_state["lines_result"]
+    assert result["target"] == other
+    assert result["accuracy"] == _core_accuracy(micro_zoo, other, 0.5, 0.5)
+
+
+def test_alpha_sweep_chooses_on_val_and_reports_on_test(page):
+    target = page.selectbox(key="lines_target").value
+    page.button(key="lines_sweep_btn").click().run()
+    assert not page.exception
+    sweep = page.session_state["lines_sweeps"][target]
+    df = sweep["df"]
+    assert set(df["split"]) == {"val"} and len(df) == 2 * len(ALPHAS)
+    lines = df[df["kind"] == "LiNeS"]
+    assert sweep["best"]["score"] == lines["score"].max()
+    assert sweep["report"]["split"] == "test"
+    assert page.get("plotly_chart")  # the trade-off curve is drawn

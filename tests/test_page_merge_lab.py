@@ -1,0 +1,142 @@
+"""The Merge lab (AppTest on the micro zoo): generic controls, live numbers equal core's, URL state, export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from core.checkpoints import load_state_dict
+from core.evaluate import Evaluator
+from core.lines import lines_curve
+from core.merging import merge
+from core.spec import MergeSpec, ModelSetRef, RunConfig
+
+
+def _page(query: dict | None = None, **state) -> AppTest:
+    at = AppTest.from_file("pages/merge_lab.py", default_timeout=60)
+    at.session_state["model_set_ref"] = ModelSetRef(zoo="micro")
+    for k, v in state.items():
+        at.session_state[k] = v
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _core(ms, **kw) -> dict[str, float]:
+    tasks = kw.pop("tasks", ms.tasks)
+    sd = merge(ms.base(), {t: ms.finetuned(t) for t in tasks}, **kw)
+    return Evaluator.for_model_set(ms, split="test").accuracy(sd)
+
+
+def _result(at) -> dict:
+    return at.session_state["ml_result"][1]
+
+
+def test_default_is_task_arithmetic_and_equals_core(micro_zoo):
+    at = _page()
+    assert at.selectbox(key="ml_method").value == "task_arithmetic"
+    assert _result(at)["accuracy"] == _core(micro_zoo, method="task_arithmetic", coefficients=0.3)
+    key, sd = at.session_state["merged_state_dict"]  # for the Spectra page
+    assert key == at.session_state["ml_result"][0] and "visual.conv1.weight" in sd
+
+
+def test_lambda_slider_and_lines_move_the_numbers(micro_zoo):
+    at = _page()
+    at.slider(key="ml_task_arithmetic_coefficients").set_value(1.0).run()
+    r1 = _result(at)
+    assert r1["accuracy"] == _core(micro_zoo, method="task_arithmetic", coefficients=1.0)
+    at.toggle(key="ml_lines").set_value(True).run()
+    at.slider(key="ml_beta").set_value(1.0).run()
+    r2 = _result(at)
+    assert r2["accuracy"] != r1["accuracy"]
+    assert r2["accuracy"] == _core(micro_zoo, method="task_arithmetic", lines=("auto", 1.0))
+
+
+def test_controls_come_from_the_param_spec(micro_zoo):
+    at = _page()
+    at.selectbox(key="ml_method").set_value("ties").run()
+    assert not at.exception
+    # TIES declares k (float), agg (choice) and per-task coefficients: one generic widget each.
+    at.slider(key="ml_ties_k").set_value(0.5).run()
+    at.selectbox(key="ml_ties_agg").set_value("sum").run()
+    at.slider(key="ml_ties_coefficients").set_value(0.5).run()
+    assert _result(at)["accuracy"] == _core(micro_zoo, method="ties", k=0.5, agg="sum", coefficients=0.5)
+    at.selectbox(key="ml_method").set_value("dare").run()
+    assert at.number_input(key="ml_dare_seed").value == 0  # an int over a huge range: a number input
+    assert not at.exception
+
+
+def test_per_task_coefficients_and_task_subset(micro_zoo):
+    tasks = micro_zoo.tasks[:2]
+    at = _page()
+    at.multiselect(key="ml_tasks").set_value(tasks).run()
+    at.toggle(key="ml_task_arithmetic_coefficients__per_task").set_value(True).run()
+    at.slider(key=f"ml_task_arithmetic_coefficients__{tasks[0]}").set_value(0.8).run()
+    r = _result(at)
+    assert r["tasks"] == tasks
+    assert r["accuracy"] == _core(micro_zoo, method="task_arithmetic", coefficients=[0.8, 0.3], tasks=tasks)
+
+
+def test_block_curve_editor(micro_zoo):
+    curve = [0.0, 0.5, 1.0][:3] + [1.0] * 10
+    at = _page(ml_curve_base=curve, ml_outside=0.1)
+    at.toggle(key="ml_curve_on").set_value(True).run()
+    assert not at.exception
+    L = len(at.dataframe) and None  # noqa: F841 - the editor is a data_editor, not read here
+    from core.lines import infer_num_blocks
+
+    n = infer_num_blocks(micro_zoo.finetuned(micro_zoo.tasks[0]))
+    r = _result(at)
+    want = _core(micro_zoo, method="task_arithmetic", curve=curve[:n], outside=0.1)
+    assert r["accuracy"] == want
+
+
+def test_url_round_trip_reproduces_the_merge(micro_zoo):
+    at = _page()
+    at.selectbox(key="ml_method").set_value("ties").run()
+    at.toggle(key="ml_lines").set_value(True).run()
+    at.toggle(key="ml_alpha_auto").set_value(False).run()
+    at.slider(key="ml_alpha").set_value(0.4).run()
+    q = {
+        k: at.query_params[k][0] if isinstance(at.query_params[k], list) else at.query_params[k]
+        for k in at.query_params
+    }
+    assert q["method"] == "ties" and q["lines"] == "0.4,0.5" and json.loads(q["params"])["k"] == 0.2
+    key, r = at.session_state["ml_result"]
+    again = _page(query=q)
+    assert again.selectbox(key="ml_method").value == "ties"
+    assert again.session_state["ml_result"][0] == key
+    assert _result(again)["accuracy"] == r["accuracy"]
+    assert r["accuracy"] == _core(micro_zoo, method="ties", lines=(0.4, 0.5))
+
+
+def test_cli_config_and_export(micro_zoo, tmp_path):
+    at = _page()
+    cfg = RunConfig.from_dict(json.loads(at.code[1].value))
+    assert cfg.merge == MergeSpec.make("task_arithmetic") and cfg.model_set.zoo == "micro"
+    assert at.code[0].value == "python -m core eval --config spec.json"
+    out = tmp_path / "merged.safetensors"
+    at.text_input(key="ml_save_path").input(str(out)).run()
+    at.button(key="ml_save_btn").click().run()
+    assert not at.exception
+    saved = load_state_dict(out)
+    _, sd = at.session_state["merged_state_dict"]
+    assert all(torch.equal(saved[k], sd[k]) for k in sd)
+    table = at.session_state["ml_table"]
+    assert set(table["model"]) == {"zero-shot", "merged", "task arithmetic", "fine-tuned"}
+
+
+def test_lines_curve_shown_is_the_lines_line(micro_zoo):
+    at = _page()
+    at.toggle(key="ml_lines").set_value(True).run()
+    at.toggle(key="ml_alpha_auto").set_value(False).run()
+    at.slider(key="ml_alpha").set_value(0.2).run()
+    at.slider(key="ml_beta").set_value(0.6).run()
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    n = len(fig["data"][0]["y"])
+    assert fig["data"][0]["y"] == pytest.approx(lines_curve(0.2, 0.6, n))
