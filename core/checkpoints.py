@@ -769,3 +769,75 @@ def validate_checkpoints(
                 )))  # fmt: skip
         issues.extend(_nonfinite_issues(sd, file))
     return issues
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming reads: one tensor at a time, no memory map.
+#
+# A memory-mapped file keeps every page it has touched resident (and counted in the process's
+# RSS) until it is unmapped, so a merge that walks N fine-tuned files would end up holding all
+# of them. `open_state_dict` instead reads each tensor with pread into its own buffer when asked
+# for it; the merge code drops it as soon as the key is done.
+class LazyStateDict(Mapping):
+    """Read-only mapping over a safetensors file already in canonical (open_clip) names."""
+
+    def __init__(self, path: Path, header: dict, data_start: int):
+        self.path = path
+        self._entries = {k: v for k, v in header.items() if k != "__metadata__"}
+        self._data_start = data_start
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._entries:
+            raise KeyError(key)
+        e = self._entries[key]
+        start, end = e["data_offsets"]
+        buf = bytearray(end - start)
+        got = os.preadv(self._fd, [buf], self._data_start + start)
+        if got != len(buf):
+            raise CheckpointError(f"{self.path}: tensor {key!r} is cut short; the file is truncated")
+        dtype = _SAFETENSORS_DTYPES[e["dtype"]]
+        if not buf:
+            return torch.empty(e["shape"], dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(e["shape"])
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._entries[key]["shape"])
+
+    def __del__(self):
+        try:
+            os.close(self._fd)
+        except Exception:
+            pass
+
+
+def open_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> Mapping[str, torch.Tensor]:
+    """A state dict for streaming passes (merging large models file to file).
+
+    Safetensors files whose keys are already canonical open_clip names are opened lazily
+    (each access reads that tensor from disk); anything else is loaded with
+    `load_state_dict` (memory-mapped where the format allows).
+    """
+    p = Path(path)
+    _check_exists(p)
+    if p.is_file() and _sniff(p) == "safetensors":
+        with open(p, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            try:
+                header = json.loads(f.read(n))
+            except ValueError as e:
+                raise CheckpointError(f"{p}: unreadable safetensors header ({e})") from e
+        keys = [k for k in header if k != "__metadata__"]
+        try:
+            canonical, _ = _canonicalize({k: torch.empty(0) for k in keys}, str(p))
+        except Exception:  # e.g. HF names, whose mapping needs the tensors
+            canonical = {}
+        if set(canonical) == set(keys):
+            return LazyStateDict(p, header, 8 + n)
+    return load_state_dict(p, allow_pickle=allow_pickle)

@@ -620,3 +620,33 @@ def test_paths_are_accepted_as_strings_and_path_objects(tmp_path):
     save_state_dict({"a": torch.zeros(1)}, str(tmp_path / "s.safetensors"))
     assert list(load_state_dict(str(tmp_path / "s.safetensors"))) == ["a"]
     assert list(load_state_dict(Path(tmp_path) / "s.safetensors")) == ["a"]
+
+
+def test_open_state_dict_streams_canonical_safetensors(tmp_path):
+    from core.checkpoints import LazyStateDict, open_state_dict
+
+    sd = {
+        "visual.conv1.weight": torch.randn(4, 3, 2, 2),
+        "visual.ln_post.bias": torch.randn(4),
+        "visual.step": torch.tensor(3),
+    }
+    p = tmp_path / "m.safetensors"
+    save_state_dict(sd, p)
+    lazy = open_state_dict(p)
+    assert isinstance(lazy, LazyStateDict)
+    assert set(lazy) == set(sd) and len(lazy) == 3
+    for k, v in sd.items():
+        assert torch.equal(lazy[k], v) and lazy[k].dtype == v.dtype
+    lazy["visual.conv1.weight"].add_(1.0)  # a fresh buffer per read: the file is untouched
+    assert torch.equal(lazy["visual.conv1.weight"], sd["visual.conv1.weight"])
+    with pytest.raises(KeyError):
+        lazy["nope"]
+
+
+def test_open_state_dict_falls_back_for_other_layouts(tmp_path):
+    from core.checkpoints import LazyStateDict, open_state_dict
+
+    p = tmp_path / "m.safetensors"
+    save_state_dict({"module.visual.conv1.weight": torch.ones(2, 2)}, p)
+    sd = open_state_dict(p)
+    assert not isinstance(sd, LazyStateDict) and "visual.conv1.weight" in sd
