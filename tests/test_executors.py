@@ -1,0 +1,91 @@
+"""Executors: the process pool gives what the serial loop gives; cancel stops between items."""
+
+import os
+import threading
+import time
+
+import pytest
+
+from core.executors import Cancelled, LocalExecutor, RayExecutor, get_executor
+
+
+def _square_and_pid(x):
+    # OMP_NUM_THREADS is what a fresh worker's torch reads on import (no torch import here: slow).
+    return x * x, os.environ.get("OMP_NUM_THREADS"), os.getpid()
+
+
+def _slow(x):
+    time.sleep(0.3)
+    return x
+
+
+@pytest.fixture(scope="module")
+def pool():
+    # One pool for the module: spawning workers is the slow part on a busy machine.
+    with LocalExecutor(processes=2) as ex:
+        yield ex
+
+
+def test_process_pool_gives_the_serial_results_in_order(pool):
+    items = list(range(7))
+    serial = LocalExecutor(processes=0).map(_square_and_pid, items)
+    seen = []
+    pooled = pool.map(_square_and_pid, items, progress=lambda d, n: seen.append((d, n)))
+    assert [r[0] for r in pooled] == [r[0] for r in serial] == [x * x for x in items]
+    assert all(r[1] == "1" for r in pooled)  # one torch thread per worker
+    assert {r[2] for r in serial} != {r[2] for r in pooled}  # really other processes
+    assert seen[0] == (0, 7) and seen[-1] == (7, 7)
+
+
+def test_serial_cancel_stops_between_items_and_keeps_finished_results():
+    cancel = threading.Event()
+    calls = []
+
+    def fn(x):
+        calls.append(x)
+        if x == 2:
+            cancel.set()
+        return -x
+
+    with pytest.raises(Cancelled) as info:
+        LocalExecutor(processes=0).map(fn, range(10), cancel=cancel)
+    assert calls == [0, 1, 2]
+    assert info.value.results == {0: 0, 1: -1, 2: -2}
+    assert info.value.total == 10
+
+
+def test_pool_cancel_stops_early_and_the_pool_stays_usable(pool):
+    cancel = threading.Event()
+
+    def progress(done, total):
+        if done >= 1:
+            cancel.set()
+
+    with pytest.raises(Cancelled) as info:
+        pool.map(_slow, range(30), progress=progress, cancel=cancel)
+    # At most the items in flight when the event was seen (processes + 1) finish after it.
+    assert 1 <= len(info.value.results) <= 4
+    assert all(info.value.results[i] == i for i in info.value.results)
+    assert pool.map(_slow, [5]) == [5]
+
+
+def test_get_executor_chooses_by_arguments():
+    assert isinstance(get_executor(processes=0), LocalExecutor)
+    assert get_executor(processes=3).processes == 3
+    with pytest.raises(ValueError):
+        LocalExecutor(processes=-1)
+
+
+def test_ray_executor_without_ray_says_how_to_fix(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *a, **kw):
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(RuntimeError, match="not installed"):
+        RayExecutor("ray://nowhere:10001")
