@@ -30,6 +30,7 @@ MERGED_KEY = "merged_state_dict"
 SEED_KEY = "seed"
 ERROR_KEY = "model_set_error"
 DEFAULT_ZOO_ENV = "MERGESCOPE_DEFAULT_ZOO"  # e.g. "micro": preselect that zoo when it is built
+DEFAULT_REF_ENV = "MERGESCOPE_DEFAULT_MODEL_SET"  # path of a JSON ModelSetRef to preselect (tests, demos)
 MODELS_PAGE = "pages/models.py"
 
 
@@ -37,24 +38,34 @@ MODELS_PAGE = "pages/models.py"
 
 
 def current_ref() -> ModelSetRef | None:
-    """The active ModelSetRef, or the default zoo (``?zoo=`` query parameter or $MERGESCOPE_DEFAULT_ZOO)
-    when nothing was chosen yet in this session and that zoo is built."""
+    """The active ModelSetRef; when nothing was chosen yet in this session, a default:
+    the zoo named by the ``?zoo=`` query parameter or $MERGESCOPE_DEFAULT_ZOO (if built),
+    else the ModelSetRef JSON file named by $MERGESCOPE_DEFAULT_MODEL_SET."""
     ref = st.session_state.get(MODEL_SET_KEY)
     if isinstance(ref, dict):
         ref = ModelSetRef.from_dict(ref)
     if ref is None and not st.session_state.get("_default_zoo_checked"):
         st.session_state["_default_zoo_checked"] = True
-        kind = st.query_params.get("zoo") or os.environ.get(DEFAULT_ZOO_ENV)
-        if kind:
-            try:
-                from core.zoo import is_built
-
-                if is_built(kind):
-                    ref = ModelSetRef(zoo=kind)
-                    st.session_state[MODEL_SET_KEY] = ref
-            except Exception:  # a wrong kind or an unreadable cache: start with nothing loaded
-                ref = None
+        ref = _default_ref()
+        if ref is not None:
+            st.session_state[MODEL_SET_KEY] = ref
     return ref
+
+
+def _default_ref() -> ModelSetRef | None:
+    kind = st.query_params.get("zoo") or os.environ.get(DEFAULT_ZOO_ENV)
+    try:
+        if kind:
+            from core.zoo import is_built
+
+            if is_built(kind):
+                return ModelSetRef(zoo=kind)
+        path = os.environ.get(DEFAULT_REF_ENV)
+        if path:
+            return ModelSetRef.from_dict(json.loads(Path(path).read_text()))
+    except Exception:  # a wrong kind, an unreadable cache or file: start with nothing loaded
+        return None
+    return None
 
 
 def set_model_set(ref: ModelSetRef | None) -> None:

@@ -1,0 +1,219 @@
+"""The app shell and the Models / Task vectors / Spectra pages, driven headless with AppTest.
+
+A small synthetic model set (open_clip-named ViT tensors written as safetensors) stands in for
+real checkpoints; when tests/conftest.py provides the `micro_zoo` fixture, the pages also run
+on the micro zoo.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import plotly.io
+import pytest
+from streamlit.testing.v1 import AppTest
+from test_plots import tiny_visual
+
+from core.checkpoints import save_state_dict
+from core.spec import ModelSetRef
+from ui import PAGES, existing_pages
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+MINE = ["pages/models.py", "pages/task_vectors.py", "pages/spectra.py"]
+TASKS = ("colours", "digits", "shapes")
+TIMEOUT = 60
+
+
+def write_test_model_set(folder: Path, width: int = 32, blocks: int = 4) -> ModelSetRef:
+    """A base and three fine-tuned checkpoints (base + growing random task vectors) in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = tiny_visual(0, width=width, blocks=blocks)
+    save_state_dict(base, folder / "base.safetensors")
+    ft = []
+    for s, task in enumerate(TASKS, start=1):
+        noise = tiny_visual(100 + s, width=width, blocks=blocks)
+        path = folder / "finetuned" / f"{task}.safetensors"
+        save_state_dict({k: base[k] + 0.02 * s * noise[k] for k in base}, path)
+        ft.append((task, str(path)))
+    ref = ModelSetRef(zoo=None, base=str(folder / "base.safetensors"), finetuned=tuple(ft))
+    (folder / "model_set.json").write_text(json.dumps(ref.to_dict()))
+    return ref
+
+
+@pytest.fixture(scope="module")
+def test_ref(tmp_path_factory) -> ModelSetRef:
+    return write_test_model_set(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture(autouse=True)
+def _no_default_model(monkeypatch):
+    monkeypatch.delenv("MERGESCOPE_DEFAULT_ZOO", raising=False)
+    monkeypatch.delenv("MERGESCOPE_DEFAULT_MODEL_SET", raising=False)
+
+
+def app(ref: ModelSetRef | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    if ref is not None:
+        at.session_state["model_set_ref"] = ref
+    return at.run()
+
+
+def charts(at: AppTest) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def values(v) -> np.ndarray:
+    """A trace's array, decoding plotly's binary {"dtype", "bdata"} encoding."""
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+    return np.asarray(v)
+
+
+def figure(at: AppTest, i: int):
+    """The i-th plotly figure on the page, decoded (plotly ships arrays as binary 'bdata')."""
+    return plotly.io.from_json(at.get("plotly_chart")[i].proto.spec)
+
+
+def assert_clean(at: AppTest, where: str) -> None:
+    assert not at.exception, f"{where}: {[e.value for e in at.exception]}"
+    assert not at.error, f"{where}: {[e.value for e in at.error]}"
+
+
+def test_page_table_lists_every_planned_page_once():
+    files = [row[1] for row in PAGES]
+    assert len(files) == len(set(files)) == 10
+    assert {row[0] for row in PAGES} == {"Models", "Analyse", "Steer", "Train", "Runs"}
+    assert all(f in [r[1] for r in existing_pages()] for f in MINE)
+
+
+def test_landing_points_a_first_visitor_to_the_demo_zoo():
+    at = app()
+    assert_clean(at, "landing")
+    assert at.title[0].value == "MergeScope"
+    assert "demo zoo" in at.info[0].value
+    assert at.get("page_link")[0].proto.page == "models"
+    assert "None loaded" in at.sidebar.caption[0].value
+    assert at.sidebar.number_input(key="seed").value == 0
+
+
+@pytest.mark.parametrize("page", [row[1] for row in existing_pages()])
+def test_every_page_without_a_model_says_what_to_load(page):
+    at = app()
+    at.switch_page(page).run()
+    assert not at.exception, f"{page}: {[e.value for e in at.exception]}"
+    if page != "pages/models.py":
+        links = [pl.proto.page for pl in at.get("page_link")]
+        assert "models" in links, f"{page} does not link the Models page"
+
+
+def test_models_page_summarises_and_validates(test_ref):
+    at = app(test_ref)
+    at.switch_page("pages/models.py").run()
+    assert_clean(at, "models")
+    summary = at.dataframe[0].value
+    assert list(summary["checkpoint"]) == ["base", *[f"fine-tuned: {t}" for t in TASKS]]
+    assert set(summary["format"]) == {"safetensors"} and set(summary["status"]) == {"ok"}
+    assert set(summary["blocks"]) == {4}
+    assert "All checkpoints match the base" in at.success[0].value
+
+
+def test_sidebar_shows_the_active_model_set(test_ref):
+    at = app(test_ref)
+    assert_clean(at, "landing with a model set")
+    assert "Loaded" in at.success[0].value
+    side = at.sidebar.caption[0].value
+    assert "Tasks: 3" in side and "Device: cpu" in side and "ViT" in side
+
+
+def test_models_page_reports_unreadable_files_as_messages(tmp_path):
+    (tmp_path / "base.safetensors").write_bytes(b"not a checkpoint")
+    (tmp_path / "a.safetensors").write_bytes(b"")
+    ref = ModelSetRef(
+        zoo=None, base=str(tmp_path / "base.safetensors"), finetuned=(("a", str(tmp_path / "a.safetensors")),)
+    )
+    at = app(ref)
+    at.switch_page("pages/models.py").run()
+    assert not at.exception
+    status = list(at.dataframe[0].value["status"])
+    assert status[0].startswith("cannot read") and "empty" in status[1]
+    assert any("Could not read the checkpoints" in e.value for e in at.error)
+
+
+def test_models_page_scans_a_folder_and_loads_it(test_ref, tmp_path):
+    at = app()
+    at.switch_page("pages/models.py").run()
+    at.text_input(key="paths_base").input(test_ref.base)
+    at.text_area(key="paths_ft").input(str(Path(test_ref.finetuned[0][1]).parent))
+    at.button(key="paths_scan").click().run()
+    assert list(at.dataframe(key="paths_editor").value["task"]) == list(TASKS)
+    at.button(key="paths_use").click().run()
+    assert_clean(at, "models after load")
+    assert at.session_state["model_set_ref"] == test_ref
+
+
+def test_task_vectors_page_charts_and_widgets(test_ref):
+    at = app(test_ref)
+    at.switch_page("pages/task_vectors.py").run()
+    assert_clean(at, "task vectors")
+    assert charts(at) == 5  # heatmap, profile, sign conflicts, cosine, block drill-down
+    heat = figure(at, 0).data[0]
+    assert list(heat.y) == list(TASKS) and list(heat.x) == ["outside", "0", "1", "2", "3"]
+    at.radio(key="tv_measure").set_value("relative_norm")
+    at.radio(key="tv_kind").set_value("attention").run()
+    assert_clean(at, "per-kind relative")
+    assert list(figure(at, 0).data[0].x) == ["0", "1", "2", "3"]  # attention lives in the blocks only
+    at.selectbox(key="tv_block").set_value("2").run()
+    drill = at.dataframe[0].value
+    assert set(drill["layer"]) == {2} and set(drill["task"]) == set(TASKS)
+    at.selectbox(key="tv_cos_scope").set_value("1").run()
+    assert_clean(at, "cosine of block 1")
+    assert len(at.get("download_button")) == 3
+
+
+def test_spectra_page_metrics_layers_and_lr_rules(test_ref):
+    at = app(test_ref)
+    at.switch_page("pages/spectra.py").run()
+    assert_clean(at, "spectra")
+    assert charts(at) == 6  # weights, task vectors, ESD of W and of τ, lr multipliers, weight scopes
+    assert [t.name for t in figure(at, 0).data] == ["base θ₀", "fine-tuned colours", "fine-tuned digits"]
+    at.selectbox(key="spec_metric").set_value("stable_rank").run()
+    assert "stable rank" in figure(at, 0).layout.yaxis.title.text
+    layer = "visual.transformer.resblocks.2.mlp.c_fc.weight"
+    at.selectbox(key="spec_layer").set_value(layer)
+    at.selectbox(key="spec_task").set_value("shapes").run()
+    assert_clean(at, "one layer")
+    esd = figure(at, 3)
+    assert "shapes" in esd.layout.title.text and esd.layout.xaxis.type == "log"
+    assert at.metric[3].value == "32"  # eigenvalues of a 128 x 32 matrix
+    at.slider(key="spec_s1s2").set_value((0.2, 2.0)).run()
+    lr = values(figure(at, 4).data[0].y)
+    assert min(lr) == pytest.approx(0.2) and max(lr) == pytest.approx(2.0)
+
+
+def test_spectra_page_picks_up_a_merged_model(test_ref):
+    from core.checkpoints import load_state_dict
+
+    at = app(test_ref)
+    merged = load_state_dict(test_ref.finetuned[0][1])
+    at.session_state["merged_state_dict"] = ("spec-abc", merged)
+    at.switch_page("pages/spectra.py").run()
+    assert_clean(at, "spectra with merge")
+    names = [t.name for t in figure(at, 0).data]
+    assert "merged" in names
+
+
+def test_pages_run_on_the_micro_zoo(request):
+    try:
+        ms = request.getfixturevalue("micro_zoo")
+    except pytest.FixtureLookupError:
+        pytest.skip("tests/conftest.py has no micro_zoo fixture in this checkout")
+    ref = ModelSetRef(
+        zoo=None, base=str(ms.base_path), finetuned=tuple((t, str(p)) for t, p in ms.finetuned_paths.items())
+    )
+    at = app(ref)
+    for page in MINE:
+        at.switch_page(page).run()
+        assert_clean(at, f"{page} on the micro zoo")
