@@ -1,0 +1,511 @@
+"""Sweeps: choose a merge's coefficients on the validation split, report the choice on test.
+
+A sweep is a base MergeSpec plus a grid - over the global lambda of any method
+with a `coefficients` parameter (the method's `lambda_grid` by default), or over
+LiNeS (alpha, beta) (alpha may be "auto", the multi-task rule; the method's
+`beta_grid` by default). Every grid point is merged and evaluated on the
+validation split; the point with the highest average normalized accuracy
+(acc / acc_finetuned, METHODS.md) is re-evaluated on the test split. The test
+split is never used to choose.
+
+Work runs through an executor (core.executors) as small jobs that describe the
+work, not the weights: a worker loads the model set from its ModelSetRef (cheap
+with cached files), keeps it, and computes a merged direction once per
+`MergeSpec.direction_key()`, so a 10-point lambda grid merges once and applies
+ten scales. With processes=0 the jobs run in this process and can use a model
+set that exists only in memory (`run_sweep(..., model_set=ms)`).
+
+Sweep spec JSON (the CLI's `sweep --config`, written by the Sweeps page):
+
+    {"model_set": {"zoo": "demo"},
+     "merge": {"method": "ties", "params": {"k": 0.2}},
+     "eval": {"subsample": 100, "seed": 0},          # the grid's val evaluation (split is always val)
+     "grid": {"lambda": [0.1, 0.2, ...]}  or  {"alpha": ["auto"], "beta": [0.1, ...]},
+     "test_subsample": null}                          # the best point's test evaluation (null = full split)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .executors import Cancelled, Executor, LocalExecutor
+from .merging import get_method
+from .spec import EvalSpec, MergeSpec, ModelSetRef, RunConfig
+
+Progress = Callable[[int, int], None]
+
+
+# --------------------------------------------------------------------------- spec
+@dataclass(frozen=True)
+class SweepSpec:
+    """A grid over one base MergeSpec. grid: {"lambda": [...]} or {"alpha": [...], "beta": [...]}."""
+
+    model_set: ModelSetRef = field(default_factory=ModelSetRef)
+    merge: MergeSpec = field(default_factory=MergeSpec)
+    eval: EvalSpec = field(default_factory=lambda: EvalSpec(split="val"))
+    grid: tuple = ()  # sorted (name, tuple of values) pairs, hashable
+    test_subsample: int | None = None
+
+    @staticmethod
+    def make(
+        model_set: ModelSetRef,
+        merge: MergeSpec,
+        grid: Mapping[str, Sequence],
+        eval: EvalSpec | None = None,
+        test_subsample: int | None = None,
+    ) -> SweepSpec:
+        ev = replace(eval or EvalSpec(), split="val")
+        spec = SweepSpec(model_set, merge, ev, tuple(sorted((k, tuple(v)) for k, v in grid.items())), test_subsample)
+        spec.validate()
+        return spec
+
+    @property
+    def grid_dict(self) -> dict[str, list]:
+        return {k: list(v) for k, v in self.grid}
+
+    @property
+    def kind(self) -> str:
+        """ "lambda" or "lines"."""
+        return "lambda" if "lambda" in self.grid_dict else "lines"
+
+    def validate(self) -> None:
+        g = self.grid_dict
+        m = get_method(self.merge.method)
+        if set(g) == {"lambda"}:
+            if "coefficients" not in m.defaults():
+                raise ValueError(f"merge method {m.name!r} has no global lambda (no 'coefficients' parameter) to sweep")
+            if self.merge.lines is not None or self.merge.curve is not None:
+                raise ValueError("a lambda grid needs a merge without LiNeS/curve (LiNeS replaces the global lambda)")
+            if isinstance(self.merge.param_dict.get("coefficients"), list):
+                raise ValueError("a lambda grid needs a scalar 'coefficients', not per-task values")
+            _check_numbers("lambda", g["lambda"])
+        elif set(g) == {"alpha", "beta"}:
+            if self.merge.curve is not None:
+                raise ValueError("a LiNeS grid cannot be combined with a per-block curve")
+            _check_numbers("alpha", [a for a in g["alpha"] if a != "auto"])
+            _check_numbers("beta", g["beta"])
+        else:
+            raise ValueError(f"grid must have key 'lambda' or keys 'alpha' and 'beta', got {sorted(g)}")
+        if not all(g.values()):
+            raise ValueError("every grid axis needs at least one value")
+
+    def points(self) -> list[MergeSpec]:
+        """One MergeSpec per grid point (lambda ascending, or alpha-major then beta)."""
+        g = self.grid_dict
+        if self.kind == "lambda":
+            params = self.merge.param_dict
+            return [
+                MergeSpec.make(self.merge.method, {**params, "coefficients": float(v)}, **_rest(self.merge))
+                for v in g["lambda"]
+            ]
+        return [
+            self.merge.with_(lines=(a if a == "auto" else float(a), float(b))) for a in g["alpha"] for b in g["beta"]
+        ]
+
+    def to_dict(self) -> dict:
+        return {
+            "model_set": self.model_set.to_dict(),
+            "merge": self.merge.to_dict(),
+            "eval": self.eval.to_dict(),
+            "grid": self.grid_dict,
+            "test_subsample": self.test_subsample,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @staticmethod
+    def from_dict(d: Mapping) -> SweepSpec:
+        if not isinstance(d, Mapping):
+            raise ValueError("a sweep spec must be a JSON object")
+        unknown = set(d) - {"model_set", "merge", "eval", "grid", "test_subsample"}
+        if unknown:
+            raise ValueError(f"unknown key(s) {sorted(unknown)} in the sweep spec")
+        if "grid" not in d:
+            raise ValueError("the sweep spec has no 'grid' ({'lambda': [...]} or {'alpha': [...], 'beta': [...]})")
+        base = RunConfig.from_dict({k: d[k] for k in ("model_set", "merge", "eval") if k in d})
+        return SweepSpec.make(base.model_set, base.merge, d["grid"], base.eval, d.get("test_subsample"))
+
+    @staticmethod
+    def load(path: str | Path) -> SweepSpec:
+        try:
+            return SweepSpec.from_dict(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def _rest(spec: MergeSpec) -> dict:
+    return {"tasks": spec.tasks, "output_as_last_block": spec.output_as_last_block}
+
+
+def _check_numbers(name: str, values) -> None:
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            extra = ' or "auto"' if name == "alpha" else ""
+            raise ValueError(f"grid values for {name!r} must be numbers{extra}, got {v!r}")
+
+
+def default_grid(method: str, lines: bool) -> dict[str, list]:
+    """The paper's grid for `method`: lambda_grid, or LiNeS alpha = auto with the method's beta_grid."""
+    m = get_method(method)
+    return {"alpha": ["auto"], "beta": list(m.beta_grid)} if lines else {"lambda": list(m.lambda_grid)}
+
+
+# --------------------------------------------------------------------------- worker side
+@dataclass(frozen=True)
+class EvalJob:
+    """One evaluation, as sent to a worker: which model set, which model, which split.
+
+    merge: a MergeSpec dict, or None for a reference model - `reference` is
+    "zero_shot" (the base) or "finetuned:<task>" (evaluated on its own task only).
+    """
+
+    model_set: dict
+    eval: dict
+    merge: dict | None = None
+    reference: str | None = None
+
+
+_MODEL_SETS: dict[str, Any] = {}  # ModelSetRef key -> ModelSet, per process
+_DIRECTIONS: OrderedDict[tuple, tuple[Any, float]] = OrderedDict()  # (ref, direction_key) -> (direction, auto alpha)
+_LOCK = threading.RLock()
+
+
+def _ref_key(ref: Mapping) -> str:
+    return json.dumps(ref, sort_keys=True)
+
+
+def register_model_set(ref: ModelSetRef, ms) -> None:
+    """Use `ms` for jobs naming `ref` in this process (in-memory sets, serial runs, the app's loaded set)."""
+    with _LOCK:
+        _MODEL_SETS[_ref_key(ref.to_dict())] = ms
+
+
+def model_set_for(ref: ModelSetRef):
+    """The ModelSet this process uses for `ref`: a registered one, else loaded (and kept)."""
+    return _model_set(ref.to_dict())
+
+
+def _model_set(ref: Mapping):
+    key = _ref_key(ref)
+    with _LOCK:
+        if key not in _MODEL_SETS:
+            _MODEL_SETS[key] = ModelSetRef.from_dict(ref).load()
+        return _MODEL_SETS[key]
+
+
+def _forward_lock():
+    # An Evaluator loads weights into one shared model in place: share the live loop's lock
+    # so a sweep running in the app never interleaves with a slider's forward pass.
+    try:
+        from .live import _FORWARD_LOCK
+
+        return _FORWARD_LOCK
+    except ImportError:
+        return _LOCK
+
+
+def _direction(ref: Mapping, ms, spec: MergeSpec):
+    from .merging import merged_direction
+
+    key = (_ref_key(ref), spec.direction_key())
+    with _LOCK:
+        if key in _DIRECTIONS:
+            _DIRECTIONS.move_to_end(key)
+            return _DIRECTIONS[key]
+        tasks = list(spec.tasks) if spec.tasks else ms.tasks
+        d = merged_direction(ms.base(), {t: ms.finetuned(t) for t in tasks}, spec.method, **spec.param_dict)
+        entry = (d, d.auto_alpha() if spec.lines is not None and spec.lines[0] == "auto" else None)
+        _DIRECTIONS[key] = entry
+        while len(_DIRECTIONS) > 4:
+            _DIRECTIONS.popitem(last=False)
+        return entry
+
+
+def merged_state_dict(ref: ModelSetRef | Mapping, spec: MergeSpec, ms=None) -> tuple[dict, float | None]:
+    """theta for `spec` from the process's cached direction; returns (state dict, LiNeS alpha used or None)."""
+    from .merging import apply_direction
+
+    ref = ref.to_dict() if isinstance(ref, ModelSetRef) else dict(ref)
+    ms = ms or _model_set(ref)
+    d, auto = _direction(ref, ms, spec)
+    lines = spec.lines
+    if lines is not None:
+        lines = (auto if lines[0] == "auto" else float(lines[0]), float(lines[1]))
+    c = spec.param_dict.get("coefficients")
+    # The scalar lambda is not part of the direction key: take it from this spec, not the cached direction.
+    scale = float(c) if isinstance(c, (int, float)) and not isinstance(c, bool) else None
+    sd = apply_direction(
+        ms.base(),
+        d,
+        lines=lines,
+        curve=spec.curve,
+        outside=spec.outside,
+        scale=scale,
+        output_as_last_block=spec.output_as_last_block,
+    )
+    return sd, (lines[0] if lines is not None else None)
+
+
+def make_evaluator(ms, es: EvalSpec):
+    """The evaluator of a job; tests replace this (serial runs) to avoid building models."""
+    from .evaluate import Evaluator
+
+    return Evaluator.for_model_set(ms, split=es.split, subsample=es.subsample, bf16=es.bf16, seed=es.seed)
+
+
+def evaluate_job(job: EvalJob) -> dict:
+    """Run one job (in a worker or in-process). Returns {"accuracy": {task: acc}, "alpha": LiNeS alpha
+    used or None, "seconds": wall time}."""
+    t0 = time.perf_counter()
+    ms = _model_set(job.model_set)
+    es = EvalSpec.from_dict(job.eval)
+    ev = make_evaluator(ms, es)
+    tasks = list(es.tasks) if es.tasks else list(ms.eval_tasks)
+    alpha = None
+    if job.merge is not None:
+        sd, alpha = merged_state_dict(job.model_set, MergeSpec.from_dict(job.merge), ms)
+    elif job.reference == "zero_shot":
+        sd = None
+    elif job.reference and job.reference.startswith("finetuned:"):
+        task = job.reference.split(":", 1)[1]
+        sd, tasks = ms.finetuned(task), [task]
+    else:
+        raise ValueError(f"an evaluation job needs a merge spec or a reference, got {job.reference!r}")
+    with _forward_lock():
+        acc = ev.accuracy(sd, tasks)
+    return {"accuracy": acc, "alpha": alpha, "seconds": time.perf_counter() - t0}
+
+
+# --------------------------------------------------------------------------- driver side
+def eval_tasks(ms, merge: MergeSpec, es: EvalSpec) -> list[str]:
+    """The tasks a merge is scored on: eval.tasks if given, else the merged tasks that have evaluation data."""
+    if not ms.eval_tasks:
+        raise ValueError(f"model set {ms.name!r} has no evaluation tasks; sweeps need a zoo or tasks with data")
+    merged = list(merge.tasks) if merge.tasks else ms.tasks
+    unknown = [t for t in merged if t not in ms.tasks]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown} in merge.tasks; this model set has {ms.tasks}")
+    if es.tasks:
+        bad = [t for t in es.tasks if t not in ms.eval_tasks]
+        if bad:
+            raise ValueError(f"unknown task(s) {bad} in eval.tasks; this model set evaluates {ms.eval_tasks}")
+        return list(es.tasks)
+    tasks = [t for t in merged if t in ms.eval_tasks]
+    if not tasks:
+        raise ValueError(f"none of the merged tasks {merged} has evaluation data in {ms.name!r}")
+    return tasks
+
+
+def reference_jobs(ref: ModelSetRef, ms, es: EvalSpec, tasks: Sequence[str]) -> list[EvalJob]:
+    """Zero-shot (the base on every task) and each task's own fine-tuned model, for normalizing."""
+    r, e = ref.to_dict(), es.to_dict()
+    jobs = [EvalJob(r, e, reference="zero_shot")]
+    jobs += [EvalJob(r, e, reference=f"finetuned:{t}") for t in tasks if t in ms.tasks]
+    return jobs
+
+
+def reference_table(results: Sequence[dict], tasks: Sequence[str]) -> pd.DataFrame:
+    """Columns task, zero_shot, finetuned from the results of `reference_jobs`."""
+    zs = results[0]["accuracy"]
+    ft: dict[str, float] = {}
+    for r in results[1:]:
+        ft.update(r["accuracy"])
+    return pd.DataFrame({"task": t, "zero_shot": zs.get(t, np.nan), "finetuned": ft.get(t, np.nan)} for t in tasks)
+
+
+def summarize(acc: Mapping[str, float], refs: pd.DataFrame) -> dict:
+    """avg_abs = mean accuracy; avg_norm = mean of acc/acc_finetuned (METHODS.md), over refs' tasks."""
+    ft = dict(zip(refs["task"], refs["finetuned"]))
+    tasks = [t for t in refs["task"] if t in acc]
+    norm = [acc[t] / ft[t] for t in tasks if ft.get(t) and np.isfinite(ft[t])]
+    return {
+        "avg_abs": float(np.mean([acc[t] for t in tasks])) if tasks else float("nan"),
+        "avg_norm": float(np.mean(norm)) if norm else float("nan"),
+    }
+
+
+@dataclass
+class SweepResult:
+    """frame: one row per evaluated grid point on val (point, lambda | alpha + beta, one column
+    per task, avg_abs, avg_norm); best: the chosen row as a dict (+ its MergeSpec as "spec");
+    test: the best point on test ({task: acc}, avg_abs, avg_norm); refs_val / refs_test:
+    zero-shot and fine-tuned accuracies per task; cancelled: the grid stopped early
+    (then `test` is empty)."""
+
+    spec: SweepSpec
+    frame: pd.DataFrame
+    best: dict
+    test: dict
+    refs_val: pd.DataFrame
+    refs_test: pd.DataFrame | None
+    tasks: list[str]
+    run_id: int | None = None
+    cancelled: bool = False
+    seconds: float = 0.0
+    executor: str = ""
+
+    def metrics(self) -> dict:
+        """What goes into the run log."""
+        best = {k: v for k, v in self.best.items() if k != "spec"}
+        return {
+            "best": best,
+            "best_spec": self.best["spec"].to_dict() if "spec" in self.best else None,
+            "test": self.test,
+            "cancelled": self.cancelled,
+            "seconds": self.seconds,
+            "executor": self.executor,
+            "refs_val": self.refs_val.to_dict(orient="records"),
+            "refs_test": None if self.refs_test is None else self.refs_test.to_dict(orient="records"),
+            "grid": self.frame.to_dict(orient="records"),
+        }
+
+
+def point_label(spec: MergeSpec, alpha_used: float | None) -> str:
+    if spec.lines is None:
+        return f"λ={spec.param_dict['coefficients']:g}"
+    a, b = spec.lines
+    a_txt = f"auto ({alpha_used:.3f})" if a == "auto" else f"{float(a):g}"
+    return f"α={a_txt}, β={float(b):g}"
+
+
+def _row(spec: MergeSpec, res: dict, refs: pd.DataFrame) -> dict:
+    row: dict[str, Any] = {"point": point_label(spec, res["alpha"])}
+    if spec.lines is None:
+        row["lambda"] = float(spec.param_dict["coefficients"])
+    else:
+        row["alpha"] = float(res["alpha"])
+        row["alpha_auto"] = spec.lines[0] == "auto"
+        row["beta"] = float(spec.lines[1])
+    row.update(res["accuracy"])
+    row.update(summarize(res["accuracy"], refs))
+    return row
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    run_log=None,
+    model_set=None,
+    log: bool = True,
+) -> SweepResult:
+    """Evaluate every grid point on val, pick the best average normalized accuracy, evaluate it on test.
+
+    executor: default in-process serial. model_set: the already loaded set for `spec.model_set`
+    (used in this process; workers load their own). progress(done, total) counts every job
+    (references and grid points on val, then the test evaluations). run_log: a RunLog (default
+    RunLog()) unless log=False; the sweep is recorded as kind "sweep" with status ok/cancelled/error.
+    """
+    t0 = time.perf_counter()
+    spec.validate()
+    ms = model_set if model_set is not None else spec.model_set.load()
+    register_model_set(spec.model_set, ms)
+    executor = executor or LocalExecutor(processes=0)
+    tasks = eval_tasks(ms, spec.merge, spec.eval)
+    es_val = replace(spec.eval, split="val", tasks=tuple(tasks))
+    es_test = replace(spec.eval, split="test", subsample=spec.test_subsample, tasks=tuple(tasks))
+    points = spec.points()
+    ref = spec.model_set.to_dict()
+    val_refs = reference_jobs(spec.model_set, ms, es_val, tasks)
+    grid_jobs = [EvalJob(ref, es_val.to_dict(), merge=p.to_dict()) for p in points]
+    test_jobs = reference_jobs(spec.model_set, ms, es_test, tasks)
+    total = len(val_refs) + len(grid_jobs) + len(test_jobs) + 1
+
+    def prog(offset):
+        return None if progress is None else (lambda done, _n: progress(offset + done, total))
+
+    if log and run_log is None:
+        from .runs import RunLog
+
+        run_log = RunLog()
+    run_id = run_log.start("sweep", spec.to_dict(), ms.fingerprint(), seed=spec.eval.seed) if log else None
+    cancelled = False
+    try:
+        try:
+            results = executor.map(evaluate_job, val_refs + grid_jobs, prog(0), cancel)
+        except Cancelled as c:
+            cancelled = True
+            results = [c.results.get(i) for i in range(len(val_refs) + len(grid_jobs))]
+        if any(r is None for r in results[: len(val_refs)]):
+            refs_val = pd.DataFrame({"task": tasks, "zero_shot": np.nan, "finetuned": np.nan})
+        else:
+            refs_val = reference_table(results[: len(val_refs)], tasks)
+        rows = [_row(p, r, refs_val) for p, r in zip(points, results[len(val_refs) :]) if r is not None]
+        frame = pd.DataFrame(rows)
+        best: dict = {}
+        if not frame.empty and frame["avg_norm"].notna().any():
+            i = int(frame["avg_norm"].idxmax())  # first of ties: the smallest lambda / alpha-major order
+            best = {**frame.iloc[i].to_dict(), "spec": _evaluated_points(points, results[len(val_refs) :])[i]}
+        test: dict = {}
+        refs_test = None
+        if best and not cancelled:
+            best_job = EvalJob(ref, es_test.to_dict(), merge=best["spec"].to_dict())
+            try:
+                out = executor.map(evaluate_job, test_jobs + [best_job], prog(len(val_refs) + len(grid_jobs)), cancel)
+            except Cancelled:
+                cancelled = True
+            else:
+                refs_test = reference_table(out[:-1], tasks)
+                test = {"accuracy": out[-1]["accuracy"], **summarize(out[-1]["accuracy"], refs_test), "split": "test"}
+        result = SweepResult(
+            spec,
+            frame,
+            best,
+            test,
+            refs_val,
+            refs_test,
+            tasks,
+            run_id,
+            cancelled,
+            time.perf_counter() - t0,
+            executor.describe(),
+        )
+    except BaseException as e:
+        if run_id is not None:
+            run_log.finish(run_id, {"error": f"{type(e).__name__}: {e}"}, status="error")
+        raise
+    if run_id is not None:
+        run_log.finish(run_id, result.metrics(), status="cancelled" if cancelled else "ok")
+    return result
+
+
+def _evaluated_points(points: Sequence[MergeSpec], results: Sequence[dict | None]) -> list[MergeSpec]:
+    return [p for p, r in zip(points, results) if r is not None]
+
+
+def evaluate_specs(
+    ref: ModelSetRef,
+    specs: Sequence[MergeSpec],
+    es: EvalSpec,
+    *,
+    executor: Executor | None = None,
+    model_set=None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[list[dict], pd.DataFrame]:
+    """Evaluate several merges on one split (no choosing): per spec {"accuracy", "avg_abs", "avg_norm",
+    "alpha"}, plus the reference table (zero-shot, fine-tuned) used to normalize."""
+    ms = model_set if model_set is not None else ref.load()
+    register_model_set(ref, ms)
+    executor = executor or LocalExecutor(processes=0)
+    tasks = eval_tasks(ms, specs[0] if specs else MergeSpec(), es)
+    es = replace(es, tasks=tuple(tasks))
+    refs = reference_jobs(ref, ms, es, tasks)
+    jobs = [EvalJob(ref.to_dict(), es.to_dict(), merge=s.to_dict()) for s in specs]
+    out = executor.map(evaluate_job, refs + jobs, progress, cancel)
+    table = reference_table(out[: len(refs)], tasks)
+    rows = [{**r, **summarize(r["accuracy"], table)} for r in out[len(refs) :]]
+    return rows, table

@@ -1,0 +1,147 @@
+"""The CLI: `merge` writes exactly core.merging.merge's result; bad input gives one clear line and exit 1."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_sweeps import KEY, PEAK, FakeEvaluator, synthetic_model_set  # tests/ is on sys.path
+
+import core.sweeps as sw
+from core.checkpoints import load_state_dict
+from core.cli import main
+from core.merging import merge
+from core.runs import RunLog
+from core.spec import MergeSpec, RunConfig
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("MERGESCOPE_RUNLOG", str(tmp_path / "runs.sqlite"))
+    monkeypatch.setattr(sw, "make_evaluator", FakeEvaluator)
+    ref, ms = synthetic_model_set(tmp_path)
+    sw.register_model_set(ref, ms)  # the CLI uses this process's set for the ref (it has eval tasks)
+    return tmp_path, ref, ms
+
+
+def write(path, obj):
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "merge_spec, kwargs",
+    [
+        (MergeSpec.make("ties", {"k": 0.3, "coefficients": 0.7}), {"k": 0.3, "coefficients": 0.7}),
+        (MergeSpec.make("task_arithmetic", lines=("auto", 0.4)), {"lines": ("auto", 0.4)}),
+    ],
+)
+def test_merge_writes_what_core_merge_returns(setup, merge_spec, kwargs):
+    tmp, ref, ms = setup
+    cfg = write(tmp / "spec.json", RunConfig(model_set=ref, merge=merge_spec).to_dict())
+    assert main(["merge", "--config", cfg, "--out", str(tmp / "m.safetensors")]) == 0
+    got = load_state_dict(tmp / "m.safetensors")
+    want = merge(ms.base(), ms.finetuned_all(), merge_spec.method, **kwargs)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
+def test_eval_prints_a_table_and_logs_the_run(setup, capsys):
+    tmp, ref, ms = setup
+    cfg = RunConfig(model_set=ref, merge=MergeSpec.make("task_arithmetic", {"coefficients": 0.3}))
+    path = write(tmp / "spec.json", cfg.to_dict())
+    assert main(["eval", "--config", path, "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "average" in out and "normalized" in out
+    runs = RunLog().list(kind="eval")
+    assert len(runs) == 1
+    m = json.loads(runs["metrics"].iloc[0])
+    sd = merge(ms.base(), ms.finetuned_all(), "task_arithmetic", coefficients=0.3)
+    assert m["split"] == "val"
+    assert m["accuracy"]["a"] == pytest.approx(1 - abs(float(sd[KEY].mean()) - PEAK["val"]))
+    assert main(["eval", "--config", path, "--json", "--no-log"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["split"] == "test" and set(j["accuracy"]) == {"a", "b"}
+    assert len(RunLog().list(kind="eval")) == 1
+
+
+def test_sweep_command_runs_the_grid_and_reports_best(setup, capsys):
+    tmp, ref, ms = setup
+    spec = {"model_set": ref.to_dict(), "merge": {"method": "task_arithmetic"}, "grid": {"lambda": [0.1, 0.3, 0.8]}}
+    path = write(tmp / "sweep.json", spec)
+    assert main(["sweep", "--config", path, "--processes", "0", "--out", str(tmp / "grid.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "best on val: λ=0.3" in out
+    assert (tmp / "grid.csv").read_text().count("\n") == 4
+    assert RunLog().list(kind="sweep")["status"].tolist() == ["ok"]
+
+
+def _error(capsys, argv, code=1):
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_bad_inputs_give_clear_messages_and_nonzero_exit(setup, capsys):
+    tmp, ref, ms = setup
+    out = str(tmp / "m.safetensors")
+    err = _error(capsys, ["merge", "--config", str(tmp / "nope.json"), "--out", out])
+    assert "error:" in err and "nope.json does not exist" in err
+
+    err = _error(capsys, ["merge", "--config", write(tmp / "bad.json", "{not json"), "--out", out])
+    assert "not valid JSON" in err and "line 1" in err
+
+    base = {"model_set": ref.to_dict()}
+    err = _error(
+        capsys, ["merge", "--config", write(tmp / "m1.json", {**base, "merge": {"method": "magic"}}), "--out", out]
+    )
+    assert "unknown merge method 'magic'" in err and "task_arithmetic" in err
+
+    bad_param = {**base, "merge": {"method": "ties", "params": {"kk": 1}}}
+    err = _error(capsys, ["merge", "--config", write(tmp / "m2.json", bad_param), "--out", out])
+    assert "no parameter(s) ['kk']" in err
+
+    bad_task = {**base, "merge": {"method": "ties", "tasks": ["a", "zebra"]}}
+    err = _error(capsys, ["merge", "--config", write(tmp / "m3.json", bad_task), "--out", out])
+    assert "unknown task(s) ['zebra']" in err
+
+    bad_eval = {**base, "eval": {"split": "val", "shots": 3}}
+    err = _error(capsys, ["eval", "--config", write(tmp / "e1.json", bad_eval)])
+    assert "unknown field" in err and "shots" in err
+
+    sweep_as_run = {**base, "grid": {"lambda": [0.1]}}
+    err = _error(capsys, ["eval", "--config", write(tmp / "e2.json", sweep_as_run)])
+    assert "use `python -m core sweep`" in err
+
+    no_grid = {**base, "merge": {"method": "weight_average"}, "grid": {"lambda": [0.1]}}
+    err = _error(capsys, ["sweep", "--config", write(tmp / "s1.json", no_grid)])
+    assert "no global lambda" in err
+
+    missing_ckpt = {
+        "model_set": {
+            "zoo": None,
+            "base": str(tmp / "gone.safetensors"),
+            "finetuned": {"a": str(tmp / "a.safetensors")},
+        }
+    }
+    err = _error(capsys, ["merge", "--config", write(tmp / "m4.json", missing_ckpt), "--out", out])
+    assert "gone.safetensors does not exist" in err
+
+    _error(capsys, ["merge", "--out", out], code=2)  # argparse usage error
+    assert "needs --zoo" in _error(capsys, ["analyze", "--what", "norms"])
+
+
+def test_analyze_norms_from_files_writes_csv(setup, capsys):
+    tmp, ref, ms = setup
+    argv = ["analyze", "--base", ref.base, "--finetuned", *[f"{t}={p}" for t, p in ref.finetuned]]
+    assert main([*argv, "--what", "norms", "--out", str(tmp / "norms.csv")]) == 0
+    import pandas as pd
+
+    df = pd.read_csv(tmp / "norms.csv")
+    assert set(df["task"]) == {"a", "b"}
+    assert sorted(df["layer"].unique()) == [-1, 0, 1, 2, 3]
+    assert main([*argv, "--what", "scopes", "--out", str(tmp / "scopes.csv")]) == 0
+    assert set(pd.read_csv(tmp / "scopes.csv")["model"]) == {"base", "a", "b"}
