@@ -1,0 +1,570 @@
+"""The demo tasks: offline image classification, generated deterministically.
+
+Every image — the zoo's pretraining pairs and every task split — comes from one
+scene generator (`render`): a noisy coloured background, one main object (a
+shape, a digit from scikit-learn's bundled `load_digits`, a letter rendered
+from the DejaVu fonts matplotlib ships, or an arrow), small distractors, colour
+jitter and rotation. Tasks differ in *what is asked* about a scene, not in
+pixel statistics; that is what lets shallow blocks stay general, as in real
+CLIP (see shared/ZOO-NOTES.md, second round).
+
+A scene is a plain dict; `sample_task_scene` draws one for a task and label,
+`sample_scene` draws one for pretraining (with a caption, see core.zoo).
+Splits are separate seeded streams (and separate source images for digits), so
+train/val/test never share an image.
+
+`ImageFolderTask` reads a user's dataset laid out as root/<split>/<class>/*.png.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+IMAGE_SIZE = 32
+_MASK = 48  # resolution of the object masks before scaling
+
+SPLITS = ("train", "val", "test")
+DEFAULT_SIZES = {"train": 3000, "val": 250, "test": 250}
+
+# ---------------------------------------------------------------------------
+# Attribute vocabularies: one table, used by tasks, captions and the zoo's
+# auxiliary attribute heads.
+SHAPES = ["circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "semicircle"]
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 80, 230),
+    "yellow": (240, 220, 40),
+    "purple": (140, 50, 200),
+    "orange": (250, 140, 20),
+    "cyan": (40, 220, 230),
+    "pink": (250, 120, 190),
+}
+COLOUR_NAMES = list(COLOURS)
+PATTERNS = ["solid", "striped", "dotted", "outlined"]
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+LETTERS = ["A", "B", "E", "G", "H", "K", "M", "R", "S", "W"]
+DIRECTIONS = ["right", "up right", "up", "up left", "left", "down left", "down", "down right"]  # 45° steps, CCW
+POSITIONS = {
+    "center": (16, 16),
+    "top left": (9, 9),
+    "top right": (23, 9),
+    "bottom left": (9, 23),
+    "bottom right": (23, 23),
+}
+POSITION_NAMES = list(POSITIONS)
+COUNTS = ["one", "two", "three", "four", "five"]
+KINDS = ["shape", "digit", "letter", "arrow", "group"]
+
+# Attribute -> vocabulary; the order defines the auxiliary heads in core.zoo.
+ATTRIBUTES: dict[str, list[str]] = {
+    "shape": SHAPES,
+    "colour": COLOUR_NAMES,
+    "pattern": PATTERNS,
+    "digit": DIGITS,
+    "letter": LETTERS,
+    "direction": DIRECTIONS,
+    "position": POSITION_NAMES,
+    "count": COUNTS,
+}
+
+# Shape-colour pairs never shown in pretraining (compositional gap for the tasks).
+HELD_OUT_PAIRS = {(0, 1), (1, 3), (2, 5), (3, 7), (4, 0), (5, 2), (6, 4), (7, 6), (0, 6), (3, 2)}
+
+
+# ---------------------------------------------------------------------------
+# Tasks as data.
+@dataclass(frozen=True)
+class TaskSpec:
+    """One classification task: class names, prompt templates (``{c}`` or callables), a description."""
+
+    name: str
+    classnames: list[str]
+    templates: list[str | Callable[[str], str]]
+    description: str
+    attribute: str = ""  # scene attribute holding the label (demo tasks)
+    sizes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SIZES))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    def prompts(self, classname: str) -> list[str]:
+        return [t(classname) if callable(t) else t.format(c=classname) for t in self.templates]
+
+
+_TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in [
+        TaskSpec(
+            "shapes",
+            SHAPES,
+            ["a photo of a {c}.", "a {c}.", "a drawing of a {c}.", "a {c} shape."],
+            "Which shape is the main object (8 shapes, any colour, fill, position; small distractors).",
+            "shape",
+        ),
+        TaskSpec(
+            "colors",
+            COLOUR_NAMES,
+            ["a photo of a {c} object.", "something {c}.", "the big object is {c}.", "a {c} thing."],
+            "Colour of the largest object among smaller distractors (8 colours).",
+            "colour",
+        ),
+        TaskSpec(
+            "digits",
+            [str(i) for i in range(10)],
+            ["a photo of the digit {c}.", "the number {c}.", "a handwritten {c}.", "the digit {c}."],
+            "Handwritten digits from scikit-learn's load_digits (source images split by split).",
+            "digit",
+        ),
+        TaskSpec(
+            "letters",
+            LETTERS,
+            ["a photo of the letter {c}.", "the letter {c}.", "a {c} glyph.", "the character {c}."],
+            "Which letter (10 capitals, four DejaVu typefaces).",
+            "letter",
+        ),
+        TaskSpec(
+            "counts",
+            COUNTS,
+            ["a photo of {c} objects.", "{c} shapes.", "there are {c} things.", "a picture of {c} items."],
+            "How many small objects (1-5).",
+            "count",
+        ),
+        TaskSpec(
+            "position",
+            POSITION_NAMES,
+            ["an object in the {c}.", "a photo with something in the {c}.", "the object is in the {c}.", "{c}."],
+            "Where the main object is (centre or one of four corners).",
+            "position",
+        ),
+        TaskSpec(
+            "arrows",
+            DIRECTIONS,
+            ["an arrow pointing {c}.", "a photo of an arrow pointing {c}.", "the arrow points {c}.", "{c} arrow."],
+            "Direction of an arrow (8 directions).",
+            "direction",
+        ),
+        TaskSpec(
+            "patterns",
+            PATTERNS,
+            ["a {c} shape.", "a photo of a {c} object.", "something {c}.", "a {c} pattern."],
+            "Fill of the main shape: solid, striped, dotted or outlined.",
+            "pattern",
+        ),
+    ]
+}
+TASK_NAMES: list[str] = list(_TASKS)
+
+
+def get_task(name: str) -> TaskSpec:
+    """The `TaskSpec` of a demo task; raises KeyError naming the known tasks."""
+    try:
+        return _TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown task {name!r}; demo tasks are {TASK_NAMES}") from None
+
+
+# ---------------------------------------------------------------------------
+# Object masks (cached): float32 arrays in [0, 1] of size _MASK x _MASK.
+def _polygon_mask(points: list[tuple[float, float]]) -> np.ndarray:
+    im = Image.new("L", (_MASK, _MASK), 0)
+    ImageDraw.Draw(im).polygon([(x * _MASK, y * _MASK) for x, y in points], fill=255)
+    return np.asarray(im, np.float32) / 255
+
+
+def _regular(n: int, r: float = 0.46, phase: float = -np.pi / 2) -> list[tuple[float, float]]:
+    return [
+        (0.5 + r * np.cos(phase + 2 * np.pi * k / n), 0.5 + r * np.sin(phase + 2 * np.pi * k / n)) for k in range(n)
+    ]
+
+
+@functools.cache
+def _shape_masks() -> list[np.ndarray]:
+    im = Image.new("L", (_MASK, _MASK), 0)
+    ImageDraw.Draw(im).ellipse([2, 2, _MASK - 3, _MASK - 3], fill=255)
+    circle = np.asarray(im, np.float32) / 255
+    star = [
+        (
+            0.5 + (0.48 if k % 2 == 0 else 0.2) * np.cos(-np.pi / 2 + np.pi * k / 5),
+            0.52 + (0.48 if k % 2 == 0 else 0.2) * np.sin(-np.pi / 2 + np.pi * k / 5),
+        )
+        for k in range(10)
+    ]
+    a, b = 0.32, 0.68
+    cross = [
+        (a, 0.04),
+        (b, 0.04),
+        (b, a),
+        (0.96, a),
+        (0.96, b),
+        (b, b),
+        (b, 0.96),
+        (a, 0.96),
+        (a, b),
+        (0.04, b),
+        (0.04, a),
+        (a, a),
+    ]
+    semi = [(0.5 + 0.46 * np.cos(t), 0.3 + 0.46 * np.sin(t)) for t in np.linspace(0, np.pi, 24)]
+    return [
+        circle,
+        _polygon_mask([(0.1, 0.1), (0.9, 0.1), (0.9, 0.9), (0.1, 0.9)]),
+        _polygon_mask([(0.5, 0.06), (0.96, 0.9), (0.04, 0.9)]),
+        _polygon_mask(star),
+        _polygon_mask(cross),
+        _polygon_mask([(0.5, 0.02), (0.9, 0.5), (0.5, 0.98), (0.1, 0.5)]),
+        _polygon_mask(_regular(6, 0.48, 0)),
+        _polygon_mask(semi),
+    ]
+
+
+@functools.cache
+def _pattern_masks() -> list[np.ndarray]:
+    """Multiplicative fill patterns (solid, striped, dotted); 'outlined' is computed per mask."""
+    yy, xx = np.mgrid[0:_MASK, 0:_MASK]
+    stripes = (((xx + yy) // 5) % 2 == 0).astype(np.float32)
+    dots = ((((xx % 8) - 3.5) ** 2 + ((yy % 8) - 3.5) ** 2) < 7).astype(np.float32)
+    return [np.ones((_MASK, _MASK), np.float32), stripes, dots]
+
+
+def _outline(mask: np.ndarray, width: int = 6) -> np.ndarray:
+    inner = torch.from_numpy(mask)[None, None]
+    eroded = -torch.nn.functional.max_pool2d(-inner, 2 * width + 1, stride=1, padding=width)
+    return np.clip(mask - eroded[0, 0].numpy(), 0, 1)
+
+
+@functools.cache
+def _patterned(shape: int, pattern: int) -> np.ndarray:
+    m = _shape_masks()[shape]
+    if PATTERNS[pattern] == "outlined":
+        return _outline(m)
+    return m * _pattern_masks()[pattern]
+
+
+@functools.cache
+def _digit_source() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images.astype(np.float32) / 16.0, d.target.astype(np.int64)
+
+
+def _digit_indices(split: str) -> dict[int, np.ndarray]:
+    """Source digit images of a split, by label: 60% pretrain/train, 20% val, 20% test (by index)."""
+    _, y = _digit_source()
+    bucket = np.arange(len(y)) % 5
+    sel = {"train": bucket < 3, "val": bucket == 3, "test": bucket == 4}[split]
+    return {c: np.flatnonzero(sel & (y == c)) for c in range(10)}
+
+
+@functools.cache
+def _digit_mask(index: int) -> np.ndarray:
+    img = _digit_source()[0][index]
+    pil = Image.fromarray((img * 255).astype(np.uint8)).resize((_MASK - 8, _MASK - 8), Image.BILINEAR)
+    out = np.zeros((_MASK, _MASK), np.float32)
+    out[4:-4, 4:-4] = np.asarray(pil, np.float32) / 255
+    return out
+
+
+FONT_FILES = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf"]
+
+
+@functools.cache
+def _font(idx: int, size: int):
+    try:
+        import matplotlib
+
+        path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", FONT_FILES[idx])
+        return ImageFont.truetype(path, size)
+    except Exception:  # matplotlib missing: Pillow's built-in font (less variety)
+        return ImageFont.load_default(size=size)
+
+
+@functools.cache
+def _letter_mask(letter: int, font: int) -> np.ndarray:
+    im = Image.new("L", (_MASK, _MASK), 0)
+    draw = ImageDraw.Draw(im)
+    f = _font(font, 40)
+    x0, y0, x1, y1 = draw.textbbox((0, 0), LETTERS[letter], font=f)
+    draw.text(((_MASK - (x1 - x0)) / 2 - x0, (_MASK - (y1 - y0)) / 2 - y0), LETTERS[letter], font=f, fill=255)
+    return np.asarray(im, np.float32) / 255
+
+
+@functools.cache
+def _arrow_mask() -> np.ndarray:  # pointing right; rotated at render time
+    return _polygon_mask([(0.06, 0.4), (0.56, 0.4), (0.56, 0.16), (0.96, 0.5), (0.56, 0.84), (0.56, 0.6), (0.06, 0.6)])
+
+
+def _object_mask(obj: dict) -> np.ndarray:
+    kind = obj["kind"]
+    if kind == "shape":
+        return _patterned(obj["shape"], obj.get("pattern", 0))
+    if kind == "digit":
+        return _digit_mask(obj["source"])
+    if kind == "letter":
+        return _letter_mask(obj["letter"], obj.get("font", 0))
+    if kind == "arrow":
+        return _arrow_mask()
+    raise ValueError(f"unknown object kind {kind!r}")
+
+
+# ---------------------------------------------------------------------------
+# Rendering.
+def render(scene: dict) -> np.ndarray:
+    """Draw a scene to a (IMAGE_SIZE, IMAGE_SIZE, 3) uint8 array. Deterministic in the scene dict.
+
+    Object masks are drawn at 48 px, rotated, and resized down to the object's
+    size with Pillow's area-aware filter (anti-aliased edges without supersampling).
+    """
+    S = IMAGE_SIZE
+    rng = np.random.default_rng(scene["noise_seed"])
+    bg = np.asarray(scene["bg"], np.float32)
+    grad = rng.standard_normal((2, 3), dtype=np.float32) * 18
+    lin = np.linspace(-1, 1, S, dtype=np.float32)
+    canvas = bg + lin[None, :, None] * grad[0] + lin[:, None, None] * grad[1]
+    canvas += rng.standard_normal((S, S, 3), dtype=np.float32) * scene.get("bg_noise", 12.0)
+    for obj in scene["objects"]:
+        m = _object_mask(obj)
+        size = max(2, int(round(obj["size"])))
+        pil = Image.fromarray((m * 255).astype(np.uint8))
+        angle = obj.get("angle", 0.0)
+        if angle:
+            pil = pil.rotate(angle, resample=Image.BILINEAR)
+        mm = np.asarray(pil.resize((size, size), Image.BILINEAR), np.float32) * (1 / 255)
+        x0, y0 = int(round(obj["cx"] - size / 2)), int(round(obj["cy"] - size / 2))
+        xa, ya, xb, yb = max(0, x0), max(0, y0), min(S, x0 + size), min(S, y0 + size)
+        if xa >= xb or ya >= yb:
+            continue
+        mm = mm[ya - y0 : yb - y0, xa - x0 : xb - x0, None]
+        col = np.asarray(obj["rgb"], np.float32)
+        canvas[ya:yb, xa:xb] = canvas[ya:yb, xa:xb] * (1 - mm) + col * mm
+    canvas += rng.standard_normal((S, S, 3), dtype=np.float32) * 4
+    return np.clip(canvas, 0, 255).astype(np.uint8)
+
+
+def _jitter_colour(rng: np.random.Generator, colour: int) -> list[float]:
+    base = np.asarray(COLOURS[COLOUR_NAMES[colour]], np.float32)
+    return list(np.clip(base * rng.uniform(0.8, 1.1) + rng.normal(0, 12, 3), 0, 255))
+
+
+def _background(rng: np.random.Generator, avoid: list[int]) -> list[float]:
+    """A dull background colour far enough from the object colours."""
+    for _ in range(50):
+        grey = rng.uniform(50, 170)
+        bg = np.clip(grey + rng.normal(0, 25, 3), 0, 255)
+        if all(np.linalg.norm(bg - np.asarray(COLOURS[COLOUR_NAMES[c]])) > 110 for c in avoid):
+            return list(bg)
+    return list(bg)
+
+
+def _object(rng: np.random.Generator, kind: str, split: str, size: float, cx: float, cy: float, **attrs) -> dict:
+    """An object of `kind` with the given attributes; unspecified ones drawn at random."""
+    colour = attrs.get("colour", int(rng.integers(len(COLOURS))))
+    obj = {"kind": kind, "colour": colour, "rgb": _jitter_colour(rng, colour), "size": size, "cx": cx, "cy": cy}
+    if kind == "shape":
+        obj["shape"] = attrs.get("shape", int(rng.integers(len(SHAPES))))
+        obj["pattern"] = attrs.get("pattern", int(rng.choice(len(PATTERNS), p=[0.55, 0.15, 0.15, 0.15])))
+        obj["angle"] = float(rng.uniform(-25, 25))
+    elif kind == "digit":
+        digit = attrs.get("digit", int(rng.integers(10)))
+        pool = _digit_indices(split)[digit]
+        obj["digit"], obj["source"] = digit, int(pool[rng.integers(len(pool))])
+        obj["angle"] = float(rng.uniform(-12, 12))
+    elif kind == "letter":
+        obj["letter"] = attrs.get("letter", int(rng.integers(len(LETTERS))))
+        obj["font"] = int(rng.integers(len(FONT_FILES)))
+        obj["angle"] = float(rng.uniform(-12, 12))
+    elif kind == "arrow":
+        obj["direction"] = attrs.get("direction", int(rng.integers(len(DIRECTIONS))))
+        obj["angle"] = 45.0 * obj["direction"] + float(rng.uniform(-8, 8))
+    return obj
+
+
+def _free_spot(rng: np.random.Generator, taken: list[tuple[float, float, float]], size: float) -> tuple[float, float]:
+    best, best_d = (16.0, 16.0), -1.0
+    for _ in range(20):
+        x, y = rng.uniform(size / 2 + 1, IMAGE_SIZE - size / 2 - 1, 2)
+        d = min([np.hypot(x - a, y - b) - (size + s) / 2 for a, b, s in taken], default=99.0)
+        if d > 1.0:
+            return float(x), float(y)
+        if d > best_d:
+            best, best_d = (float(x), float(y)), d
+    return best
+
+
+def make_scene(
+    rng: np.random.Generator,
+    split: str,
+    kind: str | None = None,
+    n_distractors: int | None = None,
+    **attrs,
+) -> dict:
+    """A scene with a main object (or a group for counts); attributes given are fixed, the rest random.
+
+    Returns a dict with ``objects`` (main first), ``attrs`` (the attribute labels
+    this scene has, by ATTRIBUTES name), background and noise seed.
+    """
+    if kind is None:
+        kind = KINDS[int(rng.integers(len(KINDS)))]
+    # Defaults below are drawn even when an attribute is given (eager `.get` defaults), so
+    # re-running with the same generator state and one attribute changed gives a minimal pair.
+    noise_seed = int(rng.integers(2**31))
+    labels: dict[str, int] = {}
+    objects: list[dict] = []
+    if kind == "group":
+        n = attrs.get("count", int(rng.integers(5))) + 1
+        shape = attrs.get("shape", int(rng.integers(len(SHAPES))))
+        colour = attrs.get("colour", int(rng.integers(len(COLOURS))))
+        size = float(rng.uniform(6, 8))
+        taken: list[tuple[float, float, float]] = []
+        for _ in range(n):
+            x, y = _free_spot(rng, taken, size)
+            taken.append((x, y, size))
+            objects.append(_object(rng, "shape", split, size, x, y, shape=shape, colour=colour, pattern=0))
+        labels.update(count=n - 1, shape=shape, colour=colour)
+        n_distractors = 0
+    else:
+        pos = attrs.get("position", int(rng.integers(len(POSITIONS))))
+        px, py = POSITIONS[POSITION_NAMES[pos]]
+        size = float(rng.uniform(12, 15))
+        main = _object(rng, kind, split, size, px + rng.uniform(-1.5, 1.5), py + rng.uniform(-1.5, 1.5), **attrs)
+        objects.append(main)
+        labels.update(position=pos, colour=main["colour"])
+        for a in ("shape", "pattern", "digit", "letter", "direction"):
+            if a in main:
+                labels[a] = main[a]
+    if n_distractors is None:
+        n_distractors = int(rng.integers(3))
+    taken = [(o["cx"], o["cy"], o["size"]) for o in objects]
+    for _ in range(n_distractors):
+        s = float(rng.uniform(4.5, 6.5))
+        x, y = _free_spot(rng, taken, s)
+        taken.append((x, y, s))
+        colour, shift = int(rng.integers(len(COLOURS))), 1 + int(rng.integers(len(COLOURS) - 1))
+        if colour == labels.get("colour"):  # distractors never share the main colour
+            colour = (colour + shift) % len(COLOURS)
+        objects.append(_object(rng, "shape", split, s, x, y, colour=colour, pattern=0))
+    return {
+        "kind": kind,
+        "objects": objects,
+        "attrs": labels,
+        "bg": _background(rng, [o["colour"] for o in objects]),
+        "noise_seed": noise_seed,
+    }
+
+
+# Task -> (scene kind or sampler of kinds, attribute). Kinds None = any single-object kind.
+_TASK_KIND = {
+    "shapes": "shape",
+    "colors": None,
+    "digits": "digit",
+    "letters": "letter",
+    "counts": "group",
+    "position": None,
+    "arrows": "arrow",
+    "patterns": "shape",
+}
+
+
+def sample_task_scene(task: str, label: int, rng: np.random.Generator, split: str) -> dict:
+    """A scene of demo task `task` whose answer is class `label`."""
+    spec = get_task(task)
+    kind = _TASK_KIND[task]
+    if kind is None:
+        kind = ["shape", "digit", "letter", "arrow"][int(rng.integers(4))]
+    return make_scene(rng, split, kind, **{spec.attribute: label})
+
+
+def _stream_seed(*parts) -> list[int]:
+    return [zlib.crc32(str(p).encode()) for p in parts]
+
+
+@functools.lru_cache(maxsize=64)
+def _load_split_cached(name: str, split: str, seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    spec = get_task(name)
+    rng = np.random.default_rng(_stream_seed("task", name, split, seed))
+    labels = np.arange(n) % spec.num_classes
+    rng.shuffle(labels)
+    images = np.stack([render(sample_task_scene(name, int(y), rng, split)) for y in labels])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def load_split(name: str, split: str, *, seed: int = 0, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images uint8 (N, 3, 32, 32) and labels int64 (N,) of a demo task's split.
+
+    Deterministic in (name, split, seed, n); classes balanced (label i % C,
+    shuffled). Splits use separate random streams and, for digits, separate
+    source images. Tensors are cached; do not modify them in place.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    spec = get_task(name)
+    return _load_split_cached(name, split, seed, int(n if n is not None else spec.sizes[split]))
+
+
+# ---------------------------------------------------------------------------
+# A user's dataset on disk.
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+class ImageFolderTask:
+    """A classification dataset in ``root/<split>/<class>/*.png|jpg``.
+
+    Class names are the sorted folder names of the first split found (underscores
+    read as spaces in prompts); images are resized to `image_size` (square) and
+    returned like `load_split`.
+    """
+
+    def __init__(self, root: str | Path, image_size: int = IMAGE_SIZE, templates: list[str] | None = None):
+        self.root = Path(root)
+        splits = [s for s in SPLITS if (self.root / s).is_dir()]
+        if not splits:
+            raise FileNotFoundError(f"{self.root}: expected sub-folders {SPLITS} each holding one folder per class")
+        self.splits = splits
+        self.classnames = sorted(p.name for p in (self.root / splits[0]).iterdir() if p.is_dir())
+        if not self.classnames:
+            raise FileNotFoundError(f"{self.root / splits[0]}: no class folders")
+        self.image_size = image_size
+        self.name = self.root.name
+        self.templates = templates or ["a photo of a {c}.", "a {c}."]
+
+    @property
+    def spec(self) -> TaskSpec:
+        names = [c.replace("_", " ") for c in self.classnames]
+        return TaskSpec(self.name, names, list(self.templates), f"ImageFolder {self.root}")
+
+    def files(self, split: str) -> list[tuple[Path, int]]:
+        out = []
+        for label, c in enumerate(self.classnames):
+            d = self.root / split / c
+            if d.is_dir():
+                out += [(p, label) for p in sorted(d.iterdir()) if p.suffix.lower() in _IMAGE_SUFFIXES]
+        return out
+
+    def load_split(self, split: str, *, seed: int = 0, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (N, 3, S, S) images and int64 labels; `n` takes a seeded subsample."""
+        if split not in self.splits:
+            raise ValueError(f"{self.root}: no {split!r} split (found {self.splits})")
+        files = self.files(split)
+        if n is not None and n < len(files):
+            idx = np.sort(np.random.default_rng(seed).choice(len(files), n, replace=False))
+            files = [files[i] for i in idx]
+        s = self.image_size
+        imgs = [np.asarray(Image.open(p).convert("RGB").resize((s, s), Image.BICUBIC)) for p, _ in files]
+        x = (
+            torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+            if imgs
+            else torch.zeros(0, 3, s, s, dtype=torch.uint8)
+        )
+        return x, torch.tensor([y for _, y in files], dtype=torch.int64)

@@ -1,0 +1,28 @@
+"""Shared fixtures: threads pinned low (the CPU is shared), and the micro zoo built once per test run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_flush_denormal(True)
+
+
+@pytest.fixture(scope="session")
+def micro_zoo_dir(tmp_path_factory):
+    """Directory of a micro zoo built into a temp cache (seconds; plumbing-grade accuracy)."""
+    from core.zoo import build_zoo
+
+    cache = tmp_path_factory.mktemp("mergescope-cache")
+    return build_zoo("micro", cache=cache)
+
+
+@pytest.fixture(scope="session")
+def micro_zoo(micro_zoo_dir):
+    """The micro zoo as a core.modelset.ModelSet (base + 4 fine-tuned visual towers)."""
+    from core.zoo import load_model_set
+
+    return load_model_set("micro", cache=micro_zoo_dir.parent)
