@@ -35,7 +35,6 @@ from typing import NamedTuple
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .layers import num_blocks
 
@@ -641,6 +640,36 @@ def _prepare_for_safetensors(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
+_DTYPE_NAMES = {v: k for k, v in _SAFETENSORS_DTYPES.items()}
+
+
+def _write_safetensors(tensors: Mapping[str, torch.Tensor], path: str, meta: Mapping[str, str]) -> None:
+    """Write the safetensors format tensor by tensor (header, then raw little-endian data).
+
+    Unlike safetensors.torch.save_file, this never builds the whole file in memory, so
+    saving a model costs one tensor of extra memory, not one model.
+    """
+    header: dict[str, object] = {"__metadata__": dict(meta)} if meta else {}
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    off = 0
+    for k in order:
+        t = tensors[k]
+        if t.dtype not in _DTYPE_NAMES:
+            raise TypeError(f"cannot store {k!r}: dtype {t.dtype} has no safetensors equivalent")
+        n = t.numel() * t.element_size()
+        header[k] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + n]}
+        off += n
+    hb = json.dumps(header, separators=(",", ":")).encode()
+    hb += b" " * (-len(hb) % 8)
+    with open(path, "wb") as f:
+        f.write(len(hb).to_bytes(8, "little"))
+        f.write(hb)
+        for k in order:
+            t = tensors[k]
+            if t.numel():
+                f.write(t.reshape(-1).view(torch.uint8).numpy())
+
+
 def save_state_dict(
     sd: Mapping[str, torch.Tensor],
     path: str | os.PathLike,
@@ -665,7 +694,7 @@ def save_state_dict(
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        _write_safetensors(tensors, tmp, meta)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -792,14 +821,13 @@ class LazyStateDict(Mapping):
             raise KeyError(key)
         e = self._entries[key]
         start, end = e["data_offsets"]
-        buf = bytearray(end - start)
-        got = os.preadv(self._fd, [buf], self._data_start + start)
-        if got != len(buf):
-            raise CheckpointError(f"{self.path}: tensor {key!r} is cut short; the file is truncated")
-        dtype = _SAFETENSORS_DTYPES[e["dtype"]]
-        if not buf:
-            return torch.empty(e["shape"], dtype=dtype)
-        return torch.frombuffer(buf, dtype=dtype).reshape(e["shape"])
+        out = torch.empty(e["shape"], dtype=_SAFETENSORS_DTYPES[e["dtype"]])
+        if end > start:
+            view = out.reshape(-1).view(torch.uint8).numpy()
+            got = os.preadv(self._fd, [view], self._data_start + start)
+            if got != end - start:
+                raise CheckpointError(f"{self.path}: tensor {key!r} is cut short; the file is truncated")
+        return out
 
     def __iter__(self):
         return iter(self._entries)

@@ -41,17 +41,24 @@ def scale_by_block(
 
     LiNeS is the linear special case; the Merge lab's curve editor passes any curve.
     """
+    scales = key_scales(task_vector.keys(), block_scales, outside, output_as_last_block=output_as_last_block)
+    return {k: v * scales[k] for k, v in task_vector.items()}
+
+
+def key_scales(
+    keys, block_scales: Sequence[float], outside: float, *, output_as_last_block: bool = False
+) -> dict[str, float]:
+    """The scale each parameter takes under a per-block curve (see scale_by_block)."""
     L = len(block_scales)
-    out: dict[str, torch.Tensor] = {}
-    for k, v in task_vector.items():
+    out = {}
+    for k in keys:
         i = layer_index(k, L)
         if i is not None:
-            s = block_scales[i]
+            out[k] = block_scales[i]
         elif output_as_last_block and is_output_param(k):
-            s = block_scales[-1]
+            out[k] = block_scales[-1]
         else:
-            s = outside
-        out[k] = v * s
+            out[k] = outside
     return out
 
 

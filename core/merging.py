@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .lines import infer_num_blocks, lines_curve, multitask_alpha, scale_by_block
+from .lines import infer_num_blocks, key_scales, lines_curve, multitask_alpha
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -174,57 +174,63 @@ class TaskVectors:
         return tvs
 
     def chunks(self, *, with_finetuned: bool = False, size: int | None = None):
-        """Yield Chunks covering the flat vector in order, each `size` wide (the last may be shorter)."""
-        size = size or CHUNK
-        pend_tv: list[torch.Tensor] = []
-        pend_base: list[torch.Tensor] = []
-        pend_ft: list[torch.Tensor] = []
-        segments: list[tuple[str, int, int]] = []
-        width, start = 0, 0
+        """Yield Chunks covering the flat vector in order, each `size` wide (the last may be shorter).
 
-        def emit(w):
-            nonlocal pend_tv, pend_base, pend_ft, segments, width, start
-            tv = torch.cat(pend_tv, dim=1) if len(pend_tv) > 1 else pend_tv[0]
-            bs = torch.cat(pend_base) if len(pend_base) > 1 else pend_base[0]
-            ft = (torch.cat(pend_ft, dim=1) if len(pend_ft) > 1 else pend_ft[0]) if with_finetuned else None
-            # split off exactly w columns; the rest stays pending
-            segs, rest, acc = [], [], 0
-            for key, off, ln in segments:
-                if acc >= w:
-                    rest.append((key, off, ln))
-                elif acc + ln <= w:
-                    segs.append((key, off, ln))
-                else:
-                    take = w - acc
-                    segs.append((key, off, take))
-                    rest.append((key, off + take, ln - take))
-                acc += ln
-            chunk = Chunk(
+        The chunk's tensors are reused buffers, valid until the next chunk is requested.
+        Task vectors are written straight into the [N, size] buffer (one pass per input).
+        """
+        size = size or CHUNK
+        n_tasks = len(self)
+        buf = torch.empty(n_tasks, size)
+        bbuf = torch.empty(size)
+        fbuf = torch.empty(n_tasks, size) if with_finetuned else None
+        pos, start, segments = 0, 0, []
+
+        def chunk(width):
+            if width == size:
+                return Chunk(start, segments, buf, bbuf, fbuf)
+            # the last, partial chunk: contiguous copies so reductions see a plain [N, width] matrix
+            return Chunk(
                 start,
-                segs,
-                tv[:, :w].contiguous(),
-                bs[:w].contiguous(),
-                ft[:, :w].contiguous() if ft is not None else None,
+                segments,
+                buf[:, :width].contiguous(),
+                bbuf[:width].clone(),
+                None if fbuf is None else fbuf[:, :width].contiguous(),
             )
-            pend_tv = [tv[:, w:]] if tv.shape[1] > w else []
-            pend_base = [bs[w:]] if bs.shape[0] > w else []
-            pend_ft = [ft[:, w:]] if ft is not None and ft.shape[1] > w else []
-            segments, width, start = rest, width - w, start + w
-            return chunk
 
         for key in self.keys:
-            tvs = self.get(key)
-            pend_tv.append(torch.stack([v.reshape(-1) for v in tvs]))
-            pend_base.append(self.base_f(key).reshape(-1))
-            if with_finetuned:
-                pend_ft.append(torch.stack([_f32(sd[key]).reshape(-1) for sd in self.finetuned]))
-            n = pend_base[-1].numel()
-            segments.append((key, 0, n))
-            width += n
-            while width >= size:
-                yield emit(size)
-        if width > 0:
-            yield emit(width)
+            b = self.base_f(key).reshape(-1)
+            fts = [_f32(sd[key]).reshape(-1) for sd in self.finetuned]
+            for name, f in zip(self.names, fts):
+                if f.numel() != b.numel():
+                    raise ValueError(
+                        f"shape mismatch for {key!r}: base {tuple(self.shapes[key])} vs fine-tuned "
+                        f"{name!r} {tuple(self.finetuned[self.names.index(name)][key].shape)}"
+                    )
+            tvs = None
+            if self.preprocess is not None:
+                tvs = [
+                    self.preprocess(t, key, (f - b).reshape(self.shapes[key])).reshape(-1) for t, f in enumerate(fts)
+                ]
+            n, off = b.numel(), 0
+            while off < n:
+                take = min(size - pos, n - off)
+                bbuf[pos : pos + take] = b[off : off + take]
+                for t in range(n_tasks):
+                    if tvs is None:
+                        torch.sub(fts[t][off : off + take], b[off : off + take], out=buf[t, pos : pos + take])
+                    else:
+                        buf[t, pos : pos + take] = tvs[t][off : off + take]
+                    if fbuf is not None:
+                        fbuf[t, pos : pos + take] = fts[t][off : off + take]
+                segments.append((key, off, take))
+                pos += take
+                off += take
+                if pos == size:
+                    yield chunk(size)
+                    start, pos, segments = start + size, 0, []
+        if pos:
+            yield chunk(pos)
 
 
 class FlatWriter:
@@ -253,9 +259,12 @@ class MergedDirection:
     summed_l1: float
     num_tasks: int
     info: dict = field(default_factory=dict)
+    merged_l1_value: float | None = None  # accumulated chunk by chunk exactly like summed_l1
 
     def merged_l1(self) -> float:
-        return float(sum(v.double().abs().sum() for v in self.vector.values()))
+        if self.merged_l1_value is not None:
+            return self.merged_l1_value
+        return float(sum(float(v.abs().sum()) for v in self.vector.values()))
 
     def auto_alpha(self) -> float:
         return multitask_alpha(self.summed_l1, self.merged_l1(), self.num_tasks)
@@ -271,7 +280,8 @@ def _coefficients(coefficients, n: int) -> tuple[list[float] | None, float]:
 
 
 def _l1(t: torch.Tensor) -> float:
-    return float(t.double().abs().sum())
+    # float32 sums over at most one chunk, accumulated in Python floats
+    return float(t.abs().sum())
 
 
 def _weighted(tvs: torch.Tensor, per_task: list[float] | None) -> torch.Tensor:
@@ -312,12 +322,14 @@ def weight_average(tvs: TaskVectors) -> MergedDirection:
 )
 def task_arithmetic(tvs: TaskVectors, coefficients: float | Sequence[float] = 0.3) -> MergedDirection:
     per_task, scale = _coefficients(coefficients, len(tvs))
-    w, summed = FlatWriter(tvs.shapes), 0.0
+    w, summed, merged = FlatWriter(tvs.shapes), 0.0, 0.0
     for ch in tvs.chunks():
         raw_sum = ch.tvs.sum(dim=0)
         summed += _l1(raw_sum)
-        w.write(ch, raw_sum if per_task is None else _weighted(ch.tvs, per_task).sum(dim=0))
-    return MergedDirection(w.out, scale, summed, len(tvs))
+        out = raw_sum if per_task is None else _weighted(ch.tvs, per_task).sum(dim=0)
+        merged += _l1(out)
+        w.write(ch, out)
+    return MergedDirection(w.out, scale, summed, len(tvs), merged_l1_value=merged)
 
 
 def _trim_fraction(k: float) -> float:
@@ -341,25 +353,27 @@ def global_topk_thresholds(tvs: TaskVectors, k: float) -> list[float] | None:
     d = tvs.numel()
     rank = max(1, d - int(d * frac))  # 1-indexed rank of the threshold among ascending |tau|
     n = len(tvs)
-    hist = torch.zeros(n, 1 << 15, dtype=torch.int64)
-    for key in tvs.keys:
-        for t, v in enumerate(tvs.get(key)):
-            bits = v.detach().abs().float().reshape(-1).view(torch.int32)
-            hist[t] += torch.bincount(bits >> 16, minlength=1 << 15)
-    cum = hist.cumsum(dim=1)
+    nbins = 1 << 15  # high 16 bits of a non-negative float32 (sign bit 0)
+    offsets = (torch.arange(n, dtype=torch.int32) * nbins).unsqueeze(1)
+    hist = torch.zeros(n * nbins, dtype=torch.int64)
+    for ch in tvs.chunks():
+        high = (ch.tvs.abs().view(torch.int32) >> 16) + offsets[:, :1].expand(n, 1)
+        hist += torch.bincount(high.reshape(-1), minlength=n * nbins)
+    cum = hist.view(n, nbins).cumsum(dim=1)
     bins, ranks = [], []
     for t in range(n):
         b = int(torch.searchsorted(cum[t], torch.tensor(rank, dtype=torch.int64)))
         before = int(cum[t, b - 1]) if b > 0 else 0
         bins.append(b)
         ranks.append(rank - before)
+    want = torch.tensor(bins, dtype=torch.int32).unsqueeze(1)
     cands: list[list[torch.Tensor]] = [[] for _ in range(n)]
-    for key in tvs.keys:
-        for t, v in enumerate(tvs.get(key)):
-            a = v.detach().abs().float().reshape(-1)
-            sel = (a.view(torch.int32) >> 16) == bins[t]
-            if sel.any():
-                cands[t].append(a[sel])
+    for ch in tvs.chunks():
+        a = ch.tvs.abs()
+        hit = (a.view(torch.int32) >> 16) == want
+        rows = hit.any(dim=1).nonzero().flatten().tolist()
+        for t in rows:
+            cands[t].append(a[t][hit[t]])
     return [float(torch.kthvalue(torch.cat(cands[t]), ranks[t]).values) for t in range(n)]
 
 
@@ -382,7 +396,7 @@ def ties_direction(tvs: TaskVectors, k: float = 0.2, agg: str = "mean", per_task
         total += int(s.sum(dtype=torch.int64))
         signs[ch.start : ch.start + s.numel()] = s.to(torch.int8)
     majority = (total > 0) - (total < 0)
-    w, summed = FlatWriter(tvs.shapes), 0.0
+    w, summed, merged = FlatWriter(tvs.shapes), 0.0, 0.0
     for ch in tvs.chunks():
         tr = trimmed(ch)
         summed += _l1(ch.tvs.sum(dim=0))
@@ -392,10 +406,12 @@ def ties_direction(tvs: TaskVectors, k: float = 0.2, agg: str = "mean", per_task
         selected = tr * keep
         if agg == "mean":
             count = (selected != 0).sum(dim=0).float()
-            w.write(ch, torch.sum(selected, dim=0) / torch.clamp(count, min=1))
+            out = torch.sum(selected, dim=0) / torch.clamp(count, min=1)
         else:
-            w.write(ch, torch.sum(selected, dim=0))
-    return w.out, summed, {"thresholds": thresholds, "majority_sign": majority}
+            out = torch.sum(selected, dim=0)
+        merged += _l1(out)
+        w.write(ch, out)
+    return w.out, summed, {"thresholds": thresholds, "majority_sign": majority, "merged_l1": merged}
 
 
 @merge_method(
@@ -413,7 +429,7 @@ def ties_direction(tvs: TaskVectors, k: float = 0.2, agg: str = "mean", per_task
 def ties(tvs: TaskVectors, k: float = 0.2, agg: str = "mean", coefficients: float | Sequence[float] = 1.0):
     per_task, scale = _coefficients(coefficients, len(tvs))
     vec, summed, info = ties_direction(tvs, k, agg, per_task)
-    return MergedDirection(vec, scale, summed, len(tvs), info)
+    return MergedDirection(vec, scale, summed, len(tvs), info, merged_l1_value=info["merged_l1"])
 
 
 def dare_mask_seed(seed: int, task: int, key: str) -> int:
@@ -506,7 +522,7 @@ def consensus(
     else:
         raise ValueError(f"consensus base_method must be task_arithmetic or ties, got {base_method!r}")
     lam = torch.tensor(lams).unsqueeze(1)
-    w, summed, kept = FlatWriter(tvs.shapes), 0.0, 0
+    w, summed, merged, kept = FlatWriter(tvs.shapes), 0.0, 0.0, 0
     for ch in tvs.chunks(with_finetuned=True):
         raw_sum = ch.tvs.sum(dim=0)
         summed += _l1(raw_sum)
@@ -518,8 +534,11 @@ def consensus(
         masks = (ch.base - ch.finetuned).abs() > (multi - ch.finetuned).abs() * lam
         mask = masks.float().sum(dim=0) >= k
         kept += int(mask.sum())
-        w.write(ch, tau_mtl * mask)
-    return MergedDirection(w.out, float(coefficients), summed, n, {"kept_fraction": kept / max(1, tvs.numel())})
+        out = tau_mtl * mask
+        merged += _l1(out)
+        w.write(ch, out)
+    info = {"kept_fraction": kept / max(1, tvs.numel())}
+    return MergedDirection(w.out, float(coefficients), summed, n, info, merged_l1_value=merged)
 
 
 # --------------------------------------------------------------------------- public entry points
@@ -551,6 +570,7 @@ def apply_direction(
     scale: float | None = None,
     num_blocks: int | None = None,
     output_as_last_block: bool = False,
+    inplace: bool = False,
 ) -> dict[str, torch.Tensor]:
     """theta_0 + (scaled) direction, as a full state dict in the base's dtypes.
 
@@ -558,6 +578,8 @@ def apply_direction(
     curve=[s_0..s_{L-1}] with `outside`: any per-block curve. Either replaces the
     global lambda (official LiNeS applies no extra global scale). Without them,
     `scale` (default: the method's lambda) multiplies the direction.
+    inplace=True reuses the direction's tensors for the output (one model less memory;
+    the direction is spent).
     """
     if lines is not None and curve is not None:
         raise ValueError("give either lines=(alpha, beta) or a per-block curve, not both")
@@ -573,15 +595,19 @@ def apply_direction(
             raise ValueError(f"the block curve has {len(curve)} values but the model has {L} blocks")
         if outside is None:
             outside = curve[0]
-        scaled = scale_by_block(vec, list(curve), outside, output_as_last_block=output_as_last_block)
-        lam = 1.0
+        scales = key_scales(vec.keys(), list(curve), outside, output_as_last_block=output_as_last_block)
     else:
-        scaled = vec
         lam = direction.scale if scale is None else float(scale)
+        scales = dict.fromkeys(vec, lam)
+    # theta_0 + s * tau, as the reference computes it (LiNeS: theta_0 + 1.0 * (tau * s), the same bits)
     out = dict(base_sd)
-    for k, v in scaled.items():
+    for k, v in vec.items():
         b = base_sd[k]
-        out[k] = (_f32(b) + lam * v).to(b.dtype)
+        if inplace:
+            merged = v.mul_(scales[k]).add_(_f32(b))
+        else:
+            merged = _f32(b) + scales[k] * v
+        out[k] = merged.to(b.dtype)
     return out
 
 
@@ -612,4 +638,5 @@ def merge(
         outside=outside,
         num_blocks=num_blocks,
         output_as_last_block=output_as_last_block,
+        inplace=True,
     )
