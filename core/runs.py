@@ -317,6 +317,29 @@ class RunLog:
         self._write("DELETE FROM runs WHERE id = ?", (int(run_id),))
 
 
+def headlines(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` (from RunLog.list) with the columns a table of runs shows first: method (config
+    merge.method), avg_abs and avg_norm (the test numbers of a sweep, else the run's own)."""
+
+    def pick(row):
+        cfg = json.loads(row["config"]) if row["config"] else {}
+        met = json.loads(row["metrics"]) if isinstance(row["metrics"], str) and row["metrics"] else {}
+        src = met.get("test") if isinstance(met.get("test"), Mapping) and met.get("test") else met
+        merge = cfg.get("merge") if isinstance(cfg.get("merge"), Mapping) else {}
+        return pd.Series(
+            {"method": merge.get("method"), "avg_abs": src.get("avg_abs"), "avg_norm": src.get("avg_norm")}
+        )
+
+    if runs.empty:
+        return runs.assign(method=None, avg_abs=None, avg_norm=None)
+    extra = runs.apply(pick, axis=1)
+    out = runs.copy()
+    out.insert(2, "method", extra["method"])
+    out.insert(3, "avg_abs", pd.to_numeric(extra["avg_abs"], errors="coerce"))
+    out.insert(4, "avg_norm", pd.to_numeric(extra["avg_norm"], errors="coerce"))
+    return out
+
+
 def _cell(v):
     if isinstance(v, list) and len(v) > 20:
         return f"[{len(v)} items]"

@@ -184,3 +184,25 @@ def test_micro_zoo_in_worker_processes_matches_in_process(micro_zoo, tmp_path):
     cols = ["lambda", *serial.tasks, "avg_abs", "avg_norm"]
     assert pooled.frame[cols].equals(serial.frame[cols])
     assert pooled.test == serial.test
+
+
+def test_sweep_figures_mark_the_best_point():
+    import pandas as pd
+
+    from core.plots.sweeps import sweep_figure
+
+    lam = pd.DataFrame(
+        {"lambda": [0.1, 0.2, 0.3], "avg_norm": [0.5, 0.7, 0.6], "avg_abs": [0.4, 0.5, 0.45], "a": [0.4, 0.5, 0.45]}
+    )
+    fig = sweep_figure(lam, best=lam.iloc[1].to_dict(), test={"avg_norm": 0.66, "avg_abs": 0.5}, tasks=["a"])
+    star = fig.data[-1]
+    assert (star.x[0], star.y[0]) == (0.2, 70.0) and "test: 66.0% norm" in star.text[0]
+
+    grid = pd.DataFrame(
+        [{"alpha": a, "beta": b, "avg_norm": a + b, "avg_abs": a} for a in (0.1, 0.2) for b in (0.5, 1.0)]
+    )
+    heat = sweep_figure(grid, best=grid.iloc[3].to_dict())
+    assert heat.data[0].type == "heatmap" and heat.data[0].z.shape == (2, 2)
+    assert (heat.data[-1].x[0], heat.data[-1].y[0]) == ("1", "0.2")
+    one_alpha = grid[grid["alpha"] == 0.1]
+    assert sweep_figure(one_alpha).data[0].type == "scatter"  # alpha = auto: a line over beta
