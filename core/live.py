@@ -199,7 +199,9 @@ class LiveMerger:
     def save(self, spec: MergeSpec, path: str | Path, *, hf_names: bool = False) -> Path:
         """Write the merged model as safetensors (open_clip or Hugging Face CLIP names), the spec in its metadata."""
         path = Path(path)
-        save_state_dict(self.merged_state_dict(spec), path, hf_names=hf_names, metadata={"mergescope_spec": spec.to_dict()})
+        save_state_dict(
+            self.merged_state_dict(spec), path, hf_names=hf_names, metadata={"mergescope_spec": spec.to_dict()}
+        )
         return path
 
     def safetensors_bytes(self, spec: MergeSpec, *, hf_names: bool = False) -> bytes:

@@ -27,6 +27,12 @@ st.caption(
 )
 
 ms = S.require_model_set()
+if not ms.eval_tasks:
+    st.info(
+        f"Live evaluation needs tasks with test images and zero-shot heads; the model set {ms.name!r} has none. "
+        "Load the demo zoo on the Models page to steer merges live."
+    )
+    st.stop()
 
 with st.expander("Evaluation settings"):
     subsample = st.selectbox(
@@ -92,14 +98,15 @@ def live_panel() -> None:
         st.caption(f"Test split, {'all' if subsample is None else subsample} images per task; {timing}.")
 
     sweeps = st.session_state.setdefault("lines_sweeps", {})
+    sweep_key = (target, subsample, bf16)
     if st.button("Run the α sweep {1.0, 0.9, …, 0.0} on validation", key="lines_sweep_btn"):
         cb = S.progress_callback("α sweep on the validation split (LiNeS and uniform scaling)")
         df = live.alpha_sweep(target, ALPHAS, split="val", progress=cb)
         best = best_alpha(df)
         report = live.evaluate(single_task_spec(target, best["alpha"]))
         cb.finish(f"Sweep done: α = {best['alpha']:.1f} is best on validation")
-        sweeps[target] = {"df": df, "best": best, "report": report}
-    sweep = sweeps.get(target)
+        sweeps[sweep_key] = {"df": df, "best": best, "report": report}
+    sweep = sweeps.get(sweep_key)
     if sweep is not None:
         val_now = live.evaluate(spec, split="val")
         zs, ft_acc = live.single_task_table(target, val_now, split="val").iloc[:2].to_dict("index").values()
@@ -119,6 +126,14 @@ def live_panel() -> None:
             f"(uniform scaling at the same α: target {uni['target_acc']:.1%}, control {uni['control_acc']:.1%}, "
             f"score {uni['score']:.3f})."
         )
+        st.button(
+            "Move the sliders to the chosen α", on_click=set_alpha, args=(float(b["alpha"]),), key="lines_use_best"
+        )
+
+
+def set_alpha(alpha: float) -> None:
+    st.session_state["lines_alpha"] = alpha
+    st.session_state["lines_free_beta"] = False
 
 
 live_panel()

@@ -24,6 +24,12 @@ st.caption(
     "task's own fine-tuned accuracy. Results are on the test split: tune on validation (Sweeps) before trusting them."
 )
 ms = S.require_model_set()
+if not ms.eval_tasks:
+    st.info(
+        f"Live evaluation needs tasks with test images and zero-shot heads; the model set {ms.name!r} has none. "
+        "Load the demo zoo on the Models page to steer merges live."
+    )
+    st.stop()
 
 with st.expander("Evaluation settings"):
     subsample = st.selectbox(
@@ -154,10 +160,15 @@ def curve_editor(line_spec: MergeSpec) -> tuple[tuple[float, ...], float] | None
 def lab() -> None:
     left, right = st.columns([2, 3], gap="large")
     with left:
-        method = st.selectbox("Method", list(METHODS), key="ml_method", **_value_kw("ml_method", 1, "index"))
+        method = st.selectbox(
+            "Method",
+            list(METHODS),
+            key="ml_method",
+            **_value_kw("ml_method", list(METHODS).index("task_arithmetic"), "index"),
+        )
         m = get_method(method)
         st.caption(f"{m.description} — {m.reference}")
-        tasks = st.multiselect("Tasks to merge", ms.tasks, key="ml_tasks", **_value_kw("ml_tasks", ms.tasks))
+        tasks = st.multiselect("Tasks to merge", ms.tasks, key="ml_tasks", **_value_kw("ml_tasks", ms.tasks, "default"))
         if not tasks:
             st.warning("Pick at least one task to merge.")
             return

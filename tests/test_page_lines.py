@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -10,10 +12,13 @@ from core.live import ALPHAS
 from core.merging import merge
 from core.spec import ModelSetRef
 
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "lines.py")
+
 
 @pytest.fixture
-def page(micro_zoo):
-    at = AppTest.from_file("pages/lines.py", default_timeout=60)
+def page(micro_zoo, monkeypatch):
+    monkeypatch.setenv("MERGESCOPE_CACHE", str(micro_zoo.zoo_dir.parent))  # where ModelSetRef(zoo="micro") looks
+    at = AppTest.from_file(PAGE, default_timeout=60)
     at.session_state["model_set_ref"] = ModelSetRef(zoo="micro")
     at.run()
     assert not at.exception, at.exception
@@ -36,7 +41,7 @@ def test_alpha_slider_changes_the_numbers_and_they_equal_core(page, micro_zoo):
     assert at_0["accuracy"] != at_ft["accuracy"]  # alpha = 1 is the fine-tuned model, alpha = 0 removes most of it
     assert at_0["accuracy"] == _core_accuracy(micro_zoo, target, 0.0, 1.0)
     # The table's current row shows the same numbers.
-    row = page.dataframe(key="lines_table").value.iloc[2]
+    row = page.dataframe[0].value.iloc[2]
     assert row[f"{target} (target)"] == pytest.approx(at_0["accuracy"][target])
     assert row["score"] == pytest.approx(at_0["score"])
 
@@ -63,7 +68,7 @@ def test_alpha_sweep_chooses_on_val_and_reports_on_test(page):
     target = page.selectbox(key="lines_target").value
     page.button(key="lines_sweep_btn").click().run()
     assert not page.exception
-    sweep = page.session_state["lines_sweeps"][target]
+    sweep = page.session_state["lines_sweeps"][(target, None, False)]
     df = sweep["df"]
     assert set(df["split"]) == {"val"} and len(df) == 2 * len(ALPHAS)
     lines = df[df["kind"] == "LiNeS"]
