@@ -802,17 +802,16 @@ def _floats(s: str) -> list[float]:
 
 
 def _grid_job(args) -> dict:
-    """One grid run in a worker process: (model-set ref dict, LabConfig dict, threads) -> row."""
-    ref, cfg, threads = args
+    """One grid run in a worker process: (zoo kind, cache dir, LabConfig dict, threads) -> row."""
+    kind, cache, cfg, threads = args
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
-    from core.spec import ModelSetRef
+    from core.zoo import load_model_set
 
-    ms = ModelSetRef.from_dict(ref).load()
-    return finetune(ms, LabConfig(**cfg), run_log=None).row()
+    return finetune(load_model_set(kind, cache), LabConfig(**cfg), run_log=None).row()
 
 
-def _run_grid_cli(ref, ms, configs: list[LabConfig], workers: int, threads: int) -> pd.DataFrame:
+def _run_grid_cli(kind: str, cache, ms, configs: list[LabConfig], workers: int, threads: int) -> pd.DataFrame:
     rows, t0 = [], time.perf_counter()
 
     def report(i, row):
@@ -828,7 +827,7 @@ def _run_grid_cli(ref, ms, configs: list[LabConfig], workers: int, threads: int)
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    jobs = [(ref.to_dict(), c.to_dict(), threads) for c in configs]
+    jobs = [(kind, cache, c.to_dict(), threads) for c in configs]
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         for i, row in enumerate(pool.map(_grid_job, jobs), start=1):
             rows.append(row)
@@ -843,6 +842,9 @@ def main(argv: list[str] | None = None) -> int:
         "(and WSA), or (--wsa) the Weight Scope Alignment merge comparison. Prints Markdown tables.",
     )
     ap.add_argument("--zoo", default="demo", help="zoo kind: demo or micro (default demo)")
+    ap.add_argument(
+        "--cache", default=None, help="cache directory of the zoo (default $MERGESCOPE_CACHE or ~/.cache/mergescope)"
+    )
     ap.add_argument("--task", default="digits")
     ap.add_argument("--fractions", default="0.01,0.05,0.2,1.0", help="comma-separated fractions of the training pool")
     ap.add_argument(
@@ -869,16 +871,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="write the per-run results (CSV)")
     args = ap.parse_args(argv)
 
-    from core.spec import ModelSetRef
-    from core.zoo import is_built
+    from core.zoo import is_built, load_model_set
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    if not is_built(args.zoo):
+    if not is_built(args.zoo, args.cache):
         print(f"the {args.zoo} zoo is not built; run `python -m core zoo build{' --micro' if args.zoo == 'micro' else ''}`", file=sys.stderr)  # fmt: skip
         return 1
-    ref = ModelSetRef(zoo=args.zoo)
-    ms = ref.load()
+    ms = load_model_set(args.zoo, args.cache)
     d = recipe_defaults(ms)
     common = {"steps": args.steps, "batch_size": args.batch, "lr": args.lr or d["lr"], "weight_decay": d["weight_decay"],
               "warmup": d["warmup"], "n_train": d["n_train"], "every": args.every, "s1": args.s1, "s2": args.s2, "s": args.s}  # fmt: skip
@@ -902,7 +902,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{len(configs)} fine-tunes on {args.task} ({args.zoo} zoo): {args.steps} steps x batch {args.batch}, "
           f"lr {common['lr']:g}, workers {args.workers}", file=sys.stderr, flush=True)  # fmt: skip
-    results = _run_grid_cli(ref, ms, configs, args.workers, args.threads)
+    results = _run_grid_cli(args.zoo, args.cache, ms, configs, args.workers, args.threads)
     if args.out:
         results.to_csv(args.out, index=False)
     print(
