@@ -177,7 +177,7 @@ class EvalJob:
 
 
 _MODEL_SETS: dict[str, Any] = {}  # ModelSetRef key -> ModelSet, per process
-_DIRECTIONS: OrderedDict[tuple, tuple[Any, float]] = OrderedDict()  # (ref, direction_key) -> (direction, auto alpha)
+_DIRECTIONS: OrderedDict[tuple, dict] = OrderedDict()  # (ref, direction_key) -> direction and its LiNeS auto alpha
 _LOCK = threading.RLock()
 
 
@@ -215,7 +215,8 @@ def _forward_lock():
         return _LOCK
 
 
-def _direction(ref: Mapping, ms, spec: MergeSpec):
+def _direction(ref: Mapping, ms, spec: MergeSpec) -> dict:
+    """{"direction": MergedDirection, "auto_alpha": float | None (computed on first use)}, cached."""
     from .merging import merged_direction
 
     key = (_ref_key(ref), spec.direction_key())
@@ -225,7 +226,7 @@ def _direction(ref: Mapping, ms, spec: MergeSpec):
             return _DIRECTIONS[key]
         tasks = list(spec.tasks) if spec.tasks else ms.tasks
         d = merged_direction(ms.base(), {t: ms.finetuned(t) for t in tasks}, spec.method, **spec.param_dict)
-        entry = (d, d.auto_alpha() if spec.lines is not None and spec.lines[0] == "auto" else None)
+        entry = {"direction": d, "auto_alpha": None}
         _DIRECTIONS[key] = entry
         while len(_DIRECTIONS) > 4:
             _DIRECTIONS.popitem(last=False)
@@ -238,10 +239,15 @@ def merged_state_dict(ref: ModelSetRef | Mapping, spec: MergeSpec, ms=None) -> t
 
     ref = ref.to_dict() if isinstance(ref, ModelSetRef) else dict(ref)
     ms = ms or _model_set(ref)
-    d, auto = _direction(ref, ms, spec)
+    entry = _direction(ref, ms, spec)
+    d = entry["direction"]
     lines = spec.lines
-    if lines is not None:
-        lines = (auto if lines[0] == "auto" else float(lines[0]), float(lines[1]))
+    if lines is not None and lines[0] == "auto":
+        if entry["auto_alpha"] is None:
+            entry["auto_alpha"] = d.auto_alpha()
+        lines = (entry["auto_alpha"], float(lines[1]))
+    elif lines is not None:
+        lines = (float(lines[0]), float(lines[1]))
     c = spec.param_dict.get("coefficients")
     # The scalar lambda is not part of the direction key: take it from this spec, not the cached direction.
     scale = float(c) if isinstance(c, (int, float)) and not isinstance(c, bool) else None
@@ -313,6 +319,25 @@ def reference_jobs(ref: ModelSetRef, ms, es: EvalSpec, tasks: Sequence[str]) -> 
     jobs = [EvalJob(r, e, reference="zero_shot")]
     jobs += [EvalJob(r, e, reference=f"finetuned:{t}") for t in tasks if t in ms.tasks]
     return jobs
+
+
+_REFERENCES: OrderedDict[tuple, list[dict]] = OrderedDict()  # driver side: (ref, files, eval spec) -> results
+
+
+def _refs_key(ref: ModelSetRef, ms, es: EvalSpec) -> tuple:
+    return (_ref_key(ref.to_dict()), ms.fingerprint(), json.dumps(es.to_dict(), sort_keys=True))
+
+
+def _cached_references(key: tuple) -> list[dict] | None:
+    with _LOCK:
+        return _REFERENCES.get(key)
+
+
+def _store_references(key: tuple, results: list[dict]) -> None:
+    with _LOCK:
+        _REFERENCES[key] = results
+        while len(_REFERENCES) > 16:
+            _REFERENCES.popitem(last=False)
 
 
 def reference_table(results: Sequence[dict], tasks: Sequence[str]) -> pd.DataFrame:
@@ -419,9 +444,12 @@ def run_sweep(
     es_test = replace(spec.eval, split="test", subsample=spec.test_subsample, tasks=tuple(tasks))
     points = spec.points()
     ref = spec.model_set.to_dict()
-    val_refs = reference_jobs(spec.model_set, ms, es_val, tasks)
+    # Zero-shot and fine-tuned references are evaluated once per process and settings, then reused.
+    key_val, key_test = _refs_key(spec.model_set, ms, es_val), _refs_key(spec.model_set, ms, es_test)
+    cached_val, cached_test = _cached_references(key_val), _cached_references(key_test)
+    val_refs = [] if cached_val else reference_jobs(spec.model_set, ms, es_val, tasks)
     grid_jobs = [EvalJob(ref, es_val.to_dict(), merge=p.to_dict()) for p in points]
-    test_jobs = reference_jobs(spec.model_set, ms, es_test, tasks)
+    test_jobs = [] if cached_test else reference_jobs(spec.model_set, ms, es_test, tasks)
     total = len(val_refs) + len(grid_jobs) + len(test_jobs) + 1
 
     def prog(offset):
@@ -442,7 +470,10 @@ def run_sweep(
         if any(r is None for r in results[: len(val_refs)]):
             refs_val = pd.DataFrame({"task": tasks, "zero_shot": np.nan, "finetuned": np.nan})
         else:
-            refs_val = reference_table(results[: len(val_refs)], tasks)
+            if not cached_val:
+                cached_val = results[: len(val_refs)]
+                _store_references(key_val, cached_val)
+            refs_val = reference_table(cached_val, tasks)
         rows = [_row(p, r, refs_val) for p, r in zip(points, results[len(val_refs) :]) if r is not None]
         frame = pd.DataFrame(rows)
         best: dict = {}
@@ -458,7 +489,10 @@ def run_sweep(
             except Cancelled:
                 cancelled = True
             else:
-                refs_test = reference_table(out[:-1], tasks)
+                if not cached_test:
+                    cached_test = out[:-1]
+                    _store_references(key_test, cached_test)
+                refs_test = reference_table(cached_test, tasks)
                 test = {"accuracy": out[-1]["accuracy"], **summarize(out[-1]["accuracy"], refs_test), "split": "test"}
         result = SweepResult(
             spec,
@@ -503,9 +537,14 @@ def evaluate_specs(
     executor = executor or LocalExecutor(processes=0)
     tasks = eval_tasks(ms, specs[0] if specs else MergeSpec(), es)
     es = replace(es, tasks=tuple(tasks))
-    refs = reference_jobs(ref, ms, es, tasks)
+    key = _refs_key(ref, ms, es)
+    cached = _cached_references(key)
+    refs = [] if cached else reference_jobs(ref, ms, es, tasks)
     jobs = [EvalJob(ref.to_dict(), es.to_dict(), merge=s.to_dict()) for s in specs]
     out = executor.map(evaluate_job, refs + jobs, progress, cancel)
-    table = reference_table(out[: len(refs)], tasks)
+    if not cached:
+        cached = out[: len(refs)]
+        _store_references(key, cached)
+    table = reference_table(cached, tasks)
     rows = [{**r, **summarize(r["accuracy"], table)} for r in out[len(refs) :]]
     return rows, table

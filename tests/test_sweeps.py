@@ -206,3 +206,13 @@ def test_sweep_figures_mark_the_best_point():
     assert (heat.data[-1].x[0], heat.data[-1].y[0]) == ("1", "0.2")
     one_alpha = grid[grid["alpha"] == 0.1]
     assert sweep_figure(one_alpha).data[0].type == "scatter"  # alpha = auto: a line over beta
+
+
+def test_lines_sweep_after_a_lambda_sweep_reuses_the_direction_and_gets_auto_alpha(synth):
+    ref, ms, log = synth
+    sw.run_sweep(sw.SweepSpec.make(ref, MergeSpec.make("ties"), {"lambda": [0.5]}), model_set=ms, log=False)
+    res = sw.run_sweep(
+        sw.SweepSpec.make(ref, MergeSpec.make("ties"), {"alpha": ["auto"], "beta": [0.5]}), model_set=ms, log=False
+    )
+    d = sw._direction(ref.to_dict(), ms, MergeSpec.make("ties"))["direction"]
+    assert res.frame["alpha"].iloc[0] == pytest.approx(d.auto_alpha())
