@@ -1,0 +1,132 @@
+"""Model Tinting: merge layer-wise, then tint one layer per task with pseudo-labels from the experts.
+
+Thin page: widgets -> core.tinting.TintJob (training in a background thread; this page polls it
+and can cancel it) -> figures from core.plots.tinting. Finished runs stay in the session for
+the comparison with zero-shot, TA, TIES, TA+LiNeS (chosen on validation) and the experts.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import tinting as T
+from core.plots import tinting as P
+from ui import state as S
+
+JOB, RUNS = "tint_job", "tint_runs"
+
+st.title("Model Tinting: merge, then tint one layer per task")
+st.caption(
+    "Train layer-wise merging coefficients λ(layer, task) (start 0.3, kept in [0, 1]) and one task-specific "
+    "*tint* layer per task — by default each task's classification head, started from its zero-shot head — "
+    "with cross-entropy against the hard labels of each task's fine-tuned expert. The confidence filter drops a "
+    "sample when the expert and the merged model disagree and the merged model is more confident. Each step "
+    "shuffles the tasks and takes one Adam step per task on one batch (Why Train Everything? Tint a Single "
+    "Layer for Multi-task Model Merging)."
+)
+
+ms = S.require_model_set()
+if not ms.eval_tasks:
+    st.warning("Tinting trains on each task's images, and this model set has none: load the demo zoo.")
+    st.stop()
+
+keys = [k for k in S.analysis_keys(ms) if k.startswith("visual.")]
+job: T.TintJob | None = st.session_state.get(JOB)
+running = job is not None and job.running
+
+with st.form("tint_form"):
+    c1, c2, c3 = st.columns(3)
+    layer = c1.selectbox("Tinted layer (one copy per task)", T.tint_layer_choices(keys), key="tint_layer")
+    steps = c2.number_input("Steps (each: one Adam step per task)", 1, 2000, 100, key="tint_steps")
+    lr = c3.number_input("Learning rate", 1e-4, 1.0, 1e-2, format="%.4f", key="tint_lr")
+    batch = c1.number_input("Batch per task", 4, 256, 32, key="tint_batch")
+    every = c2.number_input("Evaluate every … steps", 1, 500, 25, key="tint_every")
+    use_filter = c3.toggle("Confidence filter", True, key="tint_filter")
+    data = st.radio(
+        "Unlabeled images to train on",
+        ["test", "val"],
+        format_func=lambda s: {"test": "test images (transductive, as in the paper)", "val": "validation images"}[s],
+        horizontal=True,
+        key="tint_data",
+    )
+    start = st.form_submit_button("Run Tinting", type="primary", disabled=running)
+if data == "test":
+    st.info(
+        "**Transductive:** training sees each task's *test* images — never their labels; the targets come "
+        "from the fine-tuned experts — and the accuracies below are measured on those same images, as in "
+        "the paper. Choose validation images for an inductive run."
+    )
+
+if start and not running:
+    cfg = T.TintConfig(layer=layer, steps=int(steps), lr=float(lr), batch=int(batch), filter=use_filter,
+                       data=data, seed=S.seed(), eval_every=int(every))  # fmt: skip
+    job = st.session_state[JOB] = T.TintJob(ms, cfg)
+    running = True
+
+
+@st.fragment(run_every=1.0 if running else None)
+def live_panel() -> None:
+    job = st.session_state.get(JOB)
+    if job is None:
+        return
+    n = job.cfg.steps
+    done = job.step
+    st.progress(min(done / max(n, 1), 1.0), text=f"{job.cfg.label()}: step {done}/{n}")
+    if job.running and st.button("Cancel", key="tint_cancel"):
+        job.cancel.set()
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(P.training_curves(pd.DataFrame(job.rows)), key="tint_train_fig")
+    c2.plotly_chart(P.accuracy_curves(pd.DataFrame(job.evals)), key="tint_acc_fig")
+    if job.error:
+        st.error(f"Tinting failed: {job.error}")
+    if not job.running and job.result is not None and st.session_state.get("_tint_seen") != id(job):
+        st.session_state["_tint_seen"] = id(job)
+        res = job.result
+        label = res.config.label() + (" (cancelled)" if res.cancelled else "")
+        st.session_state.setdefault(RUNS, {})[label] = res
+        if running:  # finished while polling: draw the results below
+            st.rerun()
+
+
+live_panel()
+
+runs: dict[str, T.TintResult] = st.session_state.get(RUNS, {})
+if not runs:
+    st.stop()
+
+st.subheader("Comparison (test split)")
+base = S.memo(
+    ms, "tint:baselines", lambda cb: T.baselines(ms, progress=cb), "Zero-shot, TA, TIES, TA+LiNeS (λ, β on val)"
+)
+table = T.comparison_table(base, {label: r.accuracy for label, r in runs.items()})
+tasks = list(base["individual"]["accuracy"])
+st.dataframe(table.style.format({c: "{:.1%}" for c in [*tasks, "avg_abs", "avg_norm"]}), key="tint_table")
+c1, c2 = st.columns(2)
+c1.plotly_chart(P.normalized_bars(table), key="tint_norm_fig")
+c2.plotly_chart(P.task_bars(table, tasks), key="tint_task_fig")
+
+label = st.selectbox("Run to inspect", list(runs), index=len(runs) - 1, key="tint_inspect")
+res = runs[label]
+m = res.model
+c1, c2, c3 = st.columns(3)
+c1.metric("Trained parameters", f"{m.num_trainable():,}")
+c2.metric("Fraction of the visual encoder", f"{m.num_trainable() / m.num_encoder_params():.2%}")
+c3.metric("Wall time", f"{res.seconds:.0f} s", f"{res.steps_done} steps")
+st.caption(
+    f"λ: {m.lambdas_raw.numel():,} coefficients ({len(m.keys)} tensors × {len(m.tasks)} tasks); tints: "
+    f"{m.num_trainable() - m.lambdas_raw.numel():,} parameters ({m.layer}, one copy per task)"
+    + (f"; run {res.run_id} in the run log" if res.run_id is not None else "")
+)
+by = st.radio("λ heatmap rows", ["block", "tensor"], horizontal=True, key="tint_lambda_by")
+st.plotly_chart(P.lambda_heatmap(m.lambda_frame(by)), key="tint_lambda_fig")
+
+if st.button("Prepare export (merged encoder + per-task tints, safetensors)", key="tint_export"):
+    path = Path(tempfile.mkdtemp(prefix="mergescope-tint-")) / "tinted.safetensors"
+    T.export_tinted(m, path, config=res.config, accuracy=res.accuracy)
+    st.session_state["tint_export_bytes"] = path.read_bytes()
+if st.session_state.get("tint_export_bytes"):
+    st.download_button("Download tinted.safetensors", st.session_state["tint_export_bytes"], "tinted.safetensors")

@@ -1,0 +1,43 @@
+"""The Tinting page on the micro zoo (AppTest): a tiny run in the background, then the comparison.
+(Without a model set the page links to Models: tests/test_pages.py checks every page.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import core.spec
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "tinting.py")
+
+
+@pytest.fixture
+def micro(micro_zoo, monkeypatch, tmp_path):
+    monkeypatch.setenv("MERGESCOPE_RUNLOG", str(tmp_path / "runs.sqlite"))
+    monkeypatch.setenv("MERGESCOPE_CACHE", str(micro_zoo.zoo_dir.parent))  # where ModelSetRef(zoo="micro") looks
+    return micro_zoo
+
+
+def test_a_tiny_run_shows_progress_comparison_and_lambda_heatmap(micro):
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["model_set_ref"] = core.spec.ModelSetRef(zoo="micro")
+    at.run()
+    assert not at.exception
+    assert any("Transductive" in i.value for i in at.info)
+    at.number_input(key="tint_steps").set_value(2)
+    at.number_input(key="tint_every").set_value(1)
+    at.number_input(key="tint_batch").set_value(8)
+    at.button[0].click().run()  # the form's submit button
+    assert not at.exception
+    job = at.session_state["tint_job"]
+    job.join(90)
+    assert job.error is None and job.result is not None
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert "Tinting (head, filter on)" in list(table.index)
+    assert {"zero-shot", "TA", "TIES", "TA+LiNeS", "individual"} <= set(table.index)
+    assert [m.label for m in at.metric][:2] == ["Trained parameters", "Fraction of the visual encoder"]
+    assert job.result.steps_done == 2 and [r["step"] for r in job.rows] == [1, 2]

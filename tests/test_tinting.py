@@ -1,0 +1,245 @@
+"""Model Tinting: the filter rule, clamping, what receives gradients, and a few steps on the micro zoo."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.tinting import (
+    HEAD,
+    TintConfig,
+    TintedMerge,
+    comparison_table,
+    confidence_filter,
+    export_tinted,
+    keep_mask,
+    layer_keys,
+    pseudo_label_agreement,
+    pseudo_label_loss,
+    read_tinted,
+    step_batches,
+    tint,
+    tint_layer_choices,
+)
+
+TASKS = ["a", "b"]
+
+
+# --------------------------------------------------------------------------- a tiny synthetic set
+@pytest.fixture(scope="module")
+def synthetic():
+    """A random micro CLIP as the base, two 'fine-tuned' towers = base + small noise, random heads."""
+    from core.models import build_model
+
+    torch.manual_seed(0)
+    base = {k: v.detach().clone() for k, v in build_model(arch="mergescope-micro").state_dict().items()}
+    fts = {}
+    for i, t in enumerate(TASKS):
+        g = torch.Generator().manual_seed(i + 1)
+        fts[t] = {
+            k: v + 0.02 * torch.randn(v.shape, generator=g)
+            for k, v in base.items()
+            if k.startswith("visual.") and v.is_floating_point()
+        }
+    heads = {t: F.normalize(torch.randn(3 + i, 64), dim=-1) * 100 for i, t in enumerate(TASKS)}
+    return base, fts, heads
+
+
+def _model(synthetic, layer=HEAD, lam=0.3):
+    base, fts, heads = synthetic
+    return TintedMerge(base, fts, heads, layer, lam)
+
+
+# --------------------------------------------------------------------------- the filter
+def test_filter_keeps_agreement_and_more_confident_expert_drops_more_confident_merged():
+    expert = torch.tensor(
+        [
+            [4.0, 0.0, 0.0],  # agree (both class 0)
+            [3.0, 0.0, 0.0],  # disagree, expert more confident -> keep
+            [0.5, 0.0, 0.0],  # disagree, merged more confident -> drop
+            [1.0, 0.0, 0.0],  # disagree, exactly as confident -> keep (expert >= merged)
+        ]
+    )
+    merged = torch.tensor(
+        [
+            [2.0, 1.0, 0.0],
+            [0.0, 1.0, 0.0],
+            [0.0, 5.0, 0.0],
+            [0.0, 0.0, 1.0],
+        ]
+    )
+    assert confidence_filter(expert, merged).tolist() == [True, True, False, True]
+
+
+def test_filter_in_the_loss_drops_samples_and_off_keeps_all():
+    label = torch.tensor([0, 0])
+    conf = torch.tensor([0.4, 0.9])
+    logits = torch.tensor([[0.0, 10.0], [0.0, 10.0]], requires_grad=True)  # merged says 1, very sure
+    assert keep_mask(label, conf, logits).tolist() == [False, False]
+    loss, m = pseudo_label_loss(logits, label, conf, use_filter=True)
+    assert m["kept"] == 0.0 and float(loss.detach()) == 0.0
+    loss.backward()
+    assert torch.count_nonzero(logits.grad) == 0
+    loss_off, m_off = pseudo_label_loss(logits, label, conf, use_filter=False)
+    assert m_off["kept"] == 1.0 and float(loss_off.detach()) == pytest.approx(10.0, abs=1e-3)
+
+
+# --------------------------------------------------------------------------- the model
+def test_lambdas_are_clamped_to_unit_interval(synthetic):
+    m = _model(synthetic)
+    with torch.no_grad():
+        m.lambdas_raw[0, 0] = -0.7
+        m.lambdas_raw[1, 1] = 1.9
+    lam = m.lambdas()
+    assert float(lam[0, 0].detach()) == 0.0 and float(lam[1, 1].detach()) == 1.0
+    k0 = m.keys[0]
+    merged = m.merged_params()
+    expected = m.base[k0] + 0.0 * m.tau[k0][0] + float(lam[0, 1].detach()) * m.tau[k0][1]
+    torch.testing.assert_close(merged[k0], expected)
+
+
+def test_lambda_one_and_zero_reproduce_finetuned_and_base(synthetic):
+    base, fts, _ = synthetic
+    m = _model(synthetic)
+    with torch.no_grad():
+        m.lambdas_raw.zero_()
+        m.lambdas_raw[:, 1] = 1.0
+    merged = m.merged_state_dict()
+    for k in m.keys[:5]:
+        torch.testing.assert_close(merged[k], fts["b"][k], rtol=0, atol=1e-6)
+
+
+def test_only_lambda_and_the_chosen_layer_get_gradients_and_change(synthetic):
+    m = _model(synthetic, layer="last_mlp")
+    frozen_before = {n: p.detach().clone() for n, p in m.visual.named_parameters()}
+    base_before = {k: v.clone() for k, v in m.base.items()}
+    tau_before = {k: v.clone() for k, v in m.tau.items()}
+    heads_before = {t: h.clone() for t, h in m.heads.items()}
+    x = torch.randn(4, 3, 32, 32)
+    loss = m(x, "a").logsumexp(-1).mean()
+    loss.backward()
+    assert m.lambdas_raw.grad is not None and m.lambdas_raw.grad.abs().sum() > 0
+    assert all(p.grad is None for p in m.visual.parameters())
+    a = m.tint_params("a")
+    assert set(a) == set(layer_keys("last_mlp", m.keys)) and all(".resblocks.2.mlp." in k for k in a)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in a.values())
+    assert all(p.grad is None for p in m.tint_params("b").values())  # task b's tint was not used
+    opt = torch.optim.Adam([p for _, p in m.named_trainable()], lr=1e-2)
+    opt.step()
+    for n, p in m.visual.named_parameters():
+        assert torch.equal(p, frozen_before[n]), n
+    assert all(torch.equal(m.base[k], base_before[k]) and torch.equal(m.tau[k], tau_before[k]) for k in m.keys)
+    assert all(torch.equal(m.heads[t], heads_before[t]) for t in TASKS)
+    assert not torch.equal(m.lambdas_raw, torch.full_like(m.lambdas_raw, 0.3))
+    # the tinted copy of task a now differs from the merged layer; other layers are the merged ones
+    merged, own = m.merged_params(), m.task_params("a", m.merged_params())
+    k = next(iter(a))
+    assert not torch.equal(own[k], merged[k])
+    assert all(torch.equal(own[j], merged[j]) for j in m.keys if j not in a)
+
+
+def test_head_tint_starts_at_zero_shot_head_and_counts_parameters(synthetic):
+    m = _model(synthetic)
+    w, b = m.head("b")
+    torch.testing.assert_close(w.detach(), synthetic[2]["b"])
+    assert torch.count_nonzero(b) == 0
+    n_heads = sum(h.numel() + h.shape[0] for h in synthetic[2].values())
+    assert m.num_trainable() == len(m.keys) * 2 + n_heads
+
+
+def test_layer_choices_start_with_head_and_the_output_end(synthetic):
+    m = _model(synthetic)
+    choices = tint_layer_choices(m.keys)
+    assert choices[:3] == [HEAD, "visual.ln_post", "visual.proj"] or choices[:3] == [
+        HEAD,
+        "visual.proj",
+        "visual.ln_post",
+    ]
+    assert "visual.transformer.resblocks.2.mlp" in choices
+    assert layer_keys("proj", m.keys) == ["visual.proj"]
+    with pytest.raises(ValueError, match="no encoder parameters"):
+        layer_keys("visual.nothing", m.keys)
+
+
+def test_schedule_shuffles_tasks_each_step_and_is_resumable():
+    it = step_batches(["a", "b", "c"], {"a": 10, "b": 20, "c": 30}, 4, seed=0)
+    first = [next(it) for _ in range(9)]
+    assert [s for s, _, _ in first] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert all(sorted(t for s, t, _ in first if s == k) == ["a", "b", "c"] for k in range(3))
+    assert all(len(idx) == 4 and len(set(idx.tolist())) == 4 for _, _, idx in first)
+    resumed = step_batches(["a", "b", "c"], {"a": 10, "b": 20, "c": 30}, 4, seed=0, start=2)
+    again = [next(resumed) for _ in range(3)]
+    assert [(s, t, i.tolist()) for s, t, i in again] == [(s, t, i.tolist()) for s, t, i in first[6:]]
+
+
+def test_export_roundtrip(synthetic, tmp_path):
+    m = _model(synthetic)
+    with torch.no_grad():
+        m.tint[0].add_(1.0)
+    p = export_tinted(m, tmp_path / "t.safetensors", config=TintConfig(steps=3), accuracy={"a": 0.5})
+    visual, tints, man = read_tinted(p)
+    assert man["layer"] == HEAD and man["tasks"] == TASKS and man["config"]["steps"] == 3
+    torch.testing.assert_close(tints["a"]["weight"], m.head("a")[0].detach())
+    torch.testing.assert_close(visual[m.keys[0]], m.merged_state_dict()[m.keys[0]])
+    json.dumps(man)
+
+
+def test_comparison_table_normalizes_by_individual():
+    base = {
+        "individual": {"accuracy": {"a": 0.8, "b": 0.5}},
+        "zero-shot": {"accuracy": {"a": 0.4, "b": 0.25}},
+        "TA": {"accuracy": {"a": 0.6, "b": 0.5}, "chosen": {"lambda": 0.3}},
+    }
+    df = comparison_table(base, {"Tinting": {"a": 0.8, "b": 0.45}})
+    assert list(df.index) == ["zero-shot", "TA", "Tinting", "individual"]
+    assert df.loc["zero-shot", "avg_norm"] == pytest.approx(0.5)
+    assert df.loc["TA", "avg_norm"] == pytest.approx((0.75 + 1.0) / 2)
+    assert df.loc["individual", "avg_norm"] == pytest.approx(1.0)
+    assert df.loc["TA", "chosen on val"] == "lambda=0.3"
+
+
+# --------------------------------------------------------------------------- the micro zoo
+def test_a_few_steps_on_the_micro_zoo_raise_pseudo_label_agreement(micro_zoo):
+    ms = micro_zoo
+    from core.tinting import build, prepare_data, tint_tasks
+
+    cfg = TintConfig(steps=8, batch=32, eval_every=4, seed=0)
+    tasks = tint_tasks(ms)
+    data = prepare_data(ms, tasks, "test")
+    before = pseudo_label_agreement(build(ms, cfg), data)
+    steps = []
+    res = tint(ms, cfg, run_log=False, data=data, eval_data=data, progress=lambda s, n, row: steps.append(s))
+    after = res.info["agreement"]
+    assert steps[0] == 0 and steps[-1] == 8
+    assert sum(after.values()) > sum(before.values())
+    assert list(res.evals["step"].unique()) == [0, 4, 8]
+    assert res.history["kept"].between(0, 1).all()
+
+
+def test_cancel_stops_between_steps_and_resume_continues(micro_zoo, tmp_path):
+    import threading
+
+    from core.runs import RunLog
+
+    ms = micro_zoo
+    log = RunLog(tmp_path / "runs.sqlite")
+    ev = threading.Event()
+
+    def stop_after_2(step, total, row):
+        if step == 2:
+            ev.set()
+
+    cfg = TintConfig(steps=4, batch=16, eval_every=100, seed=1)
+    res = tint(ms, cfg, run_log=log, state_dir=tmp_path, cancel=ev, progress=stop_after_2)
+    assert res.cancelled and res.steps_done == 2
+    row = log.get(res.run_id)
+    assert row["status"] == "cancelled" and row["metrics"]["state_path"]
+    res2 = tint(ms, None, run_log=log, state_dir=tmp_path, resume=res.run_id)
+    assert res2.steps_done == 4 and not res2.cancelled
+    assert log.get(res2.run_id)["config"]["resumed_from"] == res.run_id
+    # resuming reproduces an uninterrupted run
+    full = tint(ms, cfg, run_log=False)
+    torch.testing.assert_close(res2.model.lambdas_raw, full.model.lambdas_raw)
