@@ -98,7 +98,7 @@ def test_lines_slider_updates_the_numbers_in_the_browser(served_app):
             page.get_by_text("Target accuracy").first.wait_for(timeout=60_000)
             page.get_by_text("β = 1 − α = 0.50").wait_for(timeout=30_000)
             before = _metrics(page)
-            slider = page.locator('[data-testid="stSlider"] [role="slider"]').first
+            slider = page.get_by_role("slider").first  # alpha: react-aria's <input type=range>
             slider.focus()
             page.keyboard.press("End")  # alpha = 1, beta = 0: the fine-tuned model itself
             page.get_by_text("β = 1 − α = 0.00").wait_for(timeout=30_000)
