@@ -118,6 +118,7 @@ def test_models_page_summarises_and_validates(test_ref):
     assert set(summary["format"]) == {"safetensors"} and set(summary["status"]) == {"ok"}
     assert set(summary["blocks"]) == {4}
     assert "All checkpoints match the base" in at.success[0].value
+    assert "Tasks: 3" in at.sidebar.caption[0].value  # app.py wraps the page (ui.state.ensure_app_shell)
 
 
 def test_sidebar_shows_the_active_model_set(test_ref):

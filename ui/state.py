@@ -37,10 +37,28 @@ MODELS_PAGE = "pages/models.py"
 # ----------------------------------------------------------------------------------- model set
 
 
+def ensure_app_shell() -> None:
+    """Make sure app.py (navigation, sidebar) wraps the page being run.
+
+    With a ``pages/`` folder next to app.py, Streamlit starts in its old multipage mode: until
+    some run calls st.navigation, a request for /spectra runs pages/spectra.py *alone* (no
+    sidebar, default menu). That happens to the first visitor after a server start who opens a
+    page URL directly, and in AppTest after switch_page. Leave that mode and rerun through app.py.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without the old mode
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def current_ref() -> ModelSetRef | None:
     """The active ModelSetRef; when nothing was chosen yet in this session, a default:
     the zoo named by the ``?zoo=`` query parameter or $MERGESCOPE_DEFAULT_ZOO (if built),
     else the ModelSetRef JSON file named by $MERGESCOPE_DEFAULT_MODEL_SET."""
+    ensure_app_shell()
     ref = st.session_state.get(MODEL_SET_KEY)
     if isinstance(ref, dict):
         ref = ModelSetRef.from_dict(ref)

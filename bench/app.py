@@ -1,0 +1,172 @@
+"""Page latency: time from a page request to a fully rendered page, per page, warm cache.
+
+Serves the app with `streamlit run` on a free port with the demo zoo preselected (or the micro
+zoo with --micro), opens every page once to warm the server's caches (spectra, task-vector
+tables, evaluators), then loads each page --repeats times in a fresh browser session
+(headless Chromium via Playwright) and prints the median and worst time until the script run
+has finished and every chart is drawn. Target: under 2 s per page on the demo zoo.
+
+    PYTHONPATH=. .venv/bin/python bench/app.py [--micro] [--repeats 3] [--pages models,spectra]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ui import existing_pages, url_path  # noqa: E402
+
+TARGET_S = 2.0
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run",
+]  # fmt: skip
+RENDERED_JS = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
+    if (!document.querySelector('[data-testid="stMain"] h1')) return false;
+    const charts = document.querySelectorAll('[data-testid="stPlotlyChart"]').length;
+    const drawn = document.querySelectorAll('[data-testid="stPlotlyChart"] .main-svg').length;
+    return drawn >= charts && !document.querySelector('[data-testid="stSkeleton"]');
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_zoo(kind: str) -> None:
+    from core import zoo
+
+    if zoo.is_built(kind):
+        return
+    print(f"the {kind} zoo is not built yet; building it into {zoo.cache_dir()} (once)", flush=True)
+    last = [None]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage != last[0] or done == total:
+            print(f"  {stage}: {done}/{total}", flush=True)
+            last[0] = stage
+
+    zoo.build_zoo(kind=kind, progress=progress)
+
+
+def serve(kind: str, log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MERGESCOPE_DEFAULT_ZOO": kind}
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+        "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"streamlit exited ({proc.returncode}); log: {log_path}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.terminate()
+    raise SystemExit(f"no health check answer from {url}; log: {log_path}")
+
+
+def load_time(browser, url: str, timeout_s: float) -> float:
+    """Seconds from the request of `url` (in a new session) to the rendered page."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    try:
+        t0 = time.perf_counter()
+        page.goto(url, wait_until="commit")
+        page.wait_for_function(RENDERED_JS, timeout=timeout_s * 1000, polling=50)
+        elapsed = time.perf_counter() - t0
+        if page.locator('[data-testid="stException"]').count():
+            raise RuntimeError(f"{url}: the page shows an exception")
+        return elapsed
+    finally:
+        context.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--micro", action="store_true", help="use the micro zoo (seconds to build) instead of the demo zoo")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pages", default="", help="comma-separated url paths (default: every existing page)")
+    ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    args = ap.parse_args(argv)
+    kind = "micro" if args.micro else "demo"
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        print("playwright is not installed: pip install playwright")
+        return 1
+    if not Path(args.chromium).exists():
+        print(f"no Chromium at {args.chromium}: apt-get install chromium (or make browser)")
+        return 1
+    ensure_zoo(kind)
+
+    pages = [("home", "")] + [(url_path(f), url_path(f)) for _, f, _, _ in existing_pages()]
+    if args.pages:
+        wanted = set(args.pages.split(","))
+        pages = [p for p in pages if p[0] in wanted]
+    log = Path(tempfile.mkdtemp(prefix="mergescope-bench-")) / "streamlit.log"
+    proc, url = serve(kind, log)
+    rows = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+            print(f"{kind} zoo, {url}; warming the caches (first visits compute spectra, tables, ...)", flush=True)
+            for name, path in pages:
+                try:
+                    cold = load_time(browser, f"{url}/{path}", timeout_s=900)
+                    print(f"  first visit {name:14s} {cold:7.2f} s", flush=True)
+                except Exception as e:
+                    print(f"  first visit {name:14s} FAILED: {str(e).splitlines()[0][:150]}", flush=True)
+            print(f"\nwarm cache, {args.repeats} fresh sessions per page (request -> fully rendered):")
+            print(f"  {'page':14s} {'median':>8s} {'worst':>8s}")
+            for name, path in pages:
+                try:
+                    times = [load_time(browser, f"{url}/{path}", timeout_s=120) for _ in range(args.repeats)]
+                except Exception as e:
+                    print(f"  {name:14s} FAILED: {str(e).splitlines()[0][:150]}")
+                    rows.append((name, float("nan"), float("nan")))
+                    continue
+                med, worst = statistics.median(times), max(times)
+                rows.append((name, med, worst))
+                flag = "" if worst < TARGET_S else f"  over the {TARGET_S:.0f} s target"
+                print(f"  {name:14s} {med:7.2f}s {worst:7.2f}s{flag}", flush=True)
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    slow = [r[0] for r in rows if not r[2] < TARGET_S]
+    print(
+        f"\n{len(rows) - len(slow)}/{len(rows)} pages under {TARGET_S:.0f} s"
+        + (f"; slow or failed: {slow}" if slow else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
