@@ -12,6 +12,7 @@ from core.live import ALPHAS
 from core.merging import merge
 from core.spec import ModelSetRef
 
+SUB = 50
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "lines.py")
 
 
@@ -20,6 +21,7 @@ def page(micro_zoo, monkeypatch):
     monkeypatch.setenv("MERGESCOPE_CACHE", str(micro_zoo.zoo_dir.parent))  # where ModelSetRef(zoo="micro") looks
     at = AppTest.from_file(PAGE, default_timeout=60)
     at.session_state["model_set_ref"] = ModelSetRef(zoo="micro")
+    at.session_state["lines_sub"] = SUB  # the page's "images per task" setting keeps the tests quick
     at.run()
     assert not at.exception, at.exception
     return at
@@ -27,7 +29,7 @@ def page(micro_zoo, monkeypatch):
 
 def _core_accuracy(ms, target, alpha, beta):
     sd = merge(ms.base(), {target: ms.finetuned(target)}, "task_arithmetic", lines=(alpha, beta))
-    return Evaluator.for_model_set(ms, split="test").accuracy(sd)
+    return Evaluator.for_model_set(ms, split="test", subsample=SUB).accuracy(sd)
 
 
 def test_alpha_slider_changes_the_numbers_and_they_equal_core(page, micro_zoo):
@@ -68,7 +70,7 @@ def test_alpha_sweep_chooses_on_val_and_reports_on_test(page):
     target = page.selectbox(key="lines_target").value
     page.button(key="lines_sweep_btn").click().run()
     assert not page.exception
-    sweep = page.session_state["lines_sweeps"][(target, None, False)]
+    sweep = page.session_state["lines_sweeps"][(target, SUB, False)]
     df = sweep["df"]
     assert set(df["split"]) == {"val"} and len(df) == 2 * len(ALPHAS)
     lines = df[df["kind"] == "LiNeS"]

@@ -15,6 +15,7 @@ from core.lines import infer_num_blocks, lines_curve
 from core.merging import merge
 from core.spec import MergeSpec, ModelSetRef, RunConfig
 
+SUB = 50
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "merge_lab.py")
 
 
@@ -26,6 +27,7 @@ def _micro_cache(micro_zoo, monkeypatch):
 def _page(query: dict | None = None, **state) -> AppTest:
     at = AppTest.from_file(PAGE, default_timeout=60)
     at.session_state["model_set_ref"] = ModelSetRef(zoo="micro")
+    at.session_state["ml_sub"] = SUB  # the page's "images per task" setting keeps the tests quick
     for k, v in state.items():
         at.session_state[k] = v
     for k, v in (query or {}).items():
@@ -38,7 +40,7 @@ def _page(query: dict | None = None, **state) -> AppTest:
 def _core(ms, **kw) -> dict[str, float]:
     tasks = kw.pop("tasks", ms.tasks)
     sd = merge(ms.base(), {t: ms.finetuned(t) for t in tasks}, **kw)
-    return Evaluator.for_model_set(ms, split="test").accuracy(sd)
+    return Evaluator.for_model_set(ms, split="test", subsample=SUB).accuracy(sd)
 
 
 def _query(at) -> dict[str, str]:
@@ -125,6 +127,7 @@ def test_cli_config_and_export(micro_zoo, tmp_path):
     at = _page()
     cfg = RunConfig.from_dict(json.loads(at.code[1].value))
     assert cfg.merge == MergeSpec.make("task_arithmetic") and cfg.model_set.zoo == "micro"
+    assert cfg.eval.subsample == SUB and cfg.eval.split == "test"
     assert at.code[0].value == "python -m core eval --config spec.json"
     out = tmp_path / "merged.safetensors"
     at.text_input(key="ml_save_path").input(str(out)).run()
