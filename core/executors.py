@@ -184,7 +184,10 @@ class RayExecutor(Executor):
         self.num_cpus = num_cpus_per_item
         if not ray.is_initialized():
             root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            runtime_env = {"env_vars": {"PYTHONPATH": root, "OMP_NUM_THREADS": "1"}}
+            env = {"PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+            # Workers resolve zoo model sets and the run log through the same cache paths.
+            env.update({k: os.environ[k] for k in ("MERGESCOPE_CACHE",) if k in os.environ})
+            runtime_env = {"env_vars": env}
             if address == "local":
                 ray.init(runtime_env=runtime_env)
             else:

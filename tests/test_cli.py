@@ -145,3 +145,19 @@ def test_analyze_norms_from_files_writes_csv(setup, capsys):
     assert sorted(df["layer"].unique()) == [-1, 0, 1, 2, 3]
     assert main([*argv, "--what", "scopes", "--out", str(tmp / "scopes.csv")]) == 0
     assert set(pd.read_csv(tmp / "scopes.csv")["model"]) == {"base", "a", "b"}
+
+
+def test_merge_hf_names_exports_hugging_face_keys(setup):
+    tmp, ref, ms = setup
+    cfg = write(tmp / "spec.json", RunConfig(model_set=ref, merge=MergeSpec.make("task_arithmetic")).to_dict())
+    assert main(["merge", "--config", cfg, "--out", str(tmp / "hf.safetensors"), "--hf-names"]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(tmp / "hf.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert "vision_model.encoder.layers.0.mlp.fc1.weight" in keys
+    assert "visual_projection.weight" in keys
+    # Loading maps the names back to open_clip's, with the same values.
+    back = load_state_dict(tmp / "hf.safetensors")
+    want = merge(ms.base(), ms.finetuned_all(), "task_arithmetic", coefficients=0.3)
+    assert torch.equal(back[KEY], want[KEY])

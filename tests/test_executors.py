@@ -89,3 +89,16 @@ def test_ray_executor_without_ray_says_how_to_fix(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(RuntimeError, match="not installed"):
         RayExecutor("ray://nowhere:10001")
+
+
+@pytest.mark.skipif(
+    not os.environ.get("MERGESCOPE_TEST_RAY"), reason="starts a local Ray (slow); set MERGESCOPE_TEST_RAY=1"
+)
+def test_ray_executor_matches_serial_and_cancels():
+    pytest.importorskip("ray")
+    ex = RayExecutor("local")
+    assert [r[0] for r in ex.map(_square_and_pid, range(5))] == [x * x for x in range(5)]
+    cancel = threading.Event()
+    with pytest.raises(Cancelled) as info:
+        ex.map(_slow, range(20), progress=lambda d, n: cancel.set() if d >= 1 else None, cancel=cancel)
+    assert len(info.value.results) < 20
