@@ -13,19 +13,30 @@ median-xmin Hill estimate:
   picks the first xmin with the least Kolmogorov-Smirnov distance. Fewer than 20 eigenvalues
   take WeightWatcher's small-N path (bias-corrected Hill estimator, tails of at least 8).
 
-The work is vectorized: eigenvalues of same-shaped matrices are computed in batches, and
-the fit evaluates every candidate xmin at once in chunks instead of WeightWatcher's Python
-loop. Everything numeric runs in float64.
+Everything numeric runs in float64. Eigenvalues come from the Gram matrix (cheaper than an
+SVD, batched on a GPU, spread over worker threads on a CPU), and the fit evaluates all
+candidate xmins at once, with branch and bound on the KS distance, instead of
+WeightWatcher's Python loop; the few candidates that decide the result are recomputed term
+for term as WeightWatcher does, so xmin, alpha and D come out equal to its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
+import scipy.linalg
 import torch
+
+try:  # ships with scikit-learn; without it BLAS keeps its own thread count
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
 
 from core.layers import layer_index
 
@@ -35,9 +46,10 @@ SMALL_N_K_MIN = 8  # smallest tail the small-N estimator considers
 CONV2D_SCALE = math.sqrt(0.5)  # conv2d_norm: sqrt(conv2d_count / 2) with conv2d_count = 1 (pooled slices)
 OVER_TRAINED_ALPHA, UNDER_TRAINED_ALPHA = 2.0, 6.0  # WeightWatcher's warning thresholds
 
-# Byte budget of one batched Gram/eigen step and of one chunk of the KS matrix.
+# Byte budget of one batched Gram/eigen step on the GPU; KS work layout.
 _BATCH_BYTES = 256 * 2**20
-_KS_CHUNK_ELEMS = 2**21
+_KS_ROWS = 32  # candidate rows per chunk of the KS matrix
+_KS_SAMPLES = 48  # tail points per candidate for the KS lower bound
 
 # open_clip parameter-name fragments -> matrix kind shown in the table (first match wins).
 KIND_PATTERNS: tuple[tuple[str, str], ...] = (
@@ -88,44 +100,71 @@ def weight_matrices(weight) -> torch.Tensor:
     raise ValueError(f"expected a 2-D weight matrix or a 4-D conv kernel, got shape {tuple(w.shape)}")
 
 
-def _device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _stack_eigenvalues(mats: torch.Tensor, device: torch.device) -> np.ndarray:
-    """Eigenvalues of the smaller Gram matrix of each matrix in the stack (B, N, M) -> (B, min(N, M))."""
+def _gram_eigenvalues_torch(mats: torch.Tensor, device: torch.device) -> np.ndarray:
+    """Eigenvalues of the smaller Gram matrix of each matrix in the stack (B, N, M), batched in torch."""
     b, n, m = mats.shape
     small = min(n, m)
-    per_item = 8 * (n * m + 2 * small * small)
-    step = max(1, _BATCH_BYTES // per_item)
+    step = max(1, _BATCH_BYTES // (8 * (n * m + 2 * small * small)))
     out = []
     for start in range(0, b, step):
         x = mats[start : start + step].to(device)
         gram = x.mT @ x if n >= m else x @ x.mT
-        # Eigenvalues of the float64 Gram matrix: within ~1e-9 relative of float64 SVD even for the
-        # smallest eigenvalues of a square random matrix (far below what moves alpha), and faster.
         out.append(torch.linalg.eigvalsh(gram).clamp_min_(0.0).cpu().numpy())
     return np.concatenate(out, axis=0)
 
 
-def esd_many(weights: Sequence) -> list[np.ndarray]:
+def _gram_eigenvalues_numpy(mats: torch.Tensor) -> np.ndarray:
+    """Eigenvalues of the smaller Gram matrix of each matrix in the stack (B, N, M), on the CPU.
+
+    One matrix: WᵀW through BLAS syrk (numpy recognises `x.T @ x`) and LAPACK's symmetric
+    eigenvalue solver, values only. Stacks (conv slices): numpy's batched matmul and eigvalsh.
+    """
+    x = mats.numpy()
+    n, m = x.shape[1:]
+    if x.shape[0] == 1:
+        w = x[0]
+        gram = w.T @ w if n >= m else w @ w.T
+        eigs = scipy.linalg.eigvalsh(gram, driver="ev", overwrite_a=True, check_finite=False)[None, :]
+    else:
+        gram = np.swapaxes(x, 1, 2) @ x if n >= m else x @ np.swapaxes(x, 1, 2)
+        eigs = np.linalg.eigvalsh(gram)
+    return np.maximum(eigs, 0.0)
+
+
+def esd_many(weights: Sequence, *, workers: int | None = None) -> list[np.ndarray]:
     """ESDs of many weights at once: one sorted float64 array per weight, in input order.
 
-    Matrices of equal shape (including all slices of conv kernels) are stacked and their Gram
-    matrices decomposed in batches, on the GPU when torch sees one.
+    All arithmetic is float64: the Gram matrix of a float32 weight is formed exactly enough that its
+    eigenvalues agree with a float64 SVD to ~1e-9 relative even at the bottom of a square matrix's
+    spectrum (and to ~1e-14 elsewhere), far below what moves alpha; eigenvalues of the Gram matrix
+    cost a fraction of an SVD. On a GPU, same-shaped matrices are stacked and decomposed in batches.
+    On the CPU, `workers` threads (default: up to 2, one per core) each decompose whole matrices
+    with single-threaded BLAS: on a shared machine that beats one multi-threaded call by far,
+    because threaded BLAS spins waiting for cores other processes hold.
     """
-    device = _device()
     stacks = [weight_matrices(w) for w in weights]
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, s in enumerate(stacks):
-        groups.setdefault(tuple(s.shape[1:]), []).append(i)
-    pieces: list[list[np.ndarray]] = [[] for _ in stacks]
-    for idx in groups.values():
-        counts = [stacks[i].shape[0] for i in idx]
-        eigs = _stack_eigenvalues(torch.cat([stacks[i] for i in idx]), device)
-        for i, chunk in zip(idx, np.split(eigs, np.cumsum(counts)[:-1])):
-            pieces[i].append(chunk.ravel())
-    return [np.sort(np.concatenate(p)) for p in pieces]
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, st in enumerate(stacks):
+            groups.setdefault(tuple(st.shape[1:]), []).append(i)
+        result: list[np.ndarray | None] = [None] * len(stacks)
+        for idx in groups.values():
+            eigs = _gram_eigenvalues_torch(torch.cat([stacks[i] for i in idx]), device)
+            for i, chunk in zip(idx, np.split(eigs, np.cumsum([stacks[i].shape[0] for i in idx])[:-1])):
+                result[i] = np.sort(chunk.ravel())
+        return result  # type: ignore[return-value]
+    if workers is None:
+        workers = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    workers = max(1, min(workers, len(stacks)))
+    limit = threadpool_limits(1) if threadpool_limits is not None else contextlib.nullcontext()
+    with limit:
+        if workers == 1:
+            spectra = [_gram_eigenvalues_numpy(st) for st in stacks]
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                spectra = list(pool.map(_gram_eigenvalues_numpy, stacks))
+    return [np.sort(e.ravel()) for e in spectra]
 
 
 def esd(weight) -> np.ndarray:
@@ -155,28 +194,61 @@ def _failed(n: int, status: str = "failed") -> dict:
     }
 
 
-def _ks_distances(logs: np.ndarray, alphas: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """KS distance max_j |1 - (λ_j/λ_i)^(1-α_i) - (j-i)/n_i| over the tail j >= i, for each row i.
+def _ks_rows(logs: np.ndarray, alphas: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """KS distance max_j |1 - (λ_j/λ_i)^(1-α_i) - (j-i)/n_i| over the tail j >= i, for each candidate row i.
 
-    All candidates at once, in row chunks so a chunk of the (rows x N) matrix stays small.
-    Rows whose α is infinite (a tail of equal eigenvalues) follow numpy's 1**inf = 1.
+    `rows` ascending, α finite and > 1. Row chunks of the (rows x N) matrix, so memory stays small
+    and little is spent below the diagonal: there the log-ratio and the empirical CDF are clipped
+    to 0, which makes those entries exactly 0 and leaves the maximum alone.
     """
     n_total = logs.size
-    out = np.ones(rows.size, dtype=np.float64)
-    if rows.size == 0:
-        return out
-    chunk = max(1, _KS_CHUNK_ELEMS // n_total)
-    for a in range(0, rows.size, chunk):
-        r = rows[a : a + chunk]
+    out = np.empty(rows.size, dtype=np.float64)
+    for a in range(0, rows.size, _KS_ROWS):
+        r = rows[a : a + _KS_ROWS]
         first = int(r[0])
-        cols = np.arange(first, n_total)
-        logratio = logs[None, first:] - logs[r, None]  # >= 0 on the tail j >= i
-        tail = cols[None, :] >= r[:, None]
         n = (n_total - r).astype(np.float64)[:, None]
-        with np.errstate(invalid="ignore", over="ignore"):
-            fit_tail = np.where(logratio == 0.0, 1.0, np.exp((1.0 - alphas[a : a + chunk, None]) * logratio))
-        dev = np.abs(1.0 - fit_tail - (cols[None, :] - r[:, None]) / n)
-        out[a : a + chunk] = np.where(tail, dev, 0.0).max(axis=1)
+        m = logs[None, first:] - logs[r, None]
+        np.maximum(m, 0.0, out=m)
+        m *= (1.0 - alphas[a : a + _KS_ROWS])[:, None]
+        np.exp(m, out=m)  # (λ_j/λ_i)^(1-α_i), exactly 1 on and below the diagonal
+        emp = np.arange(first, n_total)[None, :] - r[:, None]
+        np.maximum(emp, 0, out=emp)
+        m += emp / n
+        np.subtract(1.0, m, out=m)
+        np.abs(m, out=m)
+        out[a : a + _KS_ROWS] = m.max(axis=1)
+    return out
+
+
+def _ks_lower_bounds(logs: np.ndarray, alphas: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """A lower bound on each row's KS distance: the same deviation at _KS_SAMPLES points spread over its tail."""
+    n_total = logs.size
+    n = n_total - rows
+    q = np.linspace(0.0, 1.0, _KS_SAMPLES)
+    j = rows[:, None] + np.floor(q[None, :] * (n[:, None] - 1)).astype(np.int64)
+    fit = np.exp((1.0 - alphas)[:, None] * (logs[j] - logs[rows, None]))
+    return np.abs(1.0 - (fit + (j - rows[:, None]) / n[:, None].astype(np.float64))).max(axis=1)
+
+
+def _ks_distances(logs: np.ndarray, alphas: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """KS distance of every candidate row whose minimum could be the overall minimum; others get a lower bound.
+
+    Branch and bound: sampled lower bounds for all rows, full distances for the most promising
+    few (their least is an upper bound on the minimum), then full distances only for rows whose
+    lower bound does not exceed it. Rows left out have a true distance above the minimum by more
+    than the rounding of either computation, so the first least distance is unchanged.
+    """
+    if rows.size <= 2 * _KS_ROWS:
+        return _ks_rows(logs, alphas, rows)
+    lower = _ks_lower_bounds(logs, alphas, rows)
+    out = lower.copy()
+    probe = np.sort(np.argsort(lower, kind="stable")[:_KS_ROWS])
+    out[probe] = _ks_rows(logs, alphas[probe], rows[probe])
+    best = out[probe].min()
+    todo = np.flatnonzero(lower <= best + 1e-9)
+    todo = todo[~np.isin(todo, probe)]
+    if todo.size:
+        out[todo] = _ks_rows(logs, alphas[todo], rows[todo])
     return out
 
 
@@ -207,8 +279,10 @@ def _fit_standard(data: np.ndarray, logs: np.ndarray) -> tuple[np.ndarray, np.nd
     for i in np.flatnonzero(shaky):
         alphas[i] = _ww_alpha_d(data, logs, int(i))[1]
     ds = np.ones(n_total - 1, dtype=np.float64)
-    ok = np.flatnonzero(alphas > 1)
+    ok = np.flatnonzero((alphas > 1) & np.isfinite(alphas))
     ds[ok] = _ks_distances(logs, alphas[ok], ok)
+    for i in np.flatnonzero(np.isinf(alphas) & (alphas > 0)):  # tails of equal eigenvalues: α = +inf
+        ds[i] = _ww_alpha_d(data, logs, int(i))[2]
     # Exact pass near the minimum: recompute the near-best candidates the way WeightWatcher does, so
     # the first-minimum tie-break lands on the same xmin bit for bit.
     near = np.flatnonzero(ds <= ds.min() + 1e-7)
