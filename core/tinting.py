@@ -725,23 +725,27 @@ def tint(
 
 
 class TintJob:
-    """`tint` in a background thread, for the app: the page polls `rows`/`evals` while it runs
-    and sets `cancel` to stop it (honoured between steps; the run is logged as cancelled).
+    """`tint` in a background thread, for the app: the page polls the job while it runs and
+    sets `cancel` to stop it (honoured between steps; the run is logged as cancelled).
 
-    rows: one dict per finished step (step, loss, kept, agreement); evals: long rows (step,
-    task, accuracy); result: the TintResult when done; error: the exception text if it failed.
+    cfgs: one TintConfig or several run one after the other on the same prepared images (e.g.
+    with and without the filter). For the run in progress: `cfg`, `rows` (one dict per finished
+    step: step, loss, kept, agreement), `evals` (long rows: step, task, accuracy) and `step`;
+    `results`: the finished TintResults; `error`: the exception text if a run failed.
     """
 
-    def __init__(self, ms, cfg: TintConfig, **kw):
-        self.cfg = cfg
+    def __init__(self, ms, cfgs: TintConfig | Sequence[TintConfig], **kw):
+        self.cfgs = [cfgs] if isinstance(cfgs, TintConfig) else list(cfgs)
+        if not self.cfgs:
+            raise ValueError("TintJob needs at least one TintConfig")
+        self.cfg = self.cfgs[0]
         self.cancel = threading.Event()
         self.rows: list[dict] = []
         self.evals: list[dict] = []
         self.step = 0
-        self.result: TintResult | None = None
+        self.results: list[TintResult] = []
         self.error: str | None = None
-        self.started = time.time()
-        self._thread = threading.Thread(target=self._run, args=(ms, cfg), kwargs=kw, daemon=True, name="tinting")
+        self._thread = threading.Thread(target=self._run, args=(ms,), kwargs=kw, daemon=True, name="tinting")
         self._thread.start()
 
     def _progress(self, step: int, total: int, row: dict) -> None:
@@ -751,15 +755,29 @@ class TintJob:
         for t, a in (row.get("accuracy") or {}).items():
             self.evals.append({"step": step, "task": t, "accuracy": a})
 
-    def _run(self, ms, cfg, **kw) -> None:
+    def _run(self, ms, **kw) -> None:
         try:
-            self.result = tint(ms, cfg, progress=self._progress, cancel=self.cancel, **kw)
+            tasks = tint_tasks(ms, self.cfg.tasks)
+            data: dict[str, dict[str, TaskImages]] = {}
+            for cfg in self.cfgs:
+                if self.cancel.is_set():
+                    break
+                self.cfg, self.rows, self.evals, self.step = cfg, [], [], 0
+                for split in {cfg.data, "test"} - set(data):
+                    data[split] = prepare_data(ms, tasks, split)
+                res = tint(ms, cfg, progress=self._progress, cancel=self.cancel, data=data[cfg.data],
+                           eval_data=data["test"], **kw)  # fmt: skip
+                self.results.append(res)
         except BaseException as e:  # shown by the page
             self.error = f"{type(e).__name__}: {e}"
 
     @property
     def running(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def result(self) -> TintResult | None:
+        return self.results[-1] if self.results else None
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)

@@ -7,6 +7,7 @@ the comparison with zero-shot, TA, TIES, TA+LiNeS (chosen on validation) and the
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -46,6 +47,7 @@ with st.form("tint_form"):
     batch = c1.number_input("Batch per task", 4, 256, 32, key="tint_batch")
     every = c2.number_input("Evaluate every … steps", 1, 500, 25, key="tint_every")
     use_filter = c3.toggle("Confidence filter", True, key="tint_filter")
+    ablation = c3.toggle("Then the same run with the filter switched", False, key="tint_ablation")
     data = st.radio(
         "Unlabeled images to train on",
         ["test", "val"],
@@ -64,7 +66,8 @@ if data == "test":
 if start and not running:
     cfg = T.TintConfig(layer=layer, steps=int(steps), lr=float(lr), batch=int(batch), filter=use_filter,
                        data=data, seed=S.seed(), eval_every=int(every))  # fmt: skip
-    job = st.session_state[JOB] = T.TintJob(ms, cfg)
+    cfgs = [cfg, dataclasses.replace(cfg, filter=not use_filter)] if ablation else [cfg]
+    job = st.session_state[JOB] = T.TintJob(ms, cfgs)
     running = True
 
 
@@ -73,9 +76,9 @@ def live_panel() -> None:
     job = st.session_state.get(JOB)
     if job is None:
         return
-    n = job.cfg.steps
-    done = job.step
-    st.progress(min(done / max(n, 1), 1.0), text=f"{job.cfg.label()}: step {done}/{n}")
+    n, done = job.cfg.steps, job.step
+    which = f" (run {len(job.results) + 1} of {len(job.cfgs)})" if len(job.cfgs) > 1 and job.running else ""
+    st.progress(min(done / max(n, 1), 1.0), text=f"{job.cfg.label()}{which}: step {done}/{n}")
     if job.running and st.button("Cancel", key="tint_cancel"):
         job.cancel.set()
     c1, c2 = st.columns(2)
@@ -83,11 +86,11 @@ def live_panel() -> None:
     c2.plotly_chart(P.accuracy_curves(pd.DataFrame(job.evals)), key="tint_acc_fig")
     if job.error:
         st.error(f"Tinting failed: {job.error}")
-    if not job.running and job.result is not None and st.session_state.get("_tint_seen") != id(job):
+    if not job.running and job.results and st.session_state.get("_tint_seen") != id(job):
         st.session_state["_tint_seen"] = id(job)
-        res = job.result
-        label = res.config.label() + (" (cancelled)" if res.cancelled else "")
-        st.session_state.setdefault(RUNS, {})[label] = res
+        for res in job.results:
+            label = res.config.label() + (" (cancelled)" if res.cancelled else "")
+            st.session_state.setdefault(RUNS, {})[label] = res
         if running:  # finished while polling: draw the results below
             st.rerun()
 

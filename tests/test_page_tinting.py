@@ -20,7 +20,7 @@ def micro(micro_zoo, monkeypatch, tmp_path):
     return micro_zoo
 
 
-def test_a_tiny_run_shows_progress_comparison_and_lambda_heatmap(micro):
+def test_a_tiny_run_and_its_ablation_show_comparison_and_lambda_heatmap(micro):
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.session_state["model_set_ref"] = core.spec.ModelSetRef(zoo="micro")
     at.run()
@@ -29,6 +29,7 @@ def test_a_tiny_run_shows_progress_comparison_and_lambda_heatmap(micro):
     at.number_input(key="tint_steps").set_value(2)
     at.number_input(key="tint_every").set_value(1)
     at.number_input(key="tint_batch").set_value(8)
+    at.toggle(key="tint_ablation").set_value(True)  # then the same run without the filter
     at.button[0].click().run()  # the form's submit button
     assert not at.exception
     job = at.session_state["tint_job"]
@@ -37,7 +38,8 @@ def test_a_tiny_run_shows_progress_comparison_and_lambda_heatmap(micro):
     at.run()
     assert not at.exception
     table = at.dataframe[0].value
-    assert "Tinting (head, filter on)" in list(table.index)
+    assert {"Tinting (head, filter on)", "Tinting (head, filter off)"} <= set(table.index)
     assert {"zero-shot", "TA", "TIES", "TA+LiNeS", "individual"} <= set(table.index)
     assert [m.label for m in at.metric][:2] == ["Trained parameters", "Fraction of the visual encoder"]
-    assert job.result.steps_done == 2 and [r["step"] for r in job.rows] == [1, 2]
+    assert [r.steps_done for r in job.results] == [2, 2] and [r["step"] for r in job.rows] == [1, 2]
+    assert [r.config.filter for r in job.results] == [True, False]

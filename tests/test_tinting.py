@@ -243,3 +243,26 @@ def test_cancel_stops_between_steps_and_resume_continues(micro_zoo, tmp_path):
     # resuming reproduces an uninterrupted run
     full = tint(ms, cfg, run_log=False)
     torch.testing.assert_close(res2.model.lambdas_raw, full.model.lambdas_raw)
+
+
+# --------------------------------------------------------------------------- figures
+def test_figures_show_percentages_and_lambda_in_unit_range(synthetic):
+    import pandas as pd
+
+    from core.plots.tinting import accuracy_curves, lambda_heatmap, normalized_bars, training_curves
+
+    hist = pd.DataFrame({"step": [1, 2], "loss": [1.0, 0.5], "kept": [0.8, 0.9], "agreement": [0.5, 0.75]})
+    fig = training_curves(hist)
+    assert [t.name for t in fig.data] == ["loss", "kept", "agreement"]
+    assert list(fig.data[2].y) == pytest.approx([50.0, 75.0])
+    evals = pd.DataFrame({"step": [0, 0, 5, 5], "task": ["a", "b", "a", "b"], "accuracy": [0.2, 0.4, 0.6, 0.8]})
+    fig = accuracy_curves(evals)
+    assert [t.name for t in fig.data] == ["a", "b", "mean"]
+    assert list(fig.data[2].y) == pytest.approx([30.0, 70.0])
+    table = comparison_table(
+        {"individual": {"accuracy": {"a": 0.8}}, "TA": {"accuracy": {"a": 0.4}}}, {"Tinting": {"a": 0.6}}
+    )
+    bars = normalized_bars(table).data[0]
+    assert list(bars.x) == ["TA", "Tinting", "individual"] and list(bars.y) == pytest.approx([50.0, 75.0, 100.0])
+    heat = lambda_heatmap(_model(synthetic).lambda_frame("block")).data[0]
+    assert heat.zmin == 0 and heat.zmax == 1 and list(heat.x) == TASKS and heat.y[-1] == "outside"
