@@ -1,0 +1,165 @@
+"""Continual (NTK-CL): tasks in sequence with adapters on the frozen backbone; forgetting, feature
+orthogonality and the empirical NTK, with each of NTK-CL's three terms switchable.
+
+Thin page: widgets -> core.continual.ContinualJob (a background thread this page polls and can
+cancel) -> figures from core.plots.continual. Finished runs stay in the session; every run is in
+the run log, and any logged runs can be compared side by side.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import continual as C
+from core import data as D
+from core.plots import continual as P
+from ui import state as S
+
+JOB, RUNS = "continual_job", "continual_runs"
+
+st.title("Continual: parameter-efficient continual learning through the NTK lens")
+st.caption(
+    "A frozen backbone (the model set's pretrained visual encoder) learns tasks one after another through "
+    "small adapters parallel to each block's MLP, with a prototype cosine classifier (class means, fixed once "
+    "computed). NTK-CL's three answers to forgetting can be switched on one by one: **feature expansion** "
+    "(several PEFT paths per sample: adapters, prompts and their fusion), **EMA + orthogonality** (a running "
+    "mean of past tasks' adapters and a loss pushing new features off the span of old prototypes), and **L2** "
+    "toward the previous task's adapters. All off is plain sequential adapter tuning."
+)
+
+ms = S.require_model_set()
+job: C.ContinualJob | None = st.session_state.get(JOB)
+running = job is not None and job.running
+d = C.ContinualConfig()
+defaults = [t for t in d.tasks if t in D.TASK_NAMES]
+
+with st.form("continual_form"):
+    tasks = st.multiselect("Tasks, in training order (the order you pick them)", D.TASK_NAMES, defaults, key="cl_tasks")
+    c1, c2, c3 = st.columns(3)
+    setting = c1.radio(
+        "Setting", C.SETTINGS, format_func=lambda s: {"class": "class-incremental", "task": "task-incremental"}[s],
+        key="cl_setting", help="Class-incremental: one classifier over every class seen so far (the task must be "
+        "recognised too). Task-incremental: the task is given, prediction among its own classes.",
+    )  # fmt: skip
+    steps = c2.number_input("Steps per task", 1, 2000, d.steps, key="cl_steps")
+    seed = c3.number_input("Seed", 0, 10_000, S.seed(), key="cl_seed")
+    c1, c2, c3 = st.columns(3)
+    expansion = c1.toggle("Feature expansion", True, key="cl_expansion")
+    ortho = c2.toggle("EMA + orthogonality", True, key="cl_ortho")
+    l2 = c3.toggle("L2 to previous task", True, key="cl_l2")
+    ortho_w = c2.number_input("Orthogonality weight", 0.0, 100.0, d.ortho_weight, key="cl_ortho_w")
+    l2_w = c3.number_input("L2 weight", 0.0, 1000.0, d.l2_weight, key="cl_l2_w")
+    with st.expander("Training details"):
+        c1, c2, c3, c4 = st.columns(4)
+        batch = c1.number_input("Batch", 2, 512, d.batch, key="cl_batch")
+        lr = c2.number_input("Learning rate", 1e-5, 1.0, d.lr, format="%.4f", key="cl_lr")
+        n_train = c3.number_input("Training images per task", 10, 3000, d.n_train, key="cl_n_train")
+        lora = c4.number_input("LoRA rank on attention (0 = off)", 0, 64, d.lora_rank, key="cl_lora")
+        ntk = c1.number_input("NTK probe images per task (0 = skip)", 0, 256, d.ntk_samples, key="cl_ntk")
+    start = st.form_submit_button("Run", type="primary", disabled=running)
+
+if start and not running:
+    if len(tasks) < 2:
+        st.warning("Pick at least two tasks: forgetting needs a sequence.")
+    else:
+        cfg = C.ContinualConfig(
+            tasks=tuple(tasks), setting=setting, expansion=expansion, ortho=ortho, l2=l2, ortho_weight=float(ortho_w),
+            l2_weight=float(l2_w), steps=int(steps), batch=int(batch), lr=float(lr), n_train=int(n_train),
+            lora_rank=int(lora), ntk_samples=int(ntk), seed=int(seed),
+        )  # fmt: skip
+        job = st.session_state[JOB] = C.ContinualJob(ms, cfg, run_log=True)
+        running = True
+
+
+@st.fragment(run_every=1.0 if running else None)
+def live_panel() -> None:
+    job = st.session_state.get(JOB)
+    if job is None:
+        return
+    st.progress(
+        min(job.done / max(job.total, 1), 1.0), text=f"{job.cfg.label()}: {job.stage} ({job.done}/{job.total} steps)"
+    )
+    if job.running:
+        if st.button("Cancel", key="cl_cancel"):
+            job.cancel.set()
+        cols = [f"after {t}" for t in job.cfg.tasks]
+        import pandas as pd
+
+        st.plotly_chart(
+            P.accuracy_heatmap(pd.DataFrame(job.acc, index=list(job.cfg.tasks), columns=cols), "Accuracy so far"),
+            key="cl_live_acc",
+        )
+    if job.error:
+        st.error(f"The run failed: {job.error}")
+    if not job.running and job.result is not None and st.session_state.get("_cl_seen") != id(job):
+        st.session_state["_cl_seen"] = id(job)
+        res = job.result
+        label = f"{res.config.label()} · {res.config.setting} · seed {res.config.seed}" + (
+            " (cancelled)" if res.cancelled else ""
+        )
+        if res.run_id is not None:
+            label += f" · run {res.run_id}"
+        st.session_state.setdefault(RUNS, {})[label] = res
+        st.rerun()
+
+
+live_panel()
+
+runs: dict[str, C.ContinualResult] = st.session_state.get(RUNS, {})
+if runs:
+    label = st.selectbox("Run to inspect", list(runs), index=len(runs) - 1, key="cl_inspect")
+    res = runs[label]
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Average accuracy (after the last task)", f"{res.average_accuracy():.1%}")
+    c2.metric("Average forgetting", f"{res.average_forgetting() * 100:.1f} pts")
+    c3.metric(
+        "Wall time",
+        f"{res.seconds:.0f} s",
+        f"train {res.timings.get('train', 0):.0f} s · NTK {res.timings.get('ntk', 0):.0f} s",
+        delta_color="off",
+    )
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(P.accuracy_heatmap(res.acc_frame()), key="cl_acc_fig")
+    c2.plotly_chart(P.forgetting_bars({res.config.label(): res.forgetting()}), key="cl_forget_fig")
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(P.angle_heatmap(res.angle_frame()), key="cl_angle_fig")
+    c2.plotly_chart(P.angle_stages({res.config.label(): res.angle_summary()}), key="cl_angle_stage_fig")
+    if res.ntk:
+        stages = [r["after"] for r in res.ntk]
+        at = st.select_slider("NTK after", stages, value=stages[-1], key="cl_ntk_stage")
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(P.ntk_block_heatmap(res.ntk_blocks(stages.index(at))), key="cl_ntk_fig")
+        c2.plotly_chart(P.ntk_stages({res.config.label(): res.ntk_frame()}), key="cl_ntk_stage_fig")
+    st.plotly_chart(P.training_curves(res.history), key="cl_train_fig")
+
+st.subheader("Compare logged runs")
+try:
+    table = C.runs_table()
+except Exception as e:  # an unreadable run log should not take the page down
+    st.info(f"The run log cannot be read: {e}")
+    st.stop()
+if table.empty:
+    st.caption("No continual runs in the run log yet.")
+    st.stop()
+st.dataframe(
+    table.style.format({"avg_acc": "{:.1%}", "avg_forgetting": "{:.3f}", "seconds": "{:.0f}"}),
+    key="cl_runs_table",
+    hide_index=True,
+)
+ids = st.multiselect("Runs side by side", table["id"].tolist(), table["id"].tolist()[:2], key="cl_compare_ids",
+                     format_func=lambda i: f"run {i}: {table.set_index('id').loc[i, 'label']} (seed {table.set_index('id').loc[i, 'seed']})")  # fmt: skip
+if ids:
+    chosen = {f"run {i}: {C.load_logged(i).config.label()}": C.load_logged(i) for i in ids}
+    cols = st.columns(len(chosen))
+    for col, (name, r) in zip(cols, chosen.items()):
+        col.plotly_chart(P.accuracy_heatmap(r.acc_frame(), name), key=f"cl_cmp_acc_{name}")
+    sub = table.set_index("id").loc[ids]
+    sub.index = list(chosen)
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(P.summary_bars(sub), key="cl_cmp_summary")
+    c2.plotly_chart(P.forgetting_bars({n: r.forgetting() for n, r in chosen.items()}), key="cl_cmp_forget")
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(P.angle_stages({n: r.angle_summary() for n, r in chosen.items()}), key="cl_cmp_angles")
+    with_ntk = {n: r.ntk_frame() for n, r in chosen.items() if r.ntk}
+    if with_ntk:
+        c2.plotly_chart(P.ntk_stages(with_ntk), key="cl_cmp_ntk")
