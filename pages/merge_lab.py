@@ -158,6 +158,13 @@ def curve_editor(line_spec: MergeSpec) -> tuple[tuple[float, ...], float] | None
 # --------------------------------------------------------------------------- the lab
 @st.fragment
 def lab() -> None:
+    try:
+        lab_body()
+    except ValueError as e:  # e.g. an all-zero merged direction (LiNeS alpha undefined), a bad DARE p
+        st.error(f"This merge cannot be computed: {e}")
+
+
+def lab_body() -> None:
     left, right = st.columns([2, 3], gap="large")
     with left:
         method = st.selectbox(

@@ -153,3 +153,12 @@ def test_lines_curve_shown_is_the_lines_line(micro_zoo):
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     n = len(fig["data"][0]["y"])
     assert fig["data"][0]["y"] == pytest.approx(lines_curve(0.2, 0.6, n))
+
+
+def test_an_impossible_merge_is_explained_not_crashed(micro_zoo):
+    at = _page()
+    at.selectbox(key="ml_method").set_value("consensus").run()
+    at.slider(key="ml_consensus_k").set_value(20).run()  # no entry is used by 20 of 4 tasks: tau_merged = 0
+    at.toggle(key="ml_lines").set_value(True).run()  # the auto alpha divides by ||tau_merged||_1
+    assert not at.exception
+    assert "cannot be computed" in at.error[0].value and "all zeros" in at.error[0].value
