@@ -174,12 +174,15 @@ def test_spec_json_round_trip_forces_val_for_the_grid():
     assert [p.lines for p in spec.points()] == [("auto", 0.1), ("auto", 0.2)]
 
 
-def test_micro_zoo_in_worker_processes_matches_in_process(micro_zoo, tmp_path):
+def test_micro_zoo_in_worker_processes_matches_in_process(micro_zoo, tmp_path, monkeypatch):
     """Workers re-load the zoo from its ModelSetRef and give the in-process numbers."""
+    monkeypatch.setenv("MERGESCOPE_CACHE", str(micro_zoo.zoo_dir.parent))  # where ModelSetRef(zoo=...) looks
     ref = ModelSetRef(zoo="micro")
-    spec = sw.SweepSpec.make(ref, MergeSpec.make("task_arithmetic"), {"lambda": [0.2, 0.6]}, EvalSpec(subsample=40))
+    spec = sw.SweepSpec.make(
+        ref, MergeSpec.make("task_arithmetic"), {"lambda": [0.2, 0.6]}, EvalSpec(subsample=30), test_subsample=30
+    )
     serial = sw.run_sweep(spec, model_set=micro_zoo, log=False)
-    with LocalExecutor(processes=2) as ex:
+    with LocalExecutor(processes=1) as ex:  # one spawned worker: the point is the re-load, not speed
         pooled = sw.run_sweep(spec, executor=ex, run_log=RunLog(tmp_path / "r.sqlite"))
     cols = ["lambda", *serial.tasks, "avg_abs", "avg_norm"]
     assert pooled.frame[cols].equals(serial.frame[cols])
