@@ -39,6 +39,11 @@ def _zoo_tab() -> None:
     )  # fmt: skip
     built = zoo.is_built(kind)
     c1, c2 = st.columns([1, 3])
+    if not built and _has_build(zoo, kind):
+        c2.caption("An older build (earlier recipe) is on disk: load it, or rebuild with the current recipe.")
+        if c1.button(f"Load the older {kind} zoo", key="zoo_load_old"):
+            S.set_model_set(ModelSetRef(zoo=kind))
+            st.rerun()
     if built:
         if c1.button(f"Load the {kind} zoo", type="primary", key="zoo_load"):
             S.set_model_set(ModelSetRef(zoo=kind))
@@ -56,6 +61,14 @@ def _zoo_tab() -> None:
             cb.finish(f"The {kind} zoo is built")
             S.set_model_set(ModelSetRef(zoo=kind))
             st.rerun()
+
+
+def _has_build(zoo, kind: str) -> bool:
+    try:
+        zoo.load_model_set(kind)
+        return True
+    except Exception:
+        return False
 
 
 def _checkpoint_files(folder: Path) -> list[Path]:

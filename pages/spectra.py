@@ -66,11 +66,13 @@ for col, (which, title) in zip(cols, plots):
         eigs, fit = S.cached_esd(ms, which, matrix)
         label = S.source_label(which)
         st.plotly_chart(P.esd_figure({label: (eigs, fit)}, title=f"{title}: {label}"), key=f"spec_esd_{title}")
-        m1, m2, m3, m4 = st.columns(4)
-        m1.metric("α", f"{fit['alpha']:.2f}" if fit["status"] != "failed" else "—")
-        m2.metric("xmin", f"{fit['xmin']:.3g}" if fit["status"] != "failed" else "—")
-        m3.metric("KS distance D", f"{fit['D']:.3f}" if fit["status"] != "failed" else "—")
-        m4.metric("eigenvalues", f"{len(eigs)}")
+        ok = fit["status"] != "failed"
+        st.markdown(
+            f"α = **{fit['alpha']:.2f}** · xmin = **{fit['xmin']:.3g}** · KS distance D = **{fit['D']:.3f}** · "
+            f"**{len(eigs)}** eigenvalues ({fit['num_pl_spikes']} in the power-law tail)"
+            if ok
+            else f"No power-law fit ({len(eigs)} eigenvalues)."
+        )
         if fit.get("warning"):
             st.caption(f"WeightWatcher would flag this layer as {fit['warning']}.")
 
@@ -83,7 +85,7 @@ st.caption(
 c1, c2, c3 = st.columns([2, 3, 2])
 source = c1.selectbox("α from", models, key="spec_lr_source", format_func=S.source_label)
 s1, s2 = c2.slider("TempBalance s1, s2", 0.0, 3.0, (0.5, 1.5), 0.05, key="spec_s1s2")
-s_mb = c3.select_slider("Model Balancing s", [0.25, 0.5, 0.75, 1.0, 1.25], value=1.25, key="spec_mb_s")
+s_mb = c3.select_slider("Model Balancing s", [0.25, 0.5, 0.75, 1.0, 1.25], value=0.25, key="spec_mb_s")
 t = S.cached_spectral_table(ms, source)[["name", "layer", "alpha"]].copy()
 t["tempbalance"] = tempbalance_multipliers(t["alpha"], s1=s1, s2=s2).to_numpy()
 mb = model_balancing_multipliers(block_mean_alphas(t), s=s_mb)
@@ -99,11 +101,14 @@ st.caption(
 scope_models = st.multiselect(
     "Models", models, default=["base", *ms.tasks], key="spec_scope_models", format_func=S.source_label
 )
+relative = st.toggle("Show the difference from the base", value=True, key="spec_scope_relative")
 scopes = {}
-for w in scope_models:
+for w in dict.fromkeys(["base", *scope_models] if relative else scope_models):
     sc = S.cached_scopes(ms, w)
     scopes[S.source_label(w)] = sc[(sc["level"] == "tensor") & (sc["ndim"] >= 2)]
-st.plotly_chart(P.weight_scopes_figure(scopes), key="spec_scopes")
+st.plotly_chart(
+    P.weight_scopes_figure(scopes, relative_to=S.source_label("base") if relative else None), key="spec_scopes"
+)
 
 with st.expander("Spectral table of the base model"):
     st.dataframe(P.depth_sorted(base_table).drop(columns=["depth"]), hide_index=True, key="spec_table")

@@ -85,7 +85,8 @@ st.dataframe(
 )  # fmt: skip
 
 st.subheader("Tables")
-st.dataframe(tables["block"], hide_index=True, key="tv_block_table")
+shown = tables["block"].assign(block=tables["block"]["layer"].map(P.block_label))
+st.dataframe(shown[["task", "block", "numel", "norm", "relative_norm"]], hide_index=True, key="tv_block_table")
 d1, d2, d3 = st.columns(3)
 d1.download_button("Per-block table (CSV)", tables["block"].to_csv(index=False), "task_vector_blocks.csv", "text/csv")
 d2.download_button("Per-parameter table (CSV)", params.to_csv(index=False), "task_vector_parameters.csv", "text/csv")

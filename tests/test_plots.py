@@ -154,3 +154,11 @@ def test_weight_scopes_figure_two_panels():
     fig = P.weight_scopes_figure({"base": pd.DataFrame(rows), "ft": pd.DataFrame(rows)})
     assert len(fig.data) == 4
     assert list(fig.data[0].x) == ["conv1.weight", "b0.mlp.c_fc.weight"]
+
+
+def test_weight_scopes_relative_to_base_draws_differences():
+    base = pd.DataFrame({"name": ["visual.conv1.weight"], "layer": [None], "mean": [0.01], "std": [0.2]})
+    ft = base.assign(mean=[0.03], std=[0.25])
+    fig = P.weight_scopes_figure({"base": base, "ft": ft}, relative_to="base")
+    assert [t.name for t in fig.data] == ["ft", "ft"]
+    assert fig.data[0].y[0] == pytest.approx(0.02) and fig.data[1].y[0] == pytest.approx(0.05)

@@ -56,7 +56,7 @@ def ensure_app_shell() -> None:
 
 def current_ref() -> ModelSetRef | None:
     """The active ModelSetRef; when nothing was chosen yet in this session, a default:
-    the zoo named by the ``?zoo=`` query parameter or $MERGESCOPE_DEFAULT_ZOO (if built),
+    the zoo named by the ``?zoo=`` query parameter or $MERGESCOPE_DEFAULT_ZOO (if there is a build),
     else the ModelSetRef JSON file named by $MERGESCOPE_DEFAULT_MODEL_SET."""
     ensure_app_shell()
     ref = st.session_state.get(MODEL_SET_KEY)
@@ -74,10 +74,10 @@ def _default_ref() -> ModelSetRef | None:
     kind = st.query_params.get("zoo") or os.environ.get(DEFAULT_ZOO_ENV)
     try:
         if kind:
-            from core.zoo import is_built
+            from core.zoo import load_model_set
 
-            if is_built(kind):
-                return ModelSetRef(zoo=kind)
+            load_model_set(kind)  # raises when there is no build (a build from an older recipe will do)
+            return ModelSetRef(zoo=kind)
         path = os.environ.get(DEFAULT_REF_ENV)
         if path:
             return ModelSetRef.from_dict(json.loads(Path(path).read_text()))

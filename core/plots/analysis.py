@@ -36,13 +36,20 @@ METRIC_LABELS = {
 _BLOCK_PREFIXES = ("visual.transformer.resblocks.", "transformer.resblocks.", "encoder.layers.", "blocks.")
 
 
-def _layout(fig: go.Figure, title: str | None, height: int = 380) -> go.Figure:
+def _layout(fig: go.Figure, title: str | None, height: int = 380, legend_below: bool = False) -> go.Figure:
+    """Shared look: white template, title top-left, legend in one row above the plot (or below it)."""
+    legend = (
+        {"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0}
+        if legend_below
+        else {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0}
+    )
+    top = (45 if title else 10) + (0 if legend_below else 30)
     fig.update_layout(
         template=TEMPLATE,
-        title=title,
+        title={"text": title, "x": 0, "xanchor": "left", "y": 1, "yanchor": "top", "pad": {"t": 8}} if title else None,
         height=height,
-        margin={"l": 10, "r": 10, "t": 50 if title else 20, "b": 10},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+        margin={"l": 10, "r": 10, "t": top, "b": 10},
+        legend=legend,
     )
     return fig
 
@@ -301,15 +308,15 @@ def esd_figure(
             font={"color": colour, "size": 11}, xanchor="left", yanchor="top", yshift=-14 * i,
         )  # fmt: skip
     fig.update_xaxes(type="log", title="eigenvalue λ of WᵀW")
-    fig.update_yaxes(type="log", title="density")
-    return _layout(fig, title, height=400)
+    fig.update_yaxes(type="log", title="density", exponentformat="power")
+    return _layout(fig, title, height=440, legend_below=True)
 
 
 def lr_multipliers_figure(table: pd.DataFrame, title: str | None = None) -> go.Figure:
     """Learning-rate multipliers per weight matrix in depth order.
 
     `table` columns: name, layer, tempbalance (per matrix), model_balancing (its block's
-    multiplier; NaN outside the blocks). Bars: TempBalance; line: Model Balancing; grey line at 1.
+    multiplier; NaN outside the blocks). Bars: TempBalance; diamonds: Model Balancing; grey line at 1.
     """
     t = depth_sorted(table)
     x = [short_name(n) for n in t["name"]]
@@ -317,8 +324,8 @@ def lr_multipliers_figure(table: pd.DataFrame, title: str | None = None) -> go.F
     fig.add_trace(go.Bar(x=x, y=t["tempbalance"], name="TempBalance (linear in α)", marker_color="#4c78a8"))
     fig.add_trace(
         go.Scatter(
-            x=x, y=t["model_balancing"], name="Model Balancing (sigmoid, per block)", mode="lines",
-            line={"color": "#e45756", "width": 3, "shape": "hv"},
+            x=x, y=t["model_balancing"], name="Model Balancing (sigmoid, per block)", mode="markers",
+            marker={"color": "#e45756", "size": 10, "symbol": "diamond"},
         )
     )  # fmt: skip
     fig.add_hline(y=1.0, line={"color": "grey", "dash": "dot"})
@@ -327,24 +334,36 @@ def lr_multipliers_figure(table: pd.DataFrame, title: str | None = None) -> go.F
     return _layout(fig, title, height=400)
 
 
-def weight_scopes_figure(scopes: Mapping[str, pd.DataFrame], title: str | None = None) -> go.Figure:
+def weight_scopes_figure(
+    scopes: Mapping[str, pd.DataFrame], title: str | None = None, relative_to: str | None = None
+) -> go.Figure:
     """Weight scopes (WSA): per-layer mean (top) and standard deviation (bottom), one line per model.
 
     `scopes` maps a model label to a `core.scopes.weight_scopes` table (name, layer, mean, std).
+    With `relative_to` (one of the labels), every model is drawn as its difference from that
+    model (Δμ, Δσ per layer), which makes small drifts of fine-tunes visible; the reference
+    itself is then left out.
     """
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06, subplot_titles=("mean μ", "std σ"))
+    ref = depth_sorted(scopes[relative_to]).set_index("name") if relative_to in scopes else None
+    labels = ("Δ mean μ", "Δ std σ") if ref is not None else ("mean μ", "std σ")
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=labels)
     for label, table in scopes.items():
+        if ref is not None and label == relative_to:
+            continue
         t = depth_sorted(table)
         x = [short_name(n) for n in t["name"]]
         for row, col in ((1, "mean"), (2, "std")):
+            y = t[col].to_numpy(dtype=float)
+            if ref is not None:
+                y = y - ref[col].reindex(t["name"]).to_numpy(dtype=float)
             fig.add_trace(
                 go.Scatter(
-                    x=x, y=t[col], mode="lines+markers", name=label, legendgroup=label, showlegend=row == 1,
-                    marker={"size": 4}, hovertemplate=f"{label}<br>%{{x}}<br>{col} %{{y:.4g}}<extra></extra>",
+                    x=x, y=y, mode="lines+markers", name=label, legendgroup=label, showlegend=row == 1,
+                    marker={"size": 4}, hovertemplate=f"{label}<br>%{{x}}<br>%{{y:.4g}}<extra></extra>",
                 ),
                 row=row, col=1,
             )  # fmt: skip
     fig.update_xaxes(type="category", showticklabels=False, row=1, col=1)
     n = max((len(t) for t in scopes.values()), default=0)
     fig.update_xaxes(type="category", title="layer (input → output)", showticklabels=n <= 40, row=2, col=1)
-    return _layout(fig, title, height=520)
+    return _layout(fig, title, height=560, legend_below=True)
