@@ -298,9 +298,8 @@ def finetune(
     base = ms.base()
     model = build_model(base)
     spec = D.get_task(cfg.task)
-    head = zero_shot_head(
-        model, spec.classnames, spec.templates
-    ).clone()  # a normal tensor (the cache's is inference-mode)
+    # clone: the cached head is an inference-mode tensor, which autograd refuses to save
+    head = zero_shot_head(model, spec.classnames, spec.templates).clone()
     x, y = training_data(cfg, image_size_of(model))
     for n, p in model.named_parameters():
         p.requires_grad_(n.startswith("visual."))
@@ -346,9 +345,7 @@ def finetune(
             zero_shot=zs,
             train_size=len(y),
             history=pd.DataFrame(res.history),
-            multipliers=balancer.table()
-            if balancer
-            else pd.DataFrame(columns=["step", "unit", "layer", "alpha", "multiplier"]),
+            multipliers=balancer.table() if balancer else LayerBalancer().table(),
             alpha_before=alpha_before,
             alpha_after=unit_alphas(named),
             scope_kl=wsa.distance(),
@@ -359,10 +356,8 @@ def finetune(
         )
     except BaseException as e:  # includes Streamlit's rerun/stop: the run is then "cancelled"
         if log:
-            status = (
-                "error" if isinstance(e, Exception) and type(e).__module__.split(".")[0] != "streamlit" else "cancelled"
-            )
-            log.finish(run_id, {"error": f"{type(e).__name__}: {e}"}, status=status)
+            interrupted = not isinstance(e, Exception) or type(e).__module__.startswith("streamlit")
+            log.finish(run_id, {"error": f"{type(e).__name__}: {e}"}, status="cancelled" if interrupted else "error")
         raise
     if log:
         m = result.row()
@@ -559,6 +554,7 @@ def wsa_experiment(
     target: str = "base",
     rule: str = "uniform",
     num_points: int = 11,
+    lambdas: Sequence[float] = TA_LAMBDAS,
     progress: Callable[[int, int, str], None] | None = None,
     cancel=None,
     run_log=None,
@@ -571,7 +567,7 @@ def wsa_experiment(
     target "base": the pretrained visual tower's scopes; "fused": `core.scopes.scope_fusion` of the
     two fine-tunes without WSA (the next stage of multi-stage merging). Then, per variant: the
     interpolation curve between the two models on the test split of their task(s), its barriers,
-    and their task-arithmetic merge (λ on validation). `common` goes to every LabConfig; the
+    and their task-arithmetic merge (λ from `lambdas`, chosen on validation). `common` goes to every LabConfig; the
     lr rule of both variants is `rule`. Recorded in the run log as kind "finetune_wsa".
     """
     t0 = time.perf_counter()
@@ -634,7 +630,7 @@ def wsa_experiment(
             continue
         curve = interpolation_curve(ev, eval_tasks, ra.state_dict, rb.state_dict, num_points)
         curves.append(curve.assign(variant=variant))
-        ta = task_arithmetic_merge(ms, [ra.state_dict, rb.state_dict], eval_tasks)
+        ta = task_arithmetic_merge(ms, [ra.state_dict, rb.state_dict], eval_tasks, lambdas)
         rows.append({"variant": variant, **barrier(curve), "ta_accuracy": ta["mean_accuracy"], "ta_lambda": ta["lambda"],
                      "accuracy_A": ra.accuracy, "accuracy_B": rb.accuracy, "scope_kl_A": ra.scope_kl, "scope_kl_B": rb.scope_kl,
                      **{f"ta_{t}": v for t, v in ta["accuracy"].items()}})  # fmt: skip

@@ -39,9 +39,9 @@ def test_wsa_hook_is_zero_at_the_target_and_its_gradient_pulls_the_scope_toward_
     target = {"w": (0.0, 1.0)}
     hook = L.ScopeAlignment([("w", w)], target, weight=3.0)
     at_target = L.ScopeAlignment([("w", w)], scope_dict({"w": w.detach()}), weight=3.0)
-    assert float(at_target.extra_loss(0)) == pytest.approx(0.0, abs=1e-6)
+    assert at_target.extra_loss(0).item() == pytest.approx(0.0, abs=1e-6)
     loss = hook.extra_loss(0)
-    assert float(loss) == pytest.approx(3.0 * hook.distance(), rel=1e-6) and float(loss) > 0
+    assert loss.item() == pytest.approx(3.0 * hook.distance(), rel=1e-6) and loss.item() > 0
     loss.backward()
     with torch.no_grad():  # one gradient step moves the mean toward 0 and the spread toward 1
         w2 = w - 0.05 * w.grad
@@ -139,7 +139,7 @@ def test_finetune_records_multipliers_alpha_and_the_run(lab):
 
 def test_wsa_experiment_compares_barrier_and_merge_with_and_without(lab):
     a, b = lab.eval_tasks[:2]
-    res = L.wsa_experiment(lab, [a, b], weight=10.0, steps=3, batch_size=8, lr=1e-3, n_train=400, fraction=0.1, num_points=3)  # fmt: skip
+    res = L.wsa_experiment(lab, [a, b], weight=10.0, steps=3, batch_size=8, lr=1e-3, n_train=400, fraction=0.1, num_points=3, lambdas=(0.5,))  # fmt: skip
     assert list(res.summary["variant"]) == ["without WSA", "with WSA"]
     assert set(res.curves["t"]) == {0.0, 0.5, 1.0}
     with_wsa = res.results["with WSA: A"]
