@@ -265,6 +265,7 @@ def esd_figure(
     scaled to the fraction of eigenvalues in the tail; dotted vertical line: xmin.
     """
     fig = go.Figure()
+    spans = {"x": [], "y": []}
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
     for i, (label, (eigs, fit)) in enumerate(spectra.items()):
         colour = palette[i % len(palette)]
@@ -277,6 +278,8 @@ def esd_figure(
         dens = counts / (e.size * np.diff(edges))
         centres = np.sqrt(edges[:-1] * edges[1:])
         keep = counts > 0
+        spans["x"] += [e.min(), e.max()]
+        spans["y"] += list(dens[keep])
         fig.add_trace(
             go.Scatter(
                 x=centres[keep],
@@ -307,8 +310,14 @@ def esd_figure(
             x=math.log10(xmin), y=1, yref="paper", text=f"xmin {xmin:.3g}", showarrow=False,
             font={"color": colour, "size": 11}, xanchor="left", yanchor="top", yshift=-14 * i,
         )  # fmt: skip
-    fig.update_xaxes(type="log", title="eigenvalue λ of WᵀW")
+    # One tick per decade when the axis spans several decades (minor labels collide otherwise).
+    decades = {a: math.log10(max(v) / min(v)) if v and min(v) > 0 else 0.0 for a, v in spans.items()}
+    fig.update_xaxes(type="log", title="eigenvalue λ of WᵀW", exponentformat="power")
     fig.update_yaxes(type="log", title="density", exponentformat="power")
+    if decades["x"] >= 2:
+        fig.update_xaxes(dtick=1)
+    if decades["y"] >= 2:
+        fig.update_yaxes(dtick=1)
     return _layout(fig, title, height=440, legend_below=True)
 
 
@@ -366,4 +375,7 @@ def weight_scopes_figure(
     fig.update_xaxes(type="category", showticklabels=False, row=1, col=1)
     n = max((len(t) for t in scopes.values()), default=0)
     fig.update_xaxes(type="category", title="layer (input → output)", showticklabels=n <= 40, row=2, col=1)
-    return _layout(fig, title, height=560, legend_below=True)
+    _layout(fig, title, height=560)
+    fig.update_layout(legend={"orientation": "v", "x": 1.01, "xanchor": "left", "y": 1, "yanchor": "top"})
+    fig.update_layout(margin={"t": 70 if title else 30, "r": 10})
+    return fig
