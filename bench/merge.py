@@ -76,6 +76,7 @@ def run_one(dirpath: Path, what: str, n_tasks: int) -> dict:
     base = open_state_dict(dirpath / "base.safetensors")
     fts = [open_state_dict(dirpath / f"task{t}.safetensors") for t in range(n_tasks)]
     out_path = dirpath / f"out-{what}.safetensors"
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # interpreter + torch, before any work
     t0 = time.perf_counter()
     if what == "floor":
         out = {}
@@ -96,7 +97,7 @@ def run_one(dirpath: Path, what: str, n_tasks: int) -> dict:
     dt = time.perf_counter() - t0
     out_path.unlink()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"what": what, "seconds": dt, "peak_rss": rss}
+    return {"what": what, "seconds": dt, "peak_rss": rss, "baseline_rss": baseline}
 
 
 def main() -> int:
@@ -134,13 +135,16 @@ def main() -> int:
                 return 1
             results[what] = json.loads(r.stdout.strip().splitlines()[-1])
         floor = results["floor"]["seconds"]
-        print(f"{'method':<10} {'seconds':>8} {'x floor':>8} {'peak RSS':>10} {'x model':>8}")
+        print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        print(f"{'method':<10} {'seconds':>8} {'x floor':>8} {'peak RSS':>10} {'x model':>8} {'above import':>13}")
         for what, r in results.items():
+            above = (r["peak_rss"] - r["baseline_rss"]) / model_bytes
             print(
                 f"{what:<10} {r['seconds']:8.2f} {r['seconds'] / floor:8.2f} "
-                f"{r['peak_rss'] / 2**20:8.0f}Mi {r['peak_rss'] / model_bytes:8.2f}"
+                f"{r['peak_rss'] / 2**20:8.0f}Mi {r['peak_rss'] / model_bytes:8.2f} {above:13.2f}"
             )
         print("targets: ta <= 2.0x floor, ties <= 10x floor, peak RSS <= 3.0 model sizes")
+        print("(x model: whole-process peak RSS / model file size; above import: peak minus the RSS after imports)")
     finally:
         if not a.keep:
             shutil.rmtree(tmp, ignore_errors=True)

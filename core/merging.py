@@ -326,10 +326,13 @@ def task_arithmetic(tvs: TaskVectors, coefficients: float | Sequence[float] = 0.
     for ch in tvs.chunks():
         raw_sum = ch.tvs.sum(dim=0)
         summed += _l1(raw_sum)
-        out = raw_sum if per_task is None else _weighted(ch.tvs, per_task).sum(dim=0)
-        merged += _l1(out)
+        if per_task is None:
+            out = raw_sum
+        else:
+            out = _weighted(ch.tvs, per_task).sum(dim=0)
+            merged += _l1(out)
         w.write(ch, out)
-    return MergedDirection(w.out, scale, summed, len(tvs), merged_l1_value=merged)
+    return MergedDirection(w.out, scale, summed, len(tvs), merged_l1_value=summed if per_task is None else merged)
 
 
 def _trim_fraction(k: float) -> float:
@@ -600,9 +603,14 @@ def apply_direction(
         lam = direction.scale if scale is None else float(scale)
         scales = dict.fromkeys(vec, lam)
     # theta_0 + s * tau, as the reference computes it (LiNeS: theta_0 + 1.0 * (tau * s), the same bits)
-    out = dict(base_sd)
-    for k, v in vec.items():
+    # key by key, so a lazy base is read one tensor at a time and never held twice
+    out = {}
+    for k in base_sd.keys():
         b = base_sd[k]
+        v = vec.get(k)
+        if v is None:
+            out[k] = b
+            continue
         if inplace:
             merged = v.mul_(scales[k]).add_(_f32(b))
         else:
