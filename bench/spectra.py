@@ -110,7 +110,8 @@ def main() -> None:
     diff = np.abs(ww_alpha[analysed] - ours[analysed])
     worst = int(np.flatnonzero(analysed)[np.argmax(diff)]) if diff.size else -1
     print(
-        f"weightwatcher {version} analyze(): {seconds:.2f} s wall ({cpu:.2f} s CPU) on {int(analysed.sum())}/{len(matrices)} matrices"
+        f"weightwatcher {version} analyze(): {seconds:.2f} s wall ({cpu:.2f} s CPU) "
+        f"on {int(analysed.sum())}/{len(matrices)} matrices"
     )
     print(
         f"speed-up: {seconds / best[2]:.1f}x wall (ESD + fit), {cpu / best[3]:.1f}x CPU, "

@@ -107,12 +107,17 @@ def scope_dict(
 # ------------------------------------------------------------------ the regularizer
 
 
-def scope_kl(mu, sigma, mu_t, sigma_t) -> torch.Tensor:
-    """KL(N(μ, σ²) ‖ N(μ̃, σ̃²)) = log(σ̃/σ) + (σ² + (μ - μ̃)²) / (2σ̃²) - ½, differentiable in every argument.
+def _tensor(v) -> torch.Tensor:
+    return v if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=torch.get_default_dtype())
 
-    Zero exactly when the scopes agree; the gradient moves σ toward σ̃ and μ toward μ̃.
+
+def scope_kl(mu, sigma, mu_t, sigma_t) -> torch.Tensor:
+    """KL(N(μ, σ²) ‖ N(μ̃, σ̃²)) = log(σ̃/σ) + (σ² + (μ - μ̃)²) / (2σ̃²) - ½, differentiable.
+
+    Arguments are tensors or floats. Zero exactly when the scopes agree; the gradient moves σ
+    toward σ̃ and μ toward μ̃.
     """
-    mu, sigma, mu_t, sigma_t = (torch.as_tensor(v, dtype=torch.get_default_dtype()) if not isinstance(v, torch.Tensor) else v for v in (mu, sigma, mu_t, sigma_t))  # fmt: skip
+    mu, sigma, mu_t, sigma_t = (_tensor(v) for v in (mu, sigma, mu_t, sigma_t))
     return torch.log(sigma_t / sigma) + (sigma**2 + (mu - mu_t) ** 2) / (2 * sigma_t**2) - 0.5
 
 
@@ -123,7 +128,7 @@ def wsa_regularizer(
     min_ndim: int = 2,
     strict: bool = False,
 ) -> torch.Tensor:
-    """Σ over layers of `scope_kl(μ_ℓ, σ_ℓ, μ̃_ℓ, σ̃_ℓ)`: the WSA term to add (times a weight) to the task loss.
+    """Σ over layers of `scope_kl(μ_ℓ, σ_ℓ, μ̃_ℓ, σ̃_ℓ)`: the WSA term to add, times a weight, to the loss.
 
     `named_params` is e.g. `model.named_parameters()`; each parameter with at least `min_ndim`
     dimensions (weight matrices and conv kernels by default) and an entry in `target_scopes`
@@ -140,14 +145,8 @@ def wsa_regularizer(
         flat = p.reshape(-1)
         mu = flat.mean()
         sigma = flat.std(correction=0)
-        terms.append(
-            scope_kl(
-                mu,
-                sigma,
-                torch.as_tensor(mu_t, dtype=p.dtype, device=p.device),
-                torch.as_tensor(sigma_t, dtype=p.dtype, device=p.device),
-            )
-        )
+        target = torch.tensor([mu_t, sigma_t], dtype=p.dtype, device=p.device)
+        terms.append(scope_kl(mu, sigma, target[0], target[1]))
         seen.add(name)
     if strict:
         missing = sorted(set(target_scopes) - seen)

@@ -92,6 +92,8 @@ def weight_matrices(weight) -> torch.Tensor:
     it flips back to these same slices.
     """
     w = _as_float64(weight)
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError(f"weight of shape {tuple(w.shape)} has NaN or inf entries: its spectrum is undefined")
     if w.ndim == 2:
         return w.unsqueeze(0)
     if w.ndim == 4:
@@ -418,8 +420,8 @@ def analysed_matrices(
 
     Fused `attn.in_proj_weight` (3d x d) is split into `...in_proj_weight[q]`, `[k]`, `[v]`.
     Skipped: non-floating and 1-D/3-D tensors, positional/class embeddings, vocabulary
-    embeddings (unless `include_embeddings`), and matrices with a dimension < 2. An explicit
-    `keys` list is analysed even if it names an embedding.
+    embeddings (unless `include_embeddings`, also when `keys` names them), and matrices with a
+    dimension < 2. `keys` restricts and orders the analysis; an unknown key raises KeyError.
     """
     wanted = None if keys is None else list(keys)
     names = wanted if wanted is not None else list(state_dict)
@@ -434,7 +436,7 @@ def analysed_matrices(
             continue
         if any(p in name for p in SKIP_PATTERNS):
             continue
-        if wanted is None and not include_embeddings and any(p in name for p in EMBEDDING_PATTERNS):
+        if not include_embeddings and any(p in name for p in EMBEDDING_PATTERNS):
             continue
         if min(t.shape[:2]) < 2 or (t.ndim == 4 and min(t.shape) < 1):
             continue
@@ -462,6 +464,9 @@ def spectral_table(
     `progress(done, total)` is called after each matrix is fitted.
     """
     items = analysed_matrices(state_dict, keys=keys, include_embeddings=include_embeddings)
+    for name, t in items:
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: NaN or inf entries, so no spectrum; check the checkpoint this tensor came from")
     total = len(items)
     spectra = esd_many([t for _, t in items]) if items else []
     rows = []

@@ -91,9 +91,13 @@ def test_esd_many_matches_one_by_one_and_keeps_order():
         np.testing.assert_allclose(e, esd(w), rtol=1e-12)
 
 
-def test_esd_rejects_vectors():
+def test_esd_rejects_vectors_and_non_finite_weights():
     with pytest.raises(ValueError, match="2-D weight matrix or a 4-D conv kernel"):
         esd(np.ones(5))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        esd(np.array([[1.0, np.nan], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="visual.proj: NaN or inf"):
+        spectral_table({"visual.proj": torch.full((4, 3), float("inf"))})
 
 
 # ---------------------------------------------------------------- power-law fit
@@ -275,5 +279,8 @@ def test_spectral_table_rows_columns_and_skips():
     assert row["alpha_hill"] == pytest.approx(alpha_hill_median(eigs))
     with_emb = analysed_matrices(sd, include_embeddings=True)
     assert "token_embedding.weight" in [n for n, _ in with_emb]
+    assert analysed_matrices(sd, keys=["token_embedding.weight", "visual.proj"]) == [("visual.proj", sd["visual.proj"])]
+    with pytest.raises(KeyError, match="not in the state dict"):
+        analysed_matrices(sd, keys=["nope"])
     only = spectral_table(sd, keys=["visual.proj"])
     assert list(only["name"]) == ["visual.proj"] and only["kind"].iloc[0] == "proj"
