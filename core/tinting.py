@@ -984,14 +984,75 @@ def _parse(argv):
     ap.add_argument("--out", default=None, help="export the (first seed's) tinted model set to this safetensors file")
     ap.add_argument("--resume", type=int, default=None, help="continue a logged Tinting run from its saved state")
     ap.add_argument("--no-baselines", action="store_true", help="skip TA / TIES / TA+LiNeS")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default min(2, cpus))")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: 2 when idle, 1 when busy)")
+    ap.add_argument(
+        "--workers", type=int, default=0, help="run the seeds/filters in N worker processes (1 thread each)"
+    )
     ap.add_argument("--no-log", action="store_true", help="do not write to the run log")
     return ap.parse_args(argv)
 
 
+def auto_threads() -> int:
+    """Torch threads for a run: up to 2 on an idle machine, 1 when the cores are already busy
+    (oversubscribed OpenMP threads made a step ~20x slower on a shared 2-core machine)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        cpus = os.cpu_count() or 1
+    return max(1, min(2, cpus)) if os.getloadavg()[0] < cpus - 0.5 else 1
+
+
+_CLI_CACHE: dict[tuple, Any] = {}
+
+
+def run_item(item: Mapping, progress: Progress | None = None) -> dict:
+    """One CLI run, in this process or an executor's worker (the model set and the prepared
+    images are kept per process). item: {"zoo", "cache", "config": TintConfig dict, "log": bool,
+    "out": export path or None}. Returns the run's summary (no tensors)."""
+    from .zoo import load_model_set
+
+    key = (item["zoo"], item.get("cache"))
+    if key not in _CLI_CACHE:
+        _CLI_CACHE[key] = load_model_set(item["zoo"], item.get("cache"))
+    ms = _CLI_CACHE[key]
+    cfg = TintConfig.from_dict(item["config"])
+    tasks = tint_tasks(ms, cfg.tasks)
+    data = {}
+    for split in (cfg.data, "test"):
+        dk = (*key, split, tuple(tasks))
+        if dk not in _CLI_CACHE:
+            _CLI_CACHE[dk] = prepare_data(ms, tasks, split)
+        data[split] = _CLI_CACHE[dk]
+    res = tint(ms, cfg, progress=progress, run_log=item.get("log", True), data=data[cfg.data], eval_data=data["test"])
+    if item.get("out"):
+        export_tinted(res.model, item["out"], config=cfg, accuracy=res.accuracy)
+    return {
+        "label": cfg.label(),
+        "seed": cfg.seed,
+        "accuracy": res.accuracy,
+        "seconds": res.seconds,
+        "run_id": res.run_id,
+        "trainable": res.model.num_trainable(),
+        "encoder": res.model.num_encoder_params(),
+        "lambdas": res.model.lambdas_raw.numel(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _bar(label: str) -> Progress:
+    def cb(step, total, row):
+        if "loss" in row:
+            msg = f"\r{label}: step {step}/{total} loss {row['loss']:.3f} kept {row['kept']:.2f}"
+            if "accuracy" in row:
+                msg += f" acc {np.mean(list(row['accuracy'].values())):.3f}"
+            print(msg, end="", file=sys.stderr, flush=True)
+
+    return cb
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    torch.set_num_threads(args.threads or min(2, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads or auto_threads())
     torch.set_flush_denormal(True)
     from .zoo import is_built, load_model_set, manifest
 
@@ -1006,72 +1067,58 @@ def main(argv: list[str] | None = None) -> int:
             f"warning: this {args.zoo} zoo was built with another recipe than the current one: {recipe}",
             file=sys.stderr,
         )
-    ms = load_model_set(args.zoo, args.cache)
-    log = False if args.no_log else True
+    ms = _CLI_CACHE[(args.zoo, args.cache)] = load_model_set(args.zoo, args.cache)
+    log = not args.no_log
     t0 = time.perf_counter()
-    tinted: dict[str, dict[str, float]] = {}
-    per_seed: dict[str, list[dict[str, float]]] = {}
-    timings: list[float] = []
-    first: TintResult | None = None
-
-    def bar(label):
-        def cb(step, total, row):
-            if "loss" in row:
-                msg = f"\r{label}: step {step}/{total} loss {row['loss']:.3f} kept {row['kept']:.2f}"
-                if "accuracy" in row:
-                    msg += f" acc {np.mean(list(row['accuracy'].values())):.3f}"
-                print(msg, end="", file=sys.stderr, flush=True)
-
-        return cb
+    summaries: list[dict] = []
 
     if args.resume is not None:
         cfg = TintConfig(steps=args.steps) if args.steps is not None else None
-        res = tint(ms, cfg, resume=args.resume, progress=bar(f"resume run {args.resume}"), run_log=log)
+        res = tint(ms, cfg, resume=args.resume, progress=_bar(f"resume run {args.resume}"), run_log=log)
         print(file=sys.stderr)
         print(f"run {res.run_id}: resumed {args.resume} to step {res.steps_done} in {res.seconds:.1f} s")
-        tinted[res.config.label()] = res.accuracy
-        first = res
+        if args.out:
+            print(f"exported {export_tinted(res.model, args.out, config=res.config, accuracy=res.accuracy)}")
+        m = res.model
+        summaries.append({"label": res.config.label(), "seed": res.config.seed, "accuracy": res.accuracy,
+                          "seconds": res.seconds, "trainable": m.num_trainable(), "encoder": m.num_encoder_params(),
+                          "lambdas": m.lambdas_raw.numel(), "threads": torch.get_num_threads()})  # fmt: skip
     else:
         filters = [True, False] if args.both else [not args.no_filter]
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        tasks = tint_tasks(ms)
-        data_cache: dict[str, dict[str, TaskImages]] = {}
+        items = []
         for use_filter in filters:
             for seed in seeds:
-                cfg = TintConfig(
-                    layer=args.layer,
-                    steps=100 if args.steps is None else args.steps,
-                    lr=args.lr,
-                    batch=args.batch,
-                    filter=use_filter,
-                    data=args.data,
-                    seed=seed,
-                    eval_every=args.eval_every,
-                )
-                if cfg.data not in data_cache:
-                    data_cache[cfg.data] = prepare_data(ms, tasks, cfg.data)
-                if "test" not in data_cache:
-                    data_cache["test"] = prepare_data(ms, tasks, "test")
-                res = tint(
-                    ms,
-                    cfg,
-                    progress=bar(f"{cfg.label()} seed {seed}"),
-                    run_log=log,
-                    data=data_cache[cfg.data],
-                    eval_data=data_cache["test"],
-                )
-                print(file=sys.stderr)
-                timings.append(res.seconds)
-                per_seed.setdefault(cfg.label(), []).append(res.accuracy)
-                first = first or res
-                print(
-                    f"{cfg.label()} seed {seed}: mean acc {np.mean(list(res.accuracy.values())):.4f}, "
-                    f"{res.seconds:.1f} s (run {res.run_id})",
-                    file=sys.stderr,
-                )
-        for label, accs in per_seed.items():
-            tinted[label] = {t: float(np.mean([a[t] for a in accs])) for t in accs[0]}
+                cfg = TintConfig(layer=args.layer, steps=100 if args.steps is None else args.steps, lr=args.lr,
+                                 batch=args.batch, filter=use_filter, data=args.data, seed=seed,
+                                 eval_every=args.eval_every)  # fmt: skip
+                items.append({"zoo": args.zoo, "cache": args.cache, "config": cfg.to_dict(), "log": log, "out": None})
+        items[0]["out"] = args.out
+        if args.workers:
+            from .executors import LocalExecutor
 
+            def prog(done, total):
+                print(f"\r{done}/{total} runs done", end="", file=sys.stderr, flush=True)
+
+            with LocalExecutor(processes=args.workers) as ex:
+                summaries = ex.map(run_item, items, progress=prog)
+            print(file=sys.stderr)
+        else:
+            for item in items:
+                cfg = TintConfig.from_dict(item["config"])
+                summaries.append(run_item(item, progress=_bar(f"{cfg.label()} seed {cfg.seed}")))
+                print(file=sys.stderr)
+        for s in summaries:
+            acc = np.mean(list(s["accuracy"].values()))
+            print(f"{s['label']} seed {s['seed']}: mean acc {acc:.4f}, {s['seconds']:.1f} s (run {s['run_id']})",
+                  file=sys.stderr)  # fmt: skip
+        if args.out:
+            print(f"exported {args.out} ({summaries[0]['label']}, seed {summaries[0]['seed']})")
+
+    per_label: dict[str, list[dict[str, float]]] = {}
+    for s in summaries:
+        per_label.setdefault(s["label"], []).append(s["accuracy"])
+    tinted = {label: {t: float(np.mean([a[t] for a in accs])) for t in accs[0]} for label, accs in per_label.items()}
     if args.no_baselines:
         ind = {t: _evaluator(ms, "test").accuracy(ms.finetuned(t), [t])[t] for t in tint_tasks(ms)}
         base = {"individual": {"accuracy": ind}}
@@ -1081,31 +1128,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"baselines (val-chosen) in {time.perf_counter() - tb:.1f} s", file=sys.stderr)
     table = comparison_table(base, tinted)
     print(markdown_table(table))
-    if per_seed and len(next(iter(per_seed.values()))) > 1:
-        ft = base["individual"]["accuracy"]
+    ft = base["individual"]["accuracy"]
+    if any(len(v) > 1 for v in per_label.values()):
         print("\nNormalized accuracy per seed (mean ± std):")
-        for label, accs in per_seed.items():
+        for label, accs in per_label.items():
             norms = [_norm(a, ft) for a in accs]
-            print(
-                f"- {label}: "
-                + ", ".join(f"{100 * v:.1f}" for v in norms)
-                + f" -> {100 * np.mean(norms):.1f} ± {100 * np.std(norms):.1f}"
-            )
+            per = ", ".join(f"{100 * v:.1f}" for v in norms)
+            print(f"- {label}: {per} -> {100 * np.mean(norms):.1f} ± {100 * np.std(norms):.1f}")
     targets = target_check(table)
     if targets:
-        print("\nTargets (issue 6): " + "; ".join(targets))
-    if first is not None:
-        m = first.model
-        print(
-            f"\ntrained parameters: {m.num_trainable():,} ({100 * m.num_trainable() / m.num_encoder_params():.2f}% of the "
-            f"{m.num_encoder_params():,}-parameter visual encoder); λ: {m.lambdas_raw.numel()}"
-        )
-    if timings:
-        print(f"tinting wall time per run: {', '.join(f'{s:.1f}' for s in timings)} s; total {time.perf_counter() - t0:.1f} s "
-              f"({torch.get_num_threads()} threads)")  # fmt: skip
-    if args.out and first is not None:
-        p = export_tinted(first.model, args.out, config=first.config, accuracy=first.accuracy)
-        print(f"exported {p}")
+        print("\nTargets (issue 6):\n" + "\n".join(f"- {t}" for t in targets))
+    s0 = summaries[0]
+    print(f"\ntrained parameters: {s0['trainable']:,} ({100 * s0['trainable'] / s0['encoder']:.2f}% of the "
+          f"{s0['encoder']:,}-parameter visual encoder; λ: {s0['lambdas']:,})")  # fmt: skip
+    secs = ", ".join(f"{s['seconds']:.1f}" for s in summaries)
+    where = f"{args.workers} worker processes x 1 thread" if args.workers else f"{s0['threads']} thread(s)"
+    print(f"tinting wall time per run: {secs} s ({where}); whole command {time.perf_counter() - t0:.1f} s")
     return 0
 
 
