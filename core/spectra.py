@@ -50,6 +50,7 @@ OVER_TRAINED_ALPHA, UNDER_TRAINED_ALPHA = 2.0, 6.0  # WeightWatcher's warning th
 _BATCH_BYTES = 256 * 2**20
 _KS_ROWS = 32  # candidate rows per chunk of the KS matrix
 _KS_SAMPLES = 48  # tail points per candidate for the KS lower bound
+_TABLE_CHUNK = 8  # matrices per esd_many call in spectral_table
 
 # open_clip parameter-name fragments -> matrix kind shown in the table (first match wins).
 KIND_PATTERNS: tuple[tuple[str, str], ...] = (
@@ -448,6 +449,17 @@ def analysed_matrices(
     return out
 
 
+def _chunked_spectra(items: list[tuple[str, torch.Tensor]]):
+    """((name, weight), eigenvalues) in order, computed _TABLE_CHUNK matrices at a time.
+
+    Bounds the float64 copies held at once (a ViT-L/14 tower in float64 is ~2.4 GB) and lets
+    the caller report progress while the eigenvalues are being computed.
+    """
+    for start in range(0, len(items), _TABLE_CHUNK):
+        chunk = items[start : start + _TABLE_CHUNK]
+        yield from zip(chunk, esd_many([t for _, t in chunk]))
+
+
 def spectral_table(
     state_dict: Mapping[str, torch.Tensor],
     *,
@@ -461,16 +473,16 @@ def spectral_table(
     the analysed tensor), n_eigs (ESD size), alpha, xmin, D, sigma, num_pl_spikes, status
     (WeightWatcher-compatible `fit_powerlaw`), lambda_max (spectral norm squared),
     alpha_weighted = α·log10 λmax, stable_rank = Σλ/λmax, alpha_hill (TempBalance's median Hill).
-    `progress(done, total)` is called after each matrix is fitted.
+    `progress(done, total)` is called after each matrix is fitted (eigenvalues are computed
+    a few matrices at a time, so progress moves steadily).
     """
     items = analysed_matrices(state_dict, keys=keys, include_embeddings=include_embeddings)
     for name, t in items:
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name}: NaN or inf entries, so no spectrum; check the checkpoint this tensor came from")
     total = len(items)
-    spectra = esd_many([t for _, t in items]) if items else []
     rows = []
-    for done, ((name, t), eigs) in enumerate(zip(items, spectra), start=1):
+    for done, ((name, t), eigs) in enumerate(_chunked_spectra(items), start=1):
         fit = fit_powerlaw(eigs)
         lam_max = float(eigs[-1]) if eigs.size else float("nan")
         ok = fit["status"] != "failed"
