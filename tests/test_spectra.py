@@ -87,6 +87,7 @@ def test_esd_many_matches_one_by_one_and_keeps_order():
     weights = [rng.standard_normal(s) for s in [(10, 8), (8, 10), (10, 8), (5, 4, 2, 2), (10, 8)]]
     many = esd_many(weights)
     assert len(many) == len(weights)
+    assert all(np.array_equal(a, b) for a, b in zip(esd_many(weights, workers=1), many))
     for w, e in zip(weights, many):
         np.testing.assert_allclose(e, esd(w), rtol=1e-12)
 
