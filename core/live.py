@@ -53,6 +53,20 @@ _FORWARD_LOCK = threading.RLock()
 Progress = Callable[[int, int, str], None]
 
 
+SUBSAMPLE_CHOICES: tuple[int | None, ...] = (None, 50, 100, 200)
+
+
+def default_subsample(ms, large_mb: float = 100.0) -> int | None:
+    """Images per task the live pages start with: the whole split for small models (the demo zoo),
+    a fixed seeded 100 per task when the base checkpoint is larger than `large_mb` MB
+    (DESIGN.md: on big models evaluate a subsample first, refine on request)."""
+    try:
+        size_mb = Path(ms.base_path).stat().st_size / 2**20
+    except OSError:
+        return None
+    return None if size_mb <= large_mb else 100
+
+
 def single_task_spec(target: str, alpha: float, beta: float | None = None) -> MergeSpec:
     """Single-task LiNeS: theta_0 + lambda(l) tau_target, lambda(l) = alpha + beta * l/(L-1); beta defaults to 1 - alpha."""
     beta = round(1.0 - alpha, 10) if beta is None else beta

@@ -12,7 +12,15 @@ from __future__ import annotations
 import streamlit as st
 
 from core.lines import lines_curve
-from core.live import ALPHAS, LiveMerger, best_alpha, single_task_spec, uniform_spec
+from core.live import (
+    ALPHAS,
+    SUBSAMPLE_CHOICES,
+    LiveMerger,
+    best_alpha,
+    default_subsample,
+    single_task_spec,
+    uniform_spec,
+)
 from core.plots.merge import block_scale_curve, tradeoff_curve
 from core.spec import EvalSpec
 from ui import state as S
@@ -36,7 +44,11 @@ if not ms.eval_tasks:
 
 with st.expander("Evaluation settings"):
     subsample = st.selectbox(
-        "Images per task", [None, 50, 100, 200], format_func=lambda n: "all" if n is None else str(n), key="lines_sub"
+        "Images per task (seeded subsample; 'all' refines)",
+        SUBSAMPLE_CHOICES,
+        **({} if "lines_sub" in st.session_state else {"index": SUBSAMPLE_CHOICES.index(default_subsample(ms))}),
+        format_func=lambda n: "all" if n is None else str(n),
+        key="lines_sub",
     )
     bf16 = st.toggle("bf16 autocast (about 2x faster on CPU, within ~1 point)", key="lines_bf16")
 

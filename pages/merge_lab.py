@@ -11,7 +11,15 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.live import QUERY_KEYS, LiveMerger, comparison_table, spec_from_query, spec_to_query
+from core.live import (
+    QUERY_KEYS,
+    SUBSAMPLE_CHOICES,
+    LiveMerger,
+    comparison_table,
+    default_subsample,
+    spec_from_query,
+    spec_to_query,
+)
 from core.merging import METHODS, Param, get_method
 from core.plots.merge import accuracy_bars, block_scale_curve
 from core.spec import EvalSpec, MergeSpec, RunConfig
@@ -33,7 +41,11 @@ if not ms.eval_tasks:
 
 with st.expander("Evaluation settings"):
     subsample = st.selectbox(
-        "Images per task", [None, 50, 100, 200], format_func=lambda n: "all" if n is None else str(n), key="ml_sub"
+        "Images per task (seeded subsample; 'all' refines)",
+        SUBSAMPLE_CHOICES,
+        **({} if "ml_sub" in st.session_state else {"index": SUBSAMPLE_CHOICES.index(default_subsample(ms))}),
+        format_func=lambda n: "all" if n is None else str(n),
+        key="ml_sub",
     )
     bf16 = st.toggle("bf16 autocast (about 2x faster on CPU, within ~1 point)", key="ml_bf16")
 

@@ -19,6 +19,7 @@ from core.live import (
     LiveMerger,
     best_alpha,
     comparison_table,
+    default_subsample,
     manifest_accuracies,
     single_task_spec,
     uniform_spec,
@@ -235,3 +236,8 @@ def test_micro_zoo_live_equals_core(micro_zoo):
     assert r["accuracy"] == ev.accuracy(
         merge(micro_zoo.base(), micro_zoo.finetuned_all(), "task_arithmetic", coefficients=0.3)
     )
+
+
+def test_default_subsample_is_everything_for_small_models_and_100_for_big_ones(toy_set):
+    assert default_subsample(toy_set) is None
+    assert default_subsample(toy_set, large_mb=0) == 100
