@@ -476,29 +476,30 @@ class CosineHead(nn.Module):
 
 
 class _Terms:
-    """train_loop hook: the orthogonality loss and L2 toward the previous task's PEFT weights."""
+    """The terms as a train_loop hook: `measure` (called by the loss function with the batch's
+    current-section features) computes the orthogonality loss and L2 toward the previous task's
+    PEFT weights and returns their values for the history; `extra_loss` adds them, weighted."""
 
     def __init__(self, model: ContinualModel):
         self.model = model
-        self.last_feature: torch.Tensor | None = None
-        self.values: dict[str, float] = {}
+        self._extra: torch.Tensor | None = None
 
-    def extra_loss(self, step: int) -> torch.Tensor | None:
+    def measure(self, feature: torch.Tensor) -> dict[str, float]:
         m, cfg = self.model, self.model.cfg
-        total = None
-        if cfg.ortho and m.basis.shape[1] and self.last_feature is not None:
-            o = orthogonality_loss(self.last_feature, m.basis)
-            self.values["ortho"] = float(o.detach())
-            total = cfg.ortho_weight * o
+        self._extra, values = None, {}
+        if cfg.ortho and m.basis.shape[1]:
+            o = orthogonality_loss(feature, m.basis)
+            values["ortho"] = float(o.detach())
+            self._extra = cfg.ortho_weight * o
         if cfg.l2 and m.previous:
             r = l2_to_previous(m.trainable(), m.previous)
-            self.values["l2"] = float(r.detach())
-            total = cfg.l2_weight * r if total is None else total + cfg.l2_weight * r
-        return total
+            values["l2"] = float(r.detach())
+            self._extra = cfg.l2_weight * r if self._extra is None else self._extra + cfg.l2_weight * r
+        return values
 
-    def before_step(self, step: int, optimizer) -> dict | None:
-        out, self.values = self.values, {}
-        return out or None
+    def extra_loss(self, step: int) -> torch.Tensor | None:
+        out, self._extra = self._extra, None
+        return out
 
 
 # --------------------------------------------------------------------------- data
@@ -854,8 +855,8 @@ def run_continual(
             x, y = batch
             feats = model.features(x)
             losses = {p: F.cross_entropy(head(feats[p].flatten(1)), y) for p in feats}
-            terms.last_feature = feats[model.feature_key][:, -1]
-            return sum(losses.values()), {f"ce_{p}": float(v.detach()) for p, v in losses.items()}
+            values = terms.measure(feats[model.feature_key][:, -1])
+            return sum(losses.values()), {**{f"ce_{p}": float(v.detach()) for p, v in losses.items()}, **values}
 
         named = list(model.trainable().items()) + [(f"head.{n}", p) for n, p in head.named_parameters()]
         tc = TrainConfig(steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup=cfg.warmup,
@@ -1087,6 +1088,11 @@ def _parser() -> argparse.ArgumentParser:
         "--zoo", default="demo", help="zoo kind whose pretrained visual encoder is the backbone (demo, micro)"
     )
     p.add_argument("--cache", default=None, help="zoo cache dir (default $MERGESCOPE_CACHE or ~/.cache/mergescope)")
+    p.add_argument(
+        "--base",
+        default=None,
+        help="any open_clip CLIP checkpoint whose visual tower is the backbone (instead of --zoo)",
+    )
     p.add_argument("--tasks", default=",".join(d.tasks), help="comma-separated demo tasks, in training order")
     p.add_argument("--setting", choices=SETTINGS, default=d.setting, help="class- or task-incremental")
     p.add_argument("--terms", default=",".join(TERMS), help="comma-separated subset of expansion,ortho,l2 or 'none'")
@@ -1097,6 +1103,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--l2-weight", type=float, default=d.l2_weight)
     p.add_argument("--lora-rank", type=int, default=d.lora_rank)
     p.add_argument("--n-train", type=int, default=d.n_train)
+    p.add_argument("--n-test", type=int, default=d.n_test)
     p.add_argument("--ntk-samples", type=int, default=d.ntk_samples)
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument(
@@ -1107,24 +1114,44 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _cli_source(args):
+    """The backbone's source: a checkpoint (--base) or a built zoo (--zoo, --cache); None after an error message."""
+    if args.base:
+        from .checkpoints import load_state_dict
+        from .models import build_model
+
+        model = build_model(load_state_dict(args.base))
+        model.name = args.base
+        return model
+    from .zoo import is_built, load_model_set, manifest
+
+    try:
+        complete = manifest(args.zoo, args.cache).get("complete") is True
+    except (FileNotFoundError, ValueError):
+        complete = False
+    if not complete:
+        hint = " --micro" if args.zoo == "micro" else ""
+        print(f"the {args.zoo} zoo is not built; run `python -m core zoo build{hint}`", file=sys.stderr)
+        return None
+    if not is_built(args.zoo, args.cache):
+        print(
+            f"note: the {args.zoo} zoo in the cache was built with an older recipe; using it as it is", file=sys.stderr
+        )
+    return load_model_set(args.zoo, args.cache)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _set_threads(args.threads)
-    from .zoo import is_built, load_model_set
-
-    if not is_built(args.zoo, args.cache):
-        print(
-            f"the {args.zoo} zoo is not built; run `python -m core zoo build{' --micro' if args.zoo == 'micro' else ''}`",
-            file=sys.stderr,
-        )
+    source = _cli_source(args)
+    if source is None:
         return 2
-    ms = load_model_set(args.zoo, args.cache)
     terms = [] if args.terms.strip() in ("", "none") else [t.strip() for t in args.terms.split(",") if t.strip()]
     try:
         cfg = ContinualConfig(
             tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()), setting=args.setting, steps=args.steps,
             batch=args.batch, lr=args.lr, ortho_weight=args.ortho_weight, l2_weight=args.l2_weight,
-            lora_rank=args.lora_rank, n_train=args.n_train, ntk_samples=args.ntk_samples,
+            lora_rank=args.lora_rank, n_train=args.n_train, n_test=args.n_test, ntk_samples=args.ntk_samples,
         ).with_terms(terms)  # fmt: skip
         from . import data as D
 
@@ -1135,18 +1162,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     log = None if args.no_log else True
+    where = args.base or f"the {args.zoo} zoo"
     print(
-        f"continual on the {args.zoo} zoo: {', '.join(cfg.tasks)} ({cfg.setting}-incremental), {cfg.steps} steps/task, seeds {seeds}"
+        f"continual on {where}: {', '.join(cfg.tasks)} ({cfg.setting}-incremental), {cfg.steps} steps/task, seeds {seeds}"
     )
     if args.compare:
         t0 = time.perf_counter()
-        runs, summary = compare(ms, cfg, seeds, run_log=log, progress=print)
+        runs, summary = compare(source, cfg, seeds, run_log=log, progress=print)
         print()
         print(markdown_table(summary))
         print(f"\n{len(runs)} runs in {time.perf_counter() - t0:.0f} s")
         return 0
     for s in seeds:
-        r = run_continual(ms, dataclasses.replace(cfg, seed=s), run_log=log, progress=None)
+        r = run_continual(source, dataclasses.replace(cfg, seed=s), run_log=log, progress=None)
         print(f"\n{cfg.label()}, seed {s}: average accuracy {r.average_accuracy():.3f}, average forgetting "
               f"{r.average_forgetting():.3f}, {r.seconds:.0f} s (train {r.timings['train']:.0f} s, eval "
               f"{r.timings['eval']:.0f} s, NTK {r.timings['ntk']:.0f} s)" + (f", run {r.run_id}" if r.run_id else ""))  # fmt: skip

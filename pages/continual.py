@@ -100,6 +100,8 @@ def live_panel() -> None:
         if res.run_id is not None:
             label += f" · run {res.run_id}"
         st.session_state.setdefault(RUNS, {})[label] = res
+        if res.run_id is not None:  # show the new run next to the previous one in the comparison
+            st.session_state["cl_compare_ids"] = [res.run_id, *st.session_state.get("cl_compare_ids", [])[:1]]
         st.rerun()
 
 
@@ -146,14 +148,19 @@ st.dataframe(
     key="cl_runs_table",
     hide_index=True,
 )
-ids = st.multiselect("Runs side by side", table["id"].tolist(), table["id"].tolist()[:2], key="cl_compare_ids",
-                     format_func=lambda i: f"run {i}: {table.set_index('id').loc[i, 'label']} (seed {table.set_index('id').loc[i, 'seed']})")  # fmt: skip
+by_id = table.set_index("id")
+known = [i for i in st.session_state.get("cl_compare_ids", by_id.index[:2].tolist()) if i in by_id.index]
+st.session_state["cl_compare_ids"] = known
+ids = st.multiselect(
+    "Runs side by side", by_id.index.tolist(), key="cl_compare_ids",
+    format_func=lambda i: f"run {i}: {by_id.loc[i, 'label']} · {by_id.loc[i, 'setting']} · seed {by_id.loc[i, 'seed']}",
+)  # fmt: skip
 if ids:
-    chosen = {f"run {i}: {C.load_logged(i).config.label()}": C.load_logged(i) for i in ids}
+    chosen = {f"run {i}: {by_id.loc[i, 'label']}": C.load_logged(i) for i in ids}
     cols = st.columns(len(chosen))
     for col, (name, r) in zip(cols, chosen.items()):
         col.plotly_chart(P.accuracy_heatmap(r.acc_frame(), name), key=f"cl_cmp_acc_{name}")
-    sub = table.set_index("id").loc[ids]
+    sub = by_id.loc[ids]
     sub.index = list(chosen)
     c1, c2 = st.columns(2)
     c1.plotly_chart(P.summary_bars(sub), key="cl_cmp_summary")

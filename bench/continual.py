@@ -1,0 +1,179 @@
+"""Continual lab (NTK-CL): cost of a run, and the comparison table of the issue.
+
+1. Cost on the demo architecture (random weights, no zoo needed), one thread: seconds per
+   training step (batch 32) for the baseline and with every term, the evaluation throughput,
+   the NTK per stage, and the projected wall time of the default 5-task run. The machine's load
+   average is printed next to it: on a shared machine every number scales with it.
+2. With a backbone (--zoo demo when built, or --base CHECKPOINT): baseline, each term alone and
+   all terms over seeds, each seed in its own single-thread process (--parallel), printed as
+   the Markdown table of `python -m core continual --compare` plus the measured wall time of
+   every run. Runs are logged (kind "continual") unless --no-log.
+
+    python bench/continual.py [--zoo demo | --base PATH] [--seeds 0,1,2] [--steps 60]
+                              [--parallel 3] [--skip-cost] [--ntk-samples 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def step_cost(reps: int = 3) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from core import continual as C
+    from core.models import build_model
+
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    torch.manual_seed(0)
+    visual = build_model(arch="mergescope-zoo").visual
+    x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    out = {}
+    for name, terms in (("baseline", ()), ("all terms", C.TERMS)):
+        cfg = C.ContinualConfig().with_terms(terms)
+        model = C.ContinualModel(visual, cfg)
+        if cfg.ortho:  # a non-empty past-prototype span, as from the second task on
+            model.add_prototypes(torch.randn(20, model.n_sections, model.backbone.out_dim), torch.arange(20) % 10, 10)
+        head = C.CosineHead(model.n_sections * model.backbone.out_dim, 10, 10.0, torch.Generator())
+        opt = torch.optim.AdamW([*model.trainable().values(), *head.parameters()], 1e-3)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            feats = model.features(x)
+            loss = sum(F.cross_entropy(head(f.flatten(1)), y) for f in feats.values())
+            if cfg.ortho:
+                loss = loss + C.orthogonality_loss(feats[model.feature_key][:, -1], model.basis)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out[f"step {name}"] = (time.perf_counter() - t0) / reps
+        t0 = time.perf_counter()
+        model.classifier_features(torch.randn(250, 3, 32, 32))
+        out[f"eval 250 images {name}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        C.empirical_ntk(model, model.trainable(), torch.randn(32, 3, 32, 32), torch.linalg.qr(torch.randn(128, 4))[0])
+        out[f"NTK 32 samples {name}"] = time.perf_counter() - t0
+    d = C.ContinualConfig()
+    n_tasks = len(d.tasks)
+    for name in ("baseline", "all terms"):
+        train = n_tasks * d.steps * out[f"step {name}"]
+        evals = (n_tasks * d.n_train + d.n_test * n_tasks * (n_tasks + 1) / 2) / 250 * out[f"eval 250 images {name}"]
+        ntk = (n_tasks + 1) * n_tasks * d.ntk_samples / 32 * out[f"NTK 32 samples {name}"]
+        out[f"projected 5-task run {name}"] = train + evals + ntk
+    return out
+
+
+def _one(job: tuple) -> dict:
+    source_kw, cfg_dict, log = job
+    import torch
+
+    from core import continual as C
+
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    cfg = C.ContinualConfig.from_dict(cfg_dict)
+    r = C.run_continual(_source(**source_kw), cfg, run_log=True if log else None)
+    return {"avg_acc": r.average_accuracy(), "avg_forgetting": r.average_forgetting(), "seconds": r.seconds,
+            "run_id": r.run_id, "timings": r.timings, "acc": r.acc.tolist()}  # fmt: skip
+
+
+def _source(zoo: str | None = None, cache: str | None = None, base: str | None = None):
+    if base:
+        from core.checkpoints import load_state_dict
+        from core.models import build_model
+
+        m = build_model(load_state_dict(base))
+        m.name = base
+        return m
+    from core.zoo import load_model_set
+
+    return load_model_set(zoo, cache)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--zoo", default="demo")
+    p.add_argument("--cache", default=None)
+    p.add_argument("--base", default=None, help="open_clip checkpoint whose visual tower is the backbone")
+    p.add_argument("--tasks", default=None)
+    p.add_argument("--setting", default="class")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--ntk-samples", type=int, default=None)
+    p.add_argument("--parallel", type=int, default=1, help="processes (one thread each)")
+    p.add_argument("--skip-cost", action="store_true")
+    p.add_argument("--no-log", action="store_true")
+    args = p.parse_args()
+
+    import pandas as pd
+
+    from core import continual as C
+
+    print(f"load average: {', '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
+    if not args.skip_cost:
+        for k, v in step_cost().items():
+            print(f"  {k:<34} {v:7.2f} s")
+    if not args.base:
+        from core.zoo import manifest
+
+        try:
+            manifest(args.zoo, args.cache)
+        except FileNotFoundError:
+            print(f"no {args.zoo} zoo built: skipping the comparison (or pass --base CHECKPOINT)")
+            return 0
+    cfg = C.ContinualConfig(setting=args.setting)
+    over = {"steps": args.steps, "n_train": args.n_train, "ntk_samples": args.ntk_samples}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in over.items() if v is not None})
+    if args.tasks:
+        cfg = dataclasses.replace(cfg, tasks=tuple(args.tasks.split(",")))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    jobs, keys = [], []
+    for name, terms in C.VARIANTS.items():
+        for s in seeds:
+            c = dataclasses.replace(cfg.with_terms(terms), seed=s)
+            jobs.append(({"zoo": args.zoo, "cache": args.cache, "base": args.base}, c.to_dict(), not args.no_log))
+            keys.append((name, s))
+    print(
+        f"{len(jobs)} runs: {', '.join(cfg.tasks)} ({cfg.setting}-incremental), {cfg.steps} steps/task, seeds {seeds}"
+    )
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(args.parallel, mp_context=get_context("spawn")) as ex:
+        results = list(ex.map(_one, jobs))
+    rows = []
+    for (name, s), r in zip(keys, results):
+        rows.append(
+            {"variant": name, "seed": s, **{k: r[k] for k in ("avg_acc", "avg_forgetting", "seconds", "run_id")}}
+        )
+        print(f"  {name:<30} seed {s}: acc {r['avg_acc']:.3f}  forgetting {r['avg_forgetting']:.3f}  {r['seconds']:.0f} s"
+              f"  (train {r['timings']['train']:.0f}, eval {r['timings']['eval']:.0f}, NTK {r['timings']['ntk']:.0f})")  # fmt: skip
+    runs = pd.DataFrame(rows)
+    g = runs.groupby("variant", sort=False)
+    summary = pd.DataFrame({
+        "avg_acc_mean": g["avg_acc"].mean(), "avg_acc_std": g["avg_acc"].std(ddof=0),
+        "avg_forgetting_mean": g["avg_forgetting"].mean(), "avg_forgetting_std": g["avg_forgetting"].std(ddof=0),
+        "seconds": g["seconds"].mean(), "seeds": g["seed"].count(),
+    })  # fmt: skip
+    print()
+    print(C.markdown_table(summary))
+    print(f"\n{len(jobs)} runs in {time.perf_counter() - t0:.0f} s wall ({args.parallel} processes); "
+          f"load average now {os.getloadavg()[0]:.1f}")  # fmt: skip
+    base = summary.loc["baseline", "avg_forgetting_mean"]
+    better = [n for n in summary.index if n != "baseline" and summary.loc[n, "avg_forgetting_mean"] < base]
+    print(f"variants forgetting less than the baseline: {better or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
