@@ -9,10 +9,13 @@ from __future__ import annotations
 import streamlit as st
 
 from core.runs import RunLog, headlines
+from ui import state as S
 
 st.title("Runs")
 log = RunLog()
 st.caption(f"Run log: `{log.path}`. Every evaluation, sweep and training run is recorded with its full config.")
+if S.get_model_set() is None:  # runs of every model set are listed; new ones need a loaded set
+    st.page_link(S.MODELS_PAGE, label="Load a model set on Models to make new runs", icon=":material/inventory_2:")
 
 c1, c2, c3 = st.columns([1, 2, 1])
 kind = c1.selectbox("Kind", ["all", *log.kinds()], key="runs_kind")

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.runs import RunLog
 
-PAGE = Path(__file__).resolve().parents[1] / "pages" / "runs.py"
+APP = Path(__file__).resolve().parents[1] / "app.py"
 
 
 @pytest.fixture
@@ -23,8 +23,10 @@ def log(tmp_path, monkeypatch):
 
 
 def page():
-    at = AppTest.from_file(str(PAGE), default_timeout=60)
+    # Through the app's navigation: without a model set the page links the Models page.
+    at = AppTest.from_file(str(APP), default_timeout=60)
     at.run()
+    at.switch_page("pages/runs.py").run()
     assert not at.exception, at.exception
     return at
 
