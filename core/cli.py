@@ -334,7 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="grid over lambda or LiNeS (alpha, beta) on val; best point on test")
     s.add_argument("--config", required=True, help="sweep JSON (model_set, merge, eval, grid)")
     s.add_argument("--processes", type=int, default=None, help="local worker processes (0: in this process)")
-    s.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster (needs the ray package)")
+    s.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run on a Ray cluster: ray://host:10001, auto, or local (needs the ray package)",
+    )
     s.add_argument("--out", help="write the grid (one row per point) as CSV")
     s.add_argument("--json", action="store_true")
     s.add_argument("--no-log", action="store_true")
