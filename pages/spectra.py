@@ -23,93 +23,97 @@ sources = S.spectral_sources(ms)
 models = [w for w in sources if not w.startswith("tv:")]
 tvs = [w for w in sources if w.startswith("tv:")]
 
-c1, c2, c3 = st.columns([3, 3, 2])
-chosen = c1.multiselect(
-    "Models", models, default=["base", *ms.tasks[:2]] + (["merged"] if "merged" in models else []),
-    key="spec_models", format_func=S.source_label,
-)  # fmt: skip
-chosen_tv = c2.multiselect("Task vectors", tvs, default=tvs[:2], key="spec_tvs", format_func=S.source_label)
-metric = c3.selectbox("Metric", METRICS, key="spec_metric", format_func=P.METRIC_LABELS.get)
-if "merged" not in models:
-    st.caption("Merge models in the Merge lab to add the merged model here.")
-
 base_table = S.cached_spectral_table(ms, "base")
-kinds = sorted(base_table["kind"].unique())
-kind = st.radio(
-    "Matrices", ["mean", *kinds], horizontal=True, key="spec_kind",
-    format_func=lambda k: "mean per block" if k == "mean" else k,
-)  # fmt: skip
-kind_arg = None if kind == "mean" else kind
+TABS = ["α over depth", "One layer: ESD", "TempBalance learning rates", "Weight scopes"]
+# on_change="rerun": only the open tab is computed and drawn.
+tab_depth, tab_layer, tab_lr, tab_scopes = st.tabs(TABS, key="spec_tab", on_change="rerun")
 
-left, right = st.columns(2)
-with left:
-    tables = {S.source_label(w): S.cached_spectral_table(ms, w) for w in chosen}
-    st.plotly_chart(P.spectral_depth(tables, metric, kind_arg, title="Weights"), key="spec_depth")
-with right:
-    tv_tables = {S.source_label(w): S.cached_spectral_table(ms, w) for w in chosen_tv}
-    st.plotly_chart(
-        P.spectral_depth(tv_tables, metric, kind_arg, title="Task vectors τ = θ_ft − θ₀"), key="spec_depth_tv"
+
+def depth_view() -> None:
+    c1, c2, c3 = st.columns([3, 3, 2])
+    default = ["base", *ms.tasks[:2]] + (["merged"] if "merged" in models else [])
+    chosen = c1.multiselect("Models", models, default=default, key="spec_models", format_func=S.source_label)
+    chosen_tv = c2.multiselect("Task vectors", tvs, default=tvs[:2], key="spec_tvs", format_func=S.source_label)
+    metric = c3.selectbox("Metric", METRICS, key="spec_metric", format_func=P.METRIC_LABELS.get)
+    kinds = sorted(base_table["kind"].unique())
+    kind = st.radio(
+        "Matrices", ["mean", *kinds], horizontal=True, key="spec_kind",
+        format_func=lambda k: "mean per block" if k == "mean" else k,
+    )  # fmt: skip
+    kind_arg = None if kind == "mean" else kind
+    left, right = st.columns(2)
+    with left:
+        tables = {S.source_label(w): S.cached_spectral_table(ms, w) for w in chosen}
+        st.plotly_chart(P.spectral_depth(tables, metric, kind_arg, title="Weights"), key="spec_depth")
+    with right:
+        tv_tables = {S.source_label(w): S.cached_spectral_table(ms, w) for w in chosen_tv}
+        fig = P.spectral_depth(tv_tables, metric, kind_arg, title="Task vectors τ = θ_ft − θ₀")
+        st.plotly_chart(fig, key="spec_depth_tv")
+    if "merged" not in models:
+        st.caption("Merge models in the Merge lab to add the merged model here.")
+    with st.expander("Spectral table of the base model"):
+        st.dataframe(P.depth_sorted(base_table).drop(columns=["depth"]), hide_index=True, key="spec_table")
+        st.download_button("Download (CSV)", base_table.to_csv(index=False), "spectra_base.csv", "text/csv")
+
+
+def layer_view() -> None:
+    names = list(P.depth_sorted(base_table)["name"])
+    c1, c2, c3 = st.columns([3, 2, 2])
+    matrix = c1.selectbox("Weight matrix", names, key="spec_layer", format_func=P.short_name)
+    model = c2.selectbox("Model", models, key="spec_esd_model", format_func=S.source_label)
+    task = c3.selectbox("Task vector of", ms.tasks, key="spec_task") if ms.tasks else None
+    plots = [(model, "Weights")] + ([(f"tv:{task}", "Task vector")] if task else [])
+    for col, (which, title) in zip(st.columns(len(plots)), plots):
+        with col:
+            eigs, fit = S.cached_esd(ms, which, matrix)
+            label = S.source_label(which)
+            st.plotly_chart(P.esd_figure({label: (eigs, fit)}, title=f"{title}: {label}"), key=f"spec_esd_{title}")
+            ok = fit["status"] != "failed"
+            st.markdown(
+                f"α = **{fit['alpha']:.2f}** · xmin = **{fit['xmin']:.3g}** · KS distance D = **{fit['D']:.3f}** · "
+                f"**{len(eigs)}** eigenvalues ({fit['num_pl_spikes']} in the power-law tail)"
+                if ok
+                else f"No power-law fit ({len(eigs)} eigenvalues)."
+            )
+            if fit.get("warning"):
+                st.caption(f"WeightWatcher would flag this layer as {fit['warning']}.")
+
+
+def lr_view() -> None:
+    st.caption(
+        "TempBalance gives each layer lr·[s1 + (s2 − s1)(α − α_min)/(α_max − α_min)]: heavy-tailed (well-trained, "
+        "low α) layers learn slower. Model Balancing averages α per block and uses "
+        "lr·10^(s·(σ(T(ᾱ_b − mean)) − ½)), T = 10."
     )
+    c1, c2, c3 = st.columns([2, 3, 2])
+    source = c1.selectbox("α from", models, key="spec_lr_source", format_func=S.source_label)
+    s1, s2 = c2.slider("TempBalance s1, s2", 0.0, 3.0, (0.5, 1.5), 0.05, key="spec_s1s2")
+    s_mb = c3.select_slider("Model Balancing s", [0.25, 0.5, 0.75, 1.0, 1.25], value=0.25, key="spec_mb_s")
+    t = S.cached_spectral_table(ms, source)[["name", "layer", "alpha"]].copy()
+    t["tempbalance"] = tempbalance_multipliers(t["alpha"], s1=s1, s2=s2).to_numpy()
+    mb = model_balancing_multipliers(block_mean_alphas(t), s=s_mb)
+    t["model_balancing"] = pd.to_numeric(t["layer"].map(mb.to_dict()), errors="coerce")
+    st.plotly_chart(P.lr_multipliers_figure(t), key="spec_lr")
 
-# ------------------------------------------------------------------------------------- one layer
-st.subheader("One layer: ESD and power-law fit")
-names = list(P.depth_sorted(base_table)["name"])
-c1, c2, c3 = st.columns([3, 2, 2])
-matrix = c1.selectbox("Weight matrix", names, key="spec_layer", format_func=P.short_name)
-model = c2.selectbox("Model", models, key="spec_esd_model", format_func=S.source_label)
-task = c3.selectbox("Task vector of", ms.tasks, key="spec_task") if ms.tasks else None
 
-plots = [(model, "Weights")] + ([(f"tv:{task}", "Task vector")] if task else [])
-cols = st.columns(len(plots))
-for col, (which, title) in zip(cols, plots):
-    with col:
-        eigs, fit = S.cached_esd(ms, which, matrix)
-        label = S.source_label(which)
-        st.plotly_chart(P.esd_figure({label: (eigs, fit)}, title=f"{title}: {label}"), key=f"spec_esd_{title}")
-        ok = fit["status"] != "failed"
-        st.markdown(
-            f"α = **{fit['alpha']:.2f}** · xmin = **{fit['xmin']:.3g}** · KS distance D = **{fit['D']:.3f}** · "
-            f"**{len(eigs)}** eigenvalues ({fit['num_pl_spikes']} in the power-law tail)"
-            if ok
-            else f"No power-law fit ({len(eigs)} eigenvalues)."
-        )
-        if fit.get("warning"):
-            st.caption(f"WeightWatcher would flag this layer as {fit['warning']}.")
+def scopes_view() -> None:
+    st.caption(
+        "Mean μ and standard deviation σ of every weight matrix. Weight Scope Alignment pulls fine-tunes toward "
+        "a common scope so they merge better; here: how far each fine-tune drifted from the base."
+    )
+    scope_models = st.multiselect(
+        "Models", models, default=["base", *ms.tasks], key="spec_scope_models", format_func=S.source_label
+    )
+    relative = st.toggle("Show the difference from the base", value=True, key="spec_scope_relative")
+    scopes = {}
+    for w in dict.fromkeys(["base", *scope_models] if relative else scope_models):
+        sc = S.cached_scopes(ms, w)
+        scopes[S.source_label(w)] = sc[(sc["level"] == "tensor") & (sc["ndim"] >= 2)]
+    ref = S.source_label("base") if relative else None
+    st.plotly_chart(P.weight_scopes_figure(scopes, relative_to=ref), key="spec_scopes")
 
-# ------------------------------------------------------------------------------------- lr rules
-st.subheader("TempBalance view: per-layer learning rates from α")
-st.caption(
-    "TempBalance gives each layer lr·[s1 + (s2 − s1)(α − α_min)/(α_max − α_min)]: heavy-tailed (well-trained, low α) "
-    "layers learn slower. Model Balancing averages α per block and uses lr·10^(s·(σ(T(ᾱ_b − mean)) − ½)), T = 10."
-)
-c1, c2, c3 = st.columns([2, 3, 2])
-source = c1.selectbox("α from", models, key="spec_lr_source", format_func=S.source_label)
-s1, s2 = c2.slider("TempBalance s1, s2", 0.0, 3.0, (0.5, 1.5), 0.05, key="spec_s1s2")
-s_mb = c3.select_slider("Model Balancing s", [0.25, 0.5, 0.75, 1.0, 1.25], value=0.25, key="spec_mb_s")
-t = S.cached_spectral_table(ms, source)[["name", "layer", "alpha"]].copy()
-t["tempbalance"] = tempbalance_multipliers(t["alpha"], s1=s1, s2=s2).to_numpy()
-mb = model_balancing_multipliers(block_mean_alphas(t), s=s_mb)
-t["model_balancing"] = pd.to_numeric(t["layer"].map(mb.to_dict()), errors="coerce")
-st.plotly_chart(P.lr_multipliers_figure(t), key="spec_lr")
 
-# ------------------------------------------------------------------------------------- scopes
-st.subheader("Weight scopes (WSA)")
-st.caption(
-    "Mean μ and standard deviation σ of every weight matrix. Weight Scope Alignment pulls fine-tunes toward a "
-    "common scope so they merge better; here: how far each fine-tune drifted from the base."
-)
-scope_models = st.multiselect(
-    "Models", models, default=["base", *ms.tasks], key="spec_scope_models", format_func=S.source_label
-)
-relative = st.toggle("Show the difference from the base", value=True, key="spec_scope_relative")
-scopes = {}
-for w in dict.fromkeys(["base", *scope_models] if relative else scope_models):
-    sc = S.cached_scopes(ms, w)
-    scopes[S.source_label(w)] = sc[(sc["level"] == "tensor") & (sc["ndim"] >= 2)]
-st.plotly_chart(
-    P.weight_scopes_figure(scopes, relative_to=S.source_label("base") if relative else None), key="spec_scopes"
-)
-
-with st.expander("Spectral table of the base model"):
-    st.dataframe(P.depth_sorted(base_table).drop(columns=["depth"]), hide_index=True, key="spec_table")
-    st.download_button("Download (CSV)", base_table.to_csv(index=False), "spectra_base.csv", "text/csv")
+for tab, view in ((tab_depth, depth_view), (tab_layer, layer_view), (tab_lr, lr_view), (tab_scopes, scopes_view)):
+    if tab.open:
+        with tab:
+            view()

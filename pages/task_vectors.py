@@ -19,77 +19,88 @@ if not ms.tasks:
     st.stop()
 
 tables = S.cached_tv_tables(ms)
+params = tables["parameter"]
 KINDS = {"all": "all parameters", "attention": "attention", "mlp": "MLP", "norm": "norms", "embedding": "embeddings"}
-
-c1, c2 = st.columns([2, 3])
-measure = c1.radio(
-    "Measure", ["norm", "relative_norm"], horizontal=True, key="tv_measure",
-    format_func=lambda m: {"norm": "absolute ‖τ‖", "relative_norm": "relative ‖τ‖ / ‖θ₀‖"}[m],
-)  # fmt: skip
-kind = c2.radio("Parameters", list(KINDS), horizontal=True, key="tv_kind", format_func=KINDS.get)
-if kind == "all":
-    table = tables["block"]
-else:
-    k = tables["kind"]
-    table = k[k["kind"] == kind]
-if table.empty:
-    st.info(f"The task vectors hold no {KINDS[kind]} parameters.")
-    table = tables["block"]
-
-st.subheader("Norm per task and block")
-event = st.plotly_chart(
-    P.norm_heatmap(table, measure, tasks=ms.tasks), key="tv_heatmap", on_select="rerun", selection_mode="points"
-)
-st.caption("Click a cell to inspect that block's parameters below.")
-
 blocks = sorted(tables["block"]["layer"].unique())
 labels = [P.block_label(b) for b in blocks]
-points = (event or {}).get("selection", {}).get("points", []) if event else []
-if points:
-    clicked = str(points[0].get("x"))
-    if clicked in labels and st.session_state.get("_tv_last_click") != clicked:
-        st.session_state["_tv_last_click"] = clicked
-        st.session_state["tv_block"] = clicked
-
-left, right = st.columns(2)
-with left:
-    st.subheader("Profile over depth")
-    st.plotly_chart(P.block_profile(table, measure, tasks=ms.tasks), key="tv_profile")
-with right:
-    st.subheader("Sign conflicts per block")
-    st.plotly_chart(P.sign_conflict_figure(tables["sign_conflict"]), key="tv_conflict")
-    st.caption(
-        "Bars: share of entries where at least one task pushes the weight up and another down (what TIES "
-        "resolves). Line: mean over task pairs."
-    )
-
-st.subheader("Task × task cosine similarity")
-scope = st.selectbox("Over", ["all", *labels], key="tv_cos_scope", format_func=lambda x: {"all": "all parameters", "outside": "parameters outside the blocks"}.get(x, f"block {x}"))  # fmt: skip
-layer = "all" if scope == "all" else (None if scope == "outside" else int(scope))
-if len(ms.tasks) < 2:
-    st.info("Cosine similarity needs at least two tasks.")
-else:
-    st.plotly_chart(P.cosine_heatmap(S.cached_cosine(ms, layer)), key="tv_cosine")
-    st.caption("Near 0: the tasks changed the weights in unrelated directions (they merge with little interference).")
-
-st.subheader("Drill into a block")
-if "tv_block" in st.session_state and st.session_state["tv_block"] not in labels:
-    del st.session_state["tv_block"]
-block = st.selectbox("Block", labels, key="tv_block", format_func=lambda x: "outside the blocks" if x == "outside" else f"block {x}")  # fmt: skip
-params = tables["parameter"]
-sel = params[params["layer"].isna()] if block == "outside" else params[params["layer"] == int(block)]
-st.plotly_chart(P.parameter_bars(sel, measure), key="tv_params")
-st.dataframe(
-    P.depth_sorted(sel).drop(columns=["depth"]), hide_index=True, key="tv_param_table",
-    column_config={"numel": st.column_config.NumberColumn("entries"), "near_zero_fraction": st.column_config.NumberColumn("near zero", format="percent")},
-)  # fmt: skip
-
-st.subheader("Tables")
-shown = tables["block"].assign(block=tables["block"]["layer"].map(P.block_label))
-st.dataframe(shown[["task", "block", "numel", "norm", "relative_norm"]], hide_index=True, key="tv_block_table")
-d1, d2, d3 = st.columns(3)
-d1.download_button("Per-block table (CSV)", tables["block"].to_csv(index=False), "task_vector_blocks.csv", "text/csv")
-d2.download_button("Per-parameter table (CSV)", params.to_csv(index=False), "task_vector_parameters.csv", "text/csv")
-d3.download_button(
-    "Sign conflicts (CSV)", tables["sign_conflict"].to_csv(index=False), "sign_conflicts.csv", "text/csv"
+# on_change="rerun": only the open tab is computed and drawn.
+tab_norms, tab_agree, tab_tables = st.tabs(
+    ["Norms by block", "Agreement between tasks", "Tables"], key="tv_tab", on_change="rerun"
 )
+
+
+def norms_view() -> None:
+    c1, c2 = st.columns([2, 3])
+    measure = c1.radio(
+        "Measure", ["norm", "relative_norm"], horizontal=True, key="tv_measure",
+        format_func=lambda m: {"norm": "absolute ‖τ‖", "relative_norm": "relative ‖τ‖ / ‖θ₀‖"}[m],
+    )  # fmt: skip
+    kind = c2.radio("Parameters", list(KINDS), horizontal=True, key="tv_kind", format_func=KINDS.get)
+    table = tables["block"] if kind == "all" else tables["kind"][tables["kind"]["kind"] == kind]
+    if table.empty:
+        st.info(f"The task vectors hold no {KINDS[kind]} parameters.")
+        table = tables["block"]
+    heat = P.norm_heatmap(table, measure, tasks=ms.tasks, title="Norm per task and block")
+    event = st.plotly_chart(heat, key="tv_heatmap", on_select="rerun", selection_mode="points")
+    st.caption("Click a cell to inspect that block's parameters below.")
+    points = event.get("selection", {}).get("points", []) if event else []
+    if points:
+        clicked = str(points[0].get("x"))
+        if clicked in labels and st.session_state.get("_tv_last_click") != clicked:
+            st.session_state["_tv_last_click"] = clicked
+            st.session_state["tv_block"] = clicked
+    st.plotly_chart(P.block_profile(table, measure, tasks=ms.tasks, title="Profile over depth"), key="tv_profile")
+
+    st.subheader("Drill into a block")
+    if st.session_state.get("tv_block") not in labels:
+        st.session_state.pop("tv_block", None)
+    block = st.selectbox(
+        "Block", labels, key="tv_block", format_func=lambda x: "outside the blocks" if x == "outside" else f"block {x}"
+    )
+    sel = params[params["layer"].isna()] if block == "outside" else params[params["layer"] == int(block)]
+    st.plotly_chart(P.parameter_bars(sel, measure), key="tv_params")
+    st.dataframe(
+        P.depth_sorted(sel).drop(columns=["depth"]), hide_index=True, key="tv_param_table",
+        column_config={
+            "numel": st.column_config.NumberColumn("entries"),
+            "near_zero_fraction": st.column_config.NumberColumn("near zero", format="percent"),
+        },
+    )  # fmt: skip
+
+
+def agreement_view() -> None:
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Task × task cosine similarity")
+        scope = st.selectbox(
+            "Over", ["all", *labels], key="tv_cos_scope",
+            format_func=lambda x: {"all": "all parameters", "outside": "parameters outside the blocks"}.get(x, f"block {x}"),
+        )  # fmt: skip
+        layer = "all" if scope == "all" else (None if scope == "outside" else int(scope))
+        if len(ms.tasks) < 2:
+            st.info("Cosine similarity needs at least two tasks.")
+        else:
+            st.plotly_chart(P.cosine_heatmap(S.cached_cosine(ms, layer)), key="tv_cosine")
+            st.caption("Near 0: the tasks changed the weights in unrelated directions (little interference).")
+    with right:
+        st.subheader("Sign conflicts per block")
+        st.plotly_chart(P.sign_conflict_figure(tables["sign_conflict"]), key="tv_conflict")
+        st.caption(
+            "Bars: share of entries where at least one task pushes the weight up and another down (what TIES "
+            "resolves). Line: mean over task pairs."
+        )
+
+
+def tables_view() -> None:
+    shown = tables["block"].assign(block=tables["block"]["layer"].map(P.block_label))
+    st.dataframe(shown[["task", "block", "numel", "norm", "relative_norm"]], hide_index=True, key="tv_block_table")
+    d1, d2, d3 = st.columns(3)
+    d1.download_button("Per-block table (CSV)", tables["block"].to_csv(index=False), "task_vector_blocks.csv")
+    d2.download_button("Per-parameter table (CSV)", params.to_csv(index=False), "task_vector_parameters.csv")
+    d3.download_button("Sign conflicts (CSV)", tables["sign_conflict"].to_csv(index=False), "sign_conflicts.csv")
+
+
+for tab, view in ((tab_norms, norms_view), (tab_agree, agreement_view), (tab_tables, tables_view)):
+    if tab.open:
+        with tab:
+            view()

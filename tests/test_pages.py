@@ -25,6 +25,7 @@ APP = str(Path(__file__).resolve().parent.parent / "app.py")
 MINE = ["pages/models.py", "pages/task_vectors.py", "pages/spectra.py"]
 TASKS = ("colours", "digits", "shapes")
 TIMEOUT = 60
+NEEDS_NO_MODEL = {"pages/models.py", "pages/runs.py"}  # pages useful before any model set is loaded
 
 
 def write_test_model_set(folder: Path, width: int = 32, blocks: int = 4) -> ModelSetRef:
@@ -52,6 +53,26 @@ def test_ref(tmp_path_factory) -> ModelSetRef:
 def _no_default_model(monkeypatch):
     monkeypatch.delenv("MERGESCOPE_DEFAULT_ZOO", raising=False)
     monkeypatch.delenv("MERGESCOPE_DEFAULT_MODEL_SET", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _navigation_mode(monkeypatch):
+    """Run every AppTest run the way a server runs after its first page view: through app.py.
+
+    AppTest resets Streamlit's old pages/-folder mode before each run, so each run after
+    switch_page would start with the page file alone and ui.state.ensure_app_shell would rerun
+    it (dropping button clicks). A served app leaves that mode once, for good (test_browser
+    covers that first view).
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    init = PagesManager.__init__
+
+    def patched(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", patched)
 
 
 def app(ref: ModelSetRef | None = None) -> AppTest:
@@ -104,7 +125,7 @@ def test_every_page_without_a_model_says_what_to_load(page):
     at = app()
     at.switch_page(page).run()
     assert not at.exception, f"{page}: {[e.value for e in at.exception]}"
-    if page != "pages/models.py":
+    if page not in NEEDS_NO_MODEL:
         links = [pl.proto.page for pl in at.get("page_link")]
         assert "models" in links, f"{page} does not link the Models page"
 
@@ -159,7 +180,7 @@ def test_task_vectors_page_charts_and_widgets(test_ref):
     at = app(test_ref)
     at.switch_page("pages/task_vectors.py").run()
     assert_clean(at, "task vectors")
-    assert charts(at) == 5  # heatmap, profile, sign conflicts, cosine, block drill-down
+    assert charts(at) == 3  # open tab "Norms by block": heatmap, profile, block drill-down
     heat = figure(at, 0).data[0]
     assert list(heat.y) == list(TASKS) and list(heat.x) == ["outside", "0", "1", "2", "3"]
     at.radio(key="tv_measure").set_value("relative_norm")
@@ -169,29 +190,52 @@ def test_task_vectors_page_charts_and_widgets(test_ref):
     at.selectbox(key="tv_block").set_value("2").run()
     drill = at.dataframe[0].value
     assert set(drill["layer"]) == {2} and set(drill["task"]) == set(TASKS)
+
+    at.session_state["tv_tab"] = "Agreement between tasks"
+    at.run()
+    assert_clean(at, "agreement tab")
+    assert charts(at) == 2  # cosine, sign conflicts
     at.selectbox(key="tv_cos_scope").set_value("1").run()
     assert_clean(at, "cosine of block 1")
+    cos = figure(at, 0).data[0]
+    assert list(cos.x) == list(cos.y) == list(TASKS) and (cos.zmin, cos.zmax) == (-1, 1)
+
+    at.session_state["tv_tab"] = "Tables"
+    at.run()
+    assert_clean(at, "tables tab")
     assert len(at.get("download_button")) == 3
+    assert set(at.dataframe[0].value["block"]) == {"outside", "0", "1", "2", "3"}
 
 
 def test_spectra_page_metrics_layers_and_lr_rules(test_ref):
     at = app(test_ref)
     at.switch_page("pages/spectra.py").run()
     assert_clean(at, "spectra")
-    assert charts(at) == 6  # weights, task vectors, ESD of W and of τ, lr multipliers, weight scopes
+    assert charts(at) == 2  # open tab "α over depth": weights, task vectors
     assert [t.name for t in figure(at, 0).data] == ["base θ₀", "fine-tuned colours", "fine-tuned digits"]
     at.selectbox(key="spec_metric").set_value("stable_rank").run()
     assert "stable rank" in figure(at, 0).layout.yaxis.title.text
+
+    at.session_state["spec_tab"] = "One layer: ESD"
+    at.run()
     layer = "visual.transformer.resblocks.2.mlp.c_fc.weight"
     at.selectbox(key="spec_layer").set_value(layer)
     at.selectbox(key="spec_task").set_value("shapes").run()
     assert_clean(at, "one layer")
-    esd = figure(at, 3)
+    esd = figure(at, 1)
     assert "shapes" in esd.layout.title.text and esd.layout.xaxis.type == "log"
     assert any("**32** eigenvalues" in m.value for m in at.markdown)  # a 128 x 32 matrix
+
+    at.session_state["spec_tab"] = "TempBalance learning rates"
+    at.run()
     at.slider(key="spec_s1s2").set_value((0.2, 2.0)).run()
-    lr = values(figure(at, 4).data[0].y)
+    lr = values(figure(at, 0).data[0].y)
     assert min(lr) == pytest.approx(0.2) and max(lr) == pytest.approx(2.0)
+
+    at.session_state["spec_tab"] = "Weight scopes"
+    at.run()
+    assert_clean(at, "weight scopes")
+    assert {t.name for t in figure(at, 0).data} == {f"fine-tuned {t}" for t in TASKS}  # differences from base
 
 
 def test_spectra_page_picks_up_a_merged_model(test_ref):

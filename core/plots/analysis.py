@@ -18,7 +18,20 @@ from plotly.subplots import make_subplots
 
 from core.layers import is_output_param
 
-TEMPLATE = "plotly_white"
+# Plotly's named templates cost tens of ms per figure to validate, and Streamlit's chart theme
+# restyles figures anyway: figures start from the empty template, with a few settings of our own.
+COLORWAY = [
+    "#4c78a8",
+    "#e45756",
+    "#54a24b",
+    "#b279a2",
+    "#f58518",
+    "#72b7b2",
+    "#9d755d",
+    "#eeca3b",
+    "#ff9da6",
+    "#bab0ac",
+]
 MEASURE_LABELS = {
     "norm": "‖τ‖₂",
     "relative_norm": "‖τ‖₂ / ‖θ₀‖₂",
@@ -45,13 +58,24 @@ def _layout(fig: go.Figure, title: str | None, height: int = 380, legend_below: 
     )
     top = (45 if title else 10) + (0 if legend_below else 30)
     fig.update_layout(
-        template=TEMPLATE,
+        colorway=COLORWAY,
+        plot_bgcolor="white",
+        paper_bgcolor="white",
+        font={"size": 12},
+        hovermode="closest",
         title={"text": title, "x": 0, "xanchor": "left", "y": 1, "yanchor": "top", "pad": {"t": 8}} if title else None,
         height=height,
         margin={"l": 10, "r": 10, "t": top, "b": 10},
         legend=legend,
     )
+    fig.update_xaxes(showgrid=True, gridcolor="#ececec", zeroline=False, automargin=True)
+    fig.update_yaxes(showgrid=True, gridcolor="#ececec", zeroline=False, automargin=True)
     return fig
+
+
+def _figure(*data) -> go.Figure:
+    """A new figure on plotly's empty template (cheap; see COLORWAY)."""
+    return go.Figure(list(data), layout={"template": "none"})
 
 
 def _in_block(layer) -> bool:
@@ -120,7 +144,7 @@ def norm_heatmap(
     grid = t.pivot_table(index="task", columns="block", values=value, aggfunc="first", sort=False)
     tasks = [x for x in tasks if x in set(t["task"])] if tasks is not None else list(dict.fromkeys(t["task"]))
     grid = grid.reindex(index=tasks, columns=cols)
-    fig = go.Figure(
+    fig = _figure(
         go.Heatmap(
             z=grid.to_numpy(dtype=float),
             x=cols,
@@ -141,7 +165,7 @@ def block_profile(
     """One line per task over block index (parameters outside the blocks left out), in `tasks` order."""
     t = table[table["layer"] >= 0].sort_values("layer")
     order = list(tasks) if tasks is not None else list(dict.fromkeys(t["task"]))
-    fig = go.Figure()
+    fig = _figure()
     for task in order:
         g = t[t["task"] == task]
         if g.empty:
@@ -163,7 +187,7 @@ def block_profile(
 def cosine_heatmap(cos: pd.DataFrame, title: str | None = None) -> go.Figure:
     """Task x task cosine similarity (from `cosine_matrix`), diverging colours fixed to [-1, 1]."""
     n = len(cos)
-    fig = go.Figure(
+    fig = _figure(
         go.Heatmap(
             z=cos.to_numpy(dtype=float),
             x=list(cos.columns),
@@ -187,7 +211,7 @@ def sign_conflict_figure(table: pd.DataFrame, title: str | None = None) -> go.Fi
     line = mean pairwise sign disagreement (from `sign_conflict_table`)."""
     t = table.sort_values("layer")
     x = [block_label(v) for v in t["layer"]]
-    fig = go.Figure()
+    fig = _figure()
     fig.add_trace(go.Bar(x=x, y=t["conflict_fraction"], name=MEASURE_LABELS["conflict_fraction"]))
     fig.add_trace(
         go.Scatter(x=x, y=t["pairwise_conflict"], name=MEASURE_LABELS["pairwise_conflict"], mode="lines+markers")
@@ -200,7 +224,7 @@ def sign_conflict_figure(table: pd.DataFrame, title: str | None = None) -> go.Fi
 def parameter_bars(table: pd.DataFrame, value: str = "norm", title: str | None = None) -> go.Figure:
     """Grouped bars: one group per parameter (short name), one bar per task (rows of `parameter_table`)."""
     t = depth_sorted(table)
-    fig = go.Figure()
+    fig = _figure()
     for task, g in t.groupby("task", sort=False):
         fig.add_trace(go.Bar(x=[short_name(n) for n in g["name"]], y=g[value], name=str(task)))
     fig.update_layout(barmode="group")
@@ -221,7 +245,7 @@ def spectral_depth(
     otherwise only that kind is drawn. Matrices outside the blocks sit at "in" (before block 0)
     and "out" (after the last block). Hover names the matrices averaged.
     """
-    fig = go.Figure()
+    fig = _figure()
     nb, has_in, has_out = 0, False, False
     for label, table in tables.items():
         t = depth_sorted(table)
@@ -264,7 +288,7 @@ def esd_figure(
     Dashed line: the fitted density for λ >= xmin, p(λ) = (n_tail/n)·(α−1)/xmin·(λ/xmin)^(−α),
     scaled to the fraction of eigenvalues in the tail; dotted vertical line: xmin.
     """
-    fig = go.Figure()
+    fig = _figure()
     spans = {"x": [], "y": []}
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
     for i, (label, (eigs, fit)) in enumerate(spectra.items()):
@@ -329,7 +353,7 @@ def lr_multipliers_figure(table: pd.DataFrame, title: str | None = None) -> go.F
     """
     t = depth_sorted(table)
     x = [short_name(n) for n in t["name"]]
-    fig = go.Figure()
+    fig = _figure()
     fig.add_trace(go.Bar(x=x, y=t["tempbalance"], name="TempBalance (linear in α)", marker_color="#4c78a8"))
     fig.add_trace(
         go.Scatter(
@@ -355,7 +379,9 @@ def weight_scopes_figure(
     """
     ref = depth_sorted(scopes[relative_to]).set_index("name") if relative_to in scopes else None
     labels = ("Δ mean μ", "Δ std σ") if ref is not None else ("mean μ", "std σ")
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=labels)
+    fig = make_subplots(
+        rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=labels, figure=_figure()
+    )
     for label, table in scopes.items():
         if ref is not None and label == relative_to:
             continue
