@@ -24,20 +24,18 @@ import torch
 import torch.nn.functional as F
 
 # The zoo's architectures. "mergescope-zoo": 32x32 images, patch 8 (16 tokens + class),
-# width 128, 8 blocks; text tower width 128, 4 blocks, context 16 (open_clip's BPE
+# width 96, 8 blocks of 3 heads; text tower width 96, 3 blocks, context 16 (open_clip's BPE
 # vocabulary). "mergescope-micro": the same shape of thing, tiny, for tests.
 ZOO_CONFIGS: dict[str, dict] = {
     "mergescope-zoo": {
-        "embed_dim": 128,
-        "vision_cfg": {
-            "image_size": 32,
-            "patch_size": 8,
-            "width": 128,
-            "layers": 8,
-            "head_width": 64,
-            "mlp_ratio": 4.0,
-        },
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 4},
+        "embed_dim": 96,
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 96, "layers": 8, "head_width": 32, "mlp_ratio": 4.0},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 96, "heads": 3, "layers": 3},
+    },
+    "mergescope-zoo-w64": {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 8, "head_width": 32, "mlp_ratio": 4.0},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 3},
     },
     "mergescope-micro": {
         "embed_dim": 64,
@@ -146,8 +144,24 @@ def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> dict:
         "heads": max(1, int(width) // 64),
         "text": {k: (float(v) if k == "mlp_ratio" else int(v)) for k, v in text.items()} if text else None,
     }
+    zoo = _matching_zoo_config(arch)
+    if zoo is not None:  # heads are invisible in shapes: take them from the zoo's own config
+        arch["heads"] = arch["width"] // zoo["vision_cfg"]["head_width"]
+        if arch["text"]:
+            arch["text"]["heads"] = zoo["text_cfg"]["heads"]
     arch["open_clip_cfg"] = _open_clip_cfg(arch)
     return arch
+
+
+def _matching_zoo_config(arch: dict) -> dict | None:
+    for cfg in ZOO_CONFIGS.values():
+        v, t = cfg["vision_cfg"], cfg["text_cfg"]
+        same_vision = (arch["embed_dim"], arch["width"], arch["layers"], arch["patch_size"], arch["image_size"]) == (
+            cfg["embed_dim"], v["width"], v["layers"], v["patch_size"], v["image_size"])  # fmt: skip
+        same_text = arch["text"] is None or (arch["text"]["width"], arch["text"]["layers"]) == (t["width"], t["layers"])
+        if same_vision and same_text and abs(arch["mlp_ratio"] - v["mlp_ratio"]) < 1e-6:
+            return cfg
+    return None
 
 
 def _open_clip_cfg(arch: dict) -> dict:

@@ -63,7 +63,7 @@ class Recipe:
     tasks: tuple[str, ...]
     seed: int = 0
     # pretraining
-    pretrain_steps: int = 2500
+    pretrain_steps: int = 2000
     pretrain_batch: int = 128
     pair_fraction: float = 0.5  # share of each batch made of minimal pairs
     lr_visual: float = 1e-3
@@ -101,17 +101,19 @@ def _hash(d: dict) -> str:
 
 RECIPES: dict[str, Recipe] = {
     "demo": Recipe(kind="demo", arch="mergescope-zoo", tasks=tuple(D.TASK_NAMES)),
+    # Plumbing only: a few gentle pretraining steps keep the random text tower's class
+    # embeddings apart (longer short runs collapse them first), then quick fine-tunes.
     "micro": Recipe(
         kind="micro",
         arch="mergescope-micro",
-        tasks=("colors", "shapes", "position", "arrows"),
-        pretrain_steps=100,
-        pretrain_batch=64,
-        lr_visual=2e-3,
-        lr_text=3e-3,
-        ft_steps=40,
+        tasks=("colors", "shapes", "position", "patterns"),  # the least collinear random-init heads
+        pretrain_steps=30,
+        pretrain_batch=32,
+        lr_visual=1e-4,
+        lr_text=1e-4,
+        ft_steps=120,
         ft_batch=32,
-        ft_lr=1e-3,
+        ft_lr=3e-3,
         n_train=400,
         workers=1,
     ),
@@ -325,6 +327,18 @@ def _set_threads(n: int) -> None:
     torch.set_flush_denormal(True)
 
 
+def default_threads() -> int:
+    """2 threads on an idle 2+-core machine, else 1.
+
+    On a busy machine a 2-thread OpenMP process waits at every barrier for its
+    descheduled twin: measured here, a micro fine-tune ran >10x slower than with
+    one thread. Single-thread processes are the stable choice (ZOO-NOTES).
+    """
+    cpus = os.cpu_count() or 1
+    busy = os.getloadavg()[0] > max(0.5, cpus - 1.5)
+    return 1 if busy or cpus < 2 else 2
+
+
 def pretrain(recipe: Recipe, progress: Progress | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Contrastive pretraining from scratch; returns the full CLIP state dict and statistics."""
     torch.manual_seed(recipe.seed)
@@ -534,7 +548,7 @@ def build_zoo(
     work = final.with_name(final.name + f".tmp-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     (work / "finetuned").mkdir(parents=True)
-    _set_threads(min(2, os.cpu_count() or 1))
+    _set_threads(1 if recipe.workers == 1 and kind == "micro" else default_threads())
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -737,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "pretrain":
         recipe = recipe_for("demo", _overrides(args.set))
-        _set_threads(min(2, os.cpu_count() or 1))
+        _set_threads(default_threads())
         bar = TqdmProgress()
         sd, stats = pretrain(recipe, bar)
         bar.close()
