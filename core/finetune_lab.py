@@ -692,10 +692,11 @@ class LabJob:
     DataFrame or the WSAResult; error: the exception text if it failed.
     """
 
-    def __init__(self, kind: str, ms, **kw):
+    def __init__(self, kind: str, ms, *, threads: int = 1, **kw):
         if kind not in ("grid", "wsa"):
             raise ValueError(f"kind must be 'grid' or 'wsa', got {kind!r}")
         self.kind = kind
+        self.threads = threads
         self.cancel = threading.Event()
         self.done, self.total, self.label = 0, len(kw.get("configs", ())) if kind == "grid" else 4, ""
         self.rows: list[dict] = []
@@ -726,6 +727,10 @@ class LabJob:
         self.rows.append(r.row())
 
     def _run(self, ms, **kw) -> None:
+        # One intra-op thread while the job runs (process-wide, restored after): on a loaded 2-core
+        # machine two threads made a training step ~50x slower (the pool waits on a descheduled thread).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
         torch.set_flush_denormal(True)
         try:
             if self.kind == "grid":
@@ -738,6 +743,8 @@ class LabJob:
                 self.results = list(self.result.results.values())
         except BaseException as e:  # shown by the page
             self.error = f"{type(e).__name__}: {e}"
+        finally:
+            torch.set_num_threads(threads)
 
     @property
     def running(self) -> bool:

@@ -62,6 +62,8 @@ def live(job: L.LabJob | None, what: str) -> None:
         job.cancel.set()
     if job.error:
         st.error(f"The run failed: {job.error}")
+    if job.running and not cur:
+        st.caption("Preparing the data and the model (the first run in a session also loads the libraries)…")
     if job.running and cur:
         cfg = cur.get("config")
         h = pd.DataFrame(cur.get("history", []))
