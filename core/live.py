@@ -84,7 +84,8 @@ class LiveMerger:
     `evaluator` evaluates on `eval_spec.split` (default: the evaluator's test
     split); other splits (e.g. "val" for choosing alpha) get their evaluator
     from `evaluator_for(EvalSpec)`, by default `Evaluator.for_model_set`.
-    Thread-safe: the caches and the forward passes are guarded by locks.
+    Merged directions are kept (LRU) up to `max_direction_mb` of tensors, results up to
+    `max_results` entries. Thread-safe: the caches and the forward passes are guarded by locks.
     """
 
     def __init__(
@@ -95,7 +96,7 @@ class LiveMerger:
         eval_spec: EvalSpec | None = None,
         evaluator_for: Callable[[EvalSpec], Evaluator] | None = None,
         max_results: int = 512,
-        max_directions: int = 4,
+        max_direction_mb: float = 1024.0,
     ):
         self.ms = ms
         self.eval_spec = eval_spec or EvalSpec(bf16=bool(getattr(evaluator, "bf16", False)))
@@ -107,7 +108,7 @@ class LiveMerger:
         self._results: OrderedDict[tuple, dict] = OrderedDict()
         self._refs: dict[tuple, object] = {}
         self.max_results = max_results
-        self.max_directions = max_directions
+        self.max_direction_mb = max_direction_mb
         self._lock = threading.RLock()
         self.last_state_dict: tuple[str, dict[str, torch.Tensor]] | None = None
         self.stats = {"direction_builds": 0, "evaluations": 0, "result_hits": 0}
@@ -161,9 +162,16 @@ class LiveMerger:
             self.stats["direction_builds"] += 1
             entry = (d, {})
             self._directions[key] = entry
-            while len(self._directions) > self.max_directions:
+            # Keep as many directions as fit the memory budget (the newest always stays):
+            # every target of the demo zoo fits; for ViT-B/32 (~350 MB each) two or three do.
+            while len(self._directions) > 1 and self._direction_mb() > self.max_direction_mb:
                 self._directions.popitem(last=False)
             return entry
+
+    def _direction_mb(self) -> float:
+        return (
+            sum(v.numel() * v.element_size() for d, _ in self._directions.values() for v in d.vector.values()) / 2**20
+        )
 
     def auto_alpha(self, spec: MergeSpec) -> float:
         """The multi-task LiNeS alpha, (||sum tau||_1 / ||tau_merged||_1) / N, of the spec's direction."""

@@ -241,3 +241,15 @@ def test_micro_zoo_live_equals_core(micro_zoo):
 def test_default_subsample_is_everything_for_small_models_and_100_for_big_ones(toy_set):
     assert default_subsample(toy_set) is None
     assert default_subsample(toy_set, large_mb=0) == 100
+
+
+def test_directions_are_kept_within_the_memory_budget(toy_set):
+    ev = FakeEvaluator(toy_set)
+    roomy = LiveMerger(toy_set, ev)
+    for t in ("a", "b", "c", "a", "b", "c"):
+        roomy.merged_state_dict(single_task_spec(t, 0.5))
+    assert roomy.stats["direction_builds"] == 3  # every target's direction stays cached
+    tight = LiveMerger(toy_set, ev, max_direction_mb=0)
+    for t in ("a", "b", "a"):
+        tight.merged_state_dict(single_task_spec(t, 0.5))
+    assert tight.stats["direction_builds"] == 3 and len(tight._directions) == 1
