@@ -33,8 +33,8 @@ COLORWAY = [
     "#bab0ac",
 ]
 MEASURE_LABELS = {
-    "norm": "‖τ‖₂",
-    "relative_norm": "‖τ‖₂ / ‖θ₀‖₂",
+    "norm": "task-vector norm ‖τ‖₂",
+    "relative_norm": "relative norm ‖τ‖₂ / ‖θ₀‖₂",
     "conflict_fraction": "entries in sign conflict",
     "pairwise_conflict": "mean pairwise sign disagreement",
 }
@@ -150,7 +150,7 @@ def norm_heatmap(
             x=cols,
             y=tasks,
             colorscale="Viridis",
-            colorbar={"title": {"text": MEASURE_LABELS.get(value, value)}},
+            colorbar={"title": {"text": {"norm": "‖τ‖₂", "relative_norm": "‖τ‖/‖θ₀‖"}.get(value, value)}},
             hovertemplate="task %{y}<br>block %{x}<br>" + MEASURE_LABELS.get(value, value) + " %{z:.4g}<extra></extra>",
         )
     )
@@ -271,7 +271,9 @@ def spectral_depth(
                 hovertemplate=f"{label}<br>%{{y:.3g}}<br>%{{customdata}}<extra></extra>",
             )
         )
-    fig.update_xaxes(title="depth (block)", **_depth_ticks(nb, has_in, has_out))
+    fig.update_xaxes(
+        title="depth: in (patch embedding) → blocks → out (projection)", **_depth_ticks(nb, has_in, has_out)
+    )
     ylabel = METRIC_LABELS.get(metric, metric) + ("" if kind is None else f" — {kind} matrices")
     fig.update_yaxes(title=ylabel, type="log" if metric == "lambda_max" else None)
     if metric == "alpha":
