@@ -247,7 +247,8 @@ def results(spec: MergeSpec) -> None:
     table = comparison_table(r, live.reference_rows(), {"task arithmetic": delta["task_arithmetic"]["accuracy"]})
     st.session_state["ml_table"] = table
     st.plotly_chart(accuracy_bars(table, "Accuracy per task: merged vs zero-shot vs fine-tuned"), key="ml_bars")
-    wide = table.pivot(index="task", columns="model", values="accuracy").reindex(list(r["accuracy"]))
+    wide = table.pivot(index="task", columns="model", values="accuracy")
+    wide = wide.reindex(index=list(r["accuracy"]), columns=list(dict.fromkeys(table["model"])))
     st.dataframe(wide.style.format("{:.3f}"), key="ml_wide")
     how = (
         "cached" if r["cached"] else f"merge {r['merge_seconds'] * 1e3:.0f} ms + eval {r['eval_seconds'] * 1e3:.0f} ms"
