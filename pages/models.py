@@ -33,8 +33,10 @@ def _zoo_tab() -> None:
         "visual encoder fine-tuned per task (digits, shapes, colours, ...), with zero-shot heads — task "
         f"arithmetic in miniature. Built once into `{zoo.cache_dir()}`; later starts are instant."
     )
+    current = S.current_ref()
     kind = st.radio(
         "Zoo", ["demo", "micro"], horizontal=True, key="zoo_kind",
+        index=1 if current is not None and current.zoo == "micro" else 0,
         format_func=lambda k: {"demo": "demo (full, a few minutes to build)", "micro": "micro (tiny, seconds)"}[k],
     )  # fmt: skip
     built = zoo.is_built(kind)
