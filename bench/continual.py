@@ -111,6 +111,11 @@ def main() -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--n-test", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--l2-weight", type=float, default=None)
+    p.add_argument("--ortho-weight", type=float, default=None)
     p.add_argument("--ntk-samples", type=int, default=None)
     p.add_argument("--parallel", type=int, default=1, help="processes (one thread each)")
     p.add_argument("--skip-cost", action="store_true")
@@ -134,7 +139,8 @@ def main() -> int:
             print(f"no {args.zoo} zoo built: skipping the comparison (or pass --base CHECKPOINT)")
             return 0
     cfg = C.ContinualConfig(setting=args.setting)
-    over = {"steps": args.steps, "n_train": args.n_train, "ntk_samples": args.ntk_samples}
+    over = {"steps": args.steps, "n_train": args.n_train, "n_test": args.n_test, "batch": args.batch, "lr": args.lr,
+            "l2_weight": args.l2_weight, "ortho_weight": args.ortho_weight, "ntk_samples": args.ntk_samples}  # fmt: skip
     cfg = dataclasses.replace(cfg, **{k: v for k, v in over.items() if v is not None})
     if args.tasks:
         cfg = dataclasses.replace(cfg, tasks=tuple(args.tasks.split(",")))

@@ -94,7 +94,7 @@ class ContinualConfig:
     ortho: bool = True
     l2: bool = True
     ortho_weight: float = 1.0
-    l2_weight: float = 1.0
+    l2_weight: float = 0.1
     steps: int = 60  # optimizer steps per task
     batch: int = 32
     lr: float = 3e-3

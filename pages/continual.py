@@ -8,6 +8,7 @@ the run log, and any logged runs can be compared side by side.
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from core import continual as C
@@ -83,8 +84,6 @@ def live_panel() -> None:
         if st.button("Cancel", key="cl_cancel"):
             job.cancel.set()
         cols = [f"after {t}" for t in job.cfg.tasks]
-        import pandas as pd
-
         st.plotly_chart(
             P.accuracy_heatmap(pd.DataFrame(job.acc, index=list(job.cfg.tasks), columns=cols), "Accuracy so far"),
             key="cl_live_acc",
@@ -100,6 +99,7 @@ def live_panel() -> None:
         if res.run_id is not None:
             label += f" · run {res.run_id}"
         st.session_state.setdefault(RUNS, {})[label] = res
+        st.session_state["cl_inspect"] = label  # inspect the new run
         if res.run_id is not None:  # show the new run next to the previous one in the comparison
             st.session_state["cl_compare_ids"] = [res.run_id, *st.session_state.get("cl_compare_ids", [])[:1]]
         st.rerun()
@@ -109,7 +109,7 @@ live_panel()
 
 runs: dict[str, C.ContinualResult] = st.session_state.get(RUNS, {})
 if runs:
-    label = st.selectbox("Run to inspect", list(runs), index=len(runs) - 1, key="cl_inspect")
+    label = st.selectbox("Run to inspect", list(runs), key="cl_inspect")
     res = runs[label]
     c1, c2, c3 = st.columns(3)
     c1.metric("Average accuracy (after the last task)", f"{res.average_accuracy():.1%}")
