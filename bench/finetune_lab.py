@@ -1,7 +1,7 @@
 """Fine-tune lab benchmark on the demo zoo: accuracy vs data fraction for uniform lr, TempBalance and
 Model Balancing (3 seeds, mean ± std), then the Weight Scope Alignment merge comparison.
 
-    python bench/finetune_lab.py [--quick] [--workers 2]
+    python bench/finetune_lab.py [--quick] [--workers 2] [--zoo micro --cache DIR]
 
 It runs the CLI's code path (`python -m core finetune`) with the budget stated below and prints
 its Markdown tables. --quick: one seed, two fractions (a smoke run).
@@ -30,17 +30,19 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--zoo", default="demo")
+    ap.add_argument("--cache", default=None, help="cache directory of the zoo")
     args = ap.parse_args()
-    if not is_built(args.zoo):
+    if not is_built(args.zoo, args.cache):
         print(f"the {args.zoo} zoo is not built: run `python -m core zoo build` first (skipped)")
         return 0
     seeds, fractions = (1, "0.05,1.0") if args.quick else (SEEDS, FRACTIONS)
     t0 = time.perf_counter()
-    grid = ["--zoo", args.zoo, "--task", TASK, "--fractions", fractions, "--methods", METHODS, "--seeds", str(seeds),
+    where = ["--zoo", args.zoo] + (["--cache", args.cache] if args.cache else [])
+    grid = [*where, "--task", TASK, "--fractions", fractions, "--methods", METHODS, "--seeds", str(seeds),
             "--steps", str(STEPS), "--workers", str(args.workers)]  # fmt: skip
     print("$ python -m core finetune " + " ".join(grid) + "\n", flush=True)
     rc = finetune_main(grid)
-    wsa = ["--zoo", args.zoo, "--wsa", "--tasks", WSA_TASKS, "--weight", str(WSA_WEIGHT), "--fraction", str(WSA_FRACTION),
+    wsa = [*where, "--wsa", "--tasks", WSA_TASKS, "--weight", str(WSA_WEIGHT), "--fraction", str(WSA_FRACTION),
            "--steps", str(STEPS)]  # fmt: skip
     print("\n$ python -m core finetune " + " ".join(wsa) + "\n", flush=True)
     rc = rc or finetune_main(wsa)
