@@ -7,6 +7,7 @@ import copy
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -283,3 +284,24 @@ def test_cancel_stops_between_steps_and_keeps_finished_tasks(visual):
     cfg = dataclasses.replace(C.ContinualConfig(**TINY), tasks=("digits", "arrows", "letters"))
     res = C.run_continual(visual, cfg, cancel=cancel, on_stage=lambda j, acc: cancel.set() if j == 0 else None)
     assert res.cancelled and C.final_column(res.acc) == 0 and len(res.ntk) == 2
+
+
+# --------------------------------------------------------------------------- figures
+def test_figures_show_the_matrices_in_percent_and_one_trace_per_run():
+    from core.plots import continual as P
+
+    acc = np.array([[0.9, 0.7], [np.nan, 0.8]])
+    res = C.ContinualResult(
+        config=C.ContinualConfig(tasks=("a", "b")), acc=acc, angles=[np.array([[0, 80.0], [80.0, 0]])]
+    )
+    fig = P.accuracy_heatmap(res.acc_frame())
+    assert fig.data[0].z[0][1] == pytest.approx(70) and np.isnan(fig.data[0].z[1][0])
+    assert list(fig.data[0].x) == ["after a", "after b"]
+    bars = P.forgetting_bars({"base": res.forgetting(), "all": res.forgetting() / 2})
+    assert [t.name for t in bars.data] == ["base", "all"] and bars.data[0].y[0] == pytest.approx(20)
+    assert P.angle_heatmap(res.angle_frame()).data[0].z[0][1] == 80
+    summary = pd.DataFrame(
+        {"avg_acc_mean": [0.5], "avg_acc_std": [0.1], "avg_forgetting_mean": [0.2], "avg_forgetting_std": [0.0]},
+        index=["x"],
+    )
+    assert P.summary_bars(summary).data[1].y[0] == pytest.approx(20)
