@@ -86,7 +86,9 @@ Progress = Callable[[str, int, int], None]
 # --------------------------------------------------------------------------- configuration
 @dataclass(frozen=True)
 class ContinualConfig:
-    """One continual run. Weights follow the official defaults where the scale carries over."""
+    """One continual run. Adapter size and scale, prompt count and the test-time section weights are
+    the official defaults; learning rate, steps and the loss weights are this CPU scale's (the official
+    loss terms are not on the same scale: a signed-sum orthogonality term, SGD over epochs)."""
 
     tasks: tuple[str, ...] = DEFAULT_TASKS
     setting: str = "class"  # "class": one classifier over all seen classes; "task": the task's own classes
@@ -97,7 +99,7 @@ class ContinualConfig:
     l2_weight: float = 0.1
     steps: int = 60  # optimizer steps per task
     batch: int = 32
-    lr: float = 3e-3
+    lr: float = 1e-2
     weight_decay: float = 0.0
     warmup: float = 0.1
     bottleneck: int = 16  # adapter width (official ffn_num)
