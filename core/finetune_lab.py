@@ -571,6 +571,8 @@ def wsa_experiment(
     lr rule of both variants is `rule`. Recorded in the run log as kind "finetune_wsa".
     """
     t0 = time.perf_counter()
+    if target not in ("base", "fused"):
+        raise ValueError(f"target must be 'base' or 'fused', got {target!r}")
     common = {k: v for k, v in common.items() if k not in ("method", "wsa_weight")}
     a, b = wsa_pair(tasks, method=rule, **common)
     with_method = rule + "+wsa" if rule != "uniform" else "wsa"
@@ -603,13 +605,10 @@ def wsa_experiment(
                 watch=watch,
             ),
         )
+    tgt = base_target
     if target == "fused" and len(results) == 2:
         tgt = scope_fusion([scope_dict(results[f"without WSA: {s}"].state_dict) for s in "AB"])
         tgt = {k: v for k, v in tgt.items() if k in base_target}
-    elif target == "base":
-        tgt = base_target
-    else:
-        raise ValueError(f"target must be 'base' or 'fused', got {target!r}")
     for side, cfg in (("A", a), ("B", b)):
         if cancel is not None and cancel.is_set():
             break
@@ -632,7 +631,7 @@ def wsa_experiment(
         curves.append(curve.assign(variant=variant))
         ta = task_arithmetic_merge(ms, [ra.state_dict, rb.state_dict], eval_tasks, lambdas)
         rows.append({"variant": variant, **barrier(curve), "ta_accuracy": ta["mean_accuracy"], "ta_lambda": ta["lambda"],
-                     "accuracy_A": ra.accuracy, "accuracy_B": rb.accuracy, "scope_kl_A": ra.scope_kl, "scope_kl_B": rb.scope_kl,
+                     "accuracy_A": ra.accuracy, "accuracy_B": rb.accuracy, "scope_kl_A": _kl(ra.state_dict, tgt), "scope_kl_B": _kl(rb.state_dict, tgt),
                      **{f"ta_{t}": v for t, v in ta["accuracy"].items()}})  # fmt: skip
         for side, r in (("A", ra), ("B", rb)):
             scopes[f"{variant}: {side} ({r.config.task}{'' if a.task != b.task else f' shard {r.config.shard}'})"] = _scope_rows(r.state_dict)  # fmt: skip
@@ -653,6 +652,12 @@ def wsa_experiment(
         out.run_id = log.log("finetune_wsa", config, metrics, ms.fingerprint(), seed=a.seed,
                              status="cancelled" if len(results) < 4 else "ok")  # fmt: skip
     return out
+
+
+def _kl(sd: Mapping[str, torch.Tensor], target: Mapping[str, tuple[float, float]]) -> float:
+    """Σℓ KL(scope ‖ target) of a state dict (both variants measured against the same target)."""
+    with torch.no_grad():
+        return float(wsa_regularizer(sd, target))
 
 
 def _scope_rows(sd: Mapping[str, torch.Tensor]) -> pd.DataFrame:
