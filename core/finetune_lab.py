@@ -879,13 +879,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="write the per-run results (CSV)")
     args = ap.parse_args(argv)
 
-    from core.zoo import is_built, load_model_set
+    from core.zoo import is_built, load_model_set, manifest
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     if not is_built(args.zoo, args.cache):
-        print(f"the {args.zoo} zoo is not built; run `python -m core zoo build{' --micro' if args.zoo == 'micro' else ''}`", file=sys.stderr)  # fmt: skip
-        return 1
+        try:  # a complete zoo built with recipe overrides (`zoo build --set ...`) is usable, with a warning
+            complete = manifest(args.zoo, args.cache).get("complete") is True
+        except (FileNotFoundError, ValueError):
+            complete = False
+        if not complete:
+            print(f"the {args.zoo} zoo is not built; run `python -m core zoo build{' --micro' if args.zoo == 'micro' else ''}`", file=sys.stderr)  # fmt: skip
+            return 1
+        print(
+            f"note: the {args.zoo} zoo in the cache was built with another recipe than the current one", file=sys.stderr
+        )
     ms = load_model_set(args.zoo, args.cache)
     d = recipe_defaults(ms)
     common = {"steps": args.steps, "batch_size": args.batch, "lr": args.lr or d["lr"], "weight_decay": d["weight_decay"],
