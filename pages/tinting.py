@@ -46,7 +46,14 @@ with st.form("tint_form"):
     lr = c3.number_input("Learning rate", 1e-4, 1.0, 1e-2, format="%.4f", key="tint_lr")
     batch = c1.number_input("Batch per task", 4, 256, 32, key="tint_batch")
     every = c2.number_input("Evaluate every … steps", 1, 500, 25, key="tint_every")
-    use_filter = c3.toggle("Confidence filter", True, key="tint_filter")
+    use_filter = c3.toggle(
+        "Confidence filter",
+        True,
+        key="tint_filter",
+        help="Drops a sample when the merged model disagrees with the expert and is more confident. It assumes "
+        "confident, accurate experts: with weak experts it drops many samples and can lock in the merged "
+        "model's confident mistakes (watch 'kept' in the training chart).",
+    )
     ablation = c3.toggle("Then the same run with the filter switched", False, key="tint_ablation")
     data = st.radio(
         "Unlabeled images to train on",
