@@ -145,6 +145,11 @@ class TaskVectors:
                 raise KeyError(f"parameter {k!r} of the fine-tuned checkpoints is not in the base checkpoint")
             self.shapes[k] = base[k].shape
         self.preprocess: Callable[[int, str, torch.Tensor], torch.Tensor] | None = None
+        # Compute dtype: float32 (half-precision inputs are upcast), float64 when any input is float64,
+        # so a float64 model set merges at the reference's own precision.
+        k0 = self.keys[0] if self.keys else None
+        wide = k0 is not None and any(sd[k0].dtype == torch.float64 for sd in (base, *self.finetuned))
+        self.dtype = torch.float64 if wide else torch.float32
 
     def __len__(self) -> int:
         return len(self.finetuned)
@@ -181,9 +186,9 @@ class TaskVectors:
         """
         size = size or CHUNK
         n_tasks = len(self)
-        buf = torch.empty(n_tasks, size)
-        bbuf = torch.empty(size)
-        fbuf = torch.empty(n_tasks, size) if with_finetuned else None
+        buf = torch.empty(n_tasks, size, dtype=self.dtype)
+        bbuf = torch.empty(size, dtype=self.dtype)
+        fbuf = torch.empty(n_tasks, size, dtype=self.dtype) if with_finetuned else None
         pos, start, segments = 0, 0, []
 
         def chunk(width):
@@ -199,8 +204,8 @@ class TaskVectors:
             )
 
         for key in self.keys:
-            b = self.base_f(key).reshape(-1)
-            fts = [_f32(sd[key]).reshape(-1) for sd in self.finetuned]
+            b = self.base_f(key).to(self.dtype).reshape(-1)
+            fts = [_f32(sd[key]).to(self.dtype).reshape(-1) for sd in self.finetuned]
             for name, f in zip(self.names, fts):
                 if f.numel() != b.numel():
                     raise ValueError(
@@ -322,7 +327,7 @@ def weight_average(tvs: TaskVectors) -> MergedDirection:
 )
 def task_arithmetic(tvs: TaskVectors, coefficients: float | Sequence[float] = 0.3) -> MergedDirection:
     per_task, scale = _coefficients(coefficients, len(tvs))
-    w, summed, merged = FlatWriter(tvs.shapes), 0.0, 0.0
+    w, summed, merged = FlatWriter(tvs.shapes, tvs.dtype), 0.0, 0.0
     for ch in tvs.chunks():
         raw_sum = ch.tvs.sum(dim=0)
         summed += _l1(raw_sum)
@@ -336,7 +341,9 @@ def task_arithmetic(tvs: TaskVectors, coefficients: float | Sequence[float] = 0.
 
 
 def _trim_fraction(k: float) -> float:
-    # The reference accepts k in percent when > 1 (k=20 means 20%).
+    # The references accept k in percent when > 1 (k=20 means 20%). k = 1.0 is where they part:
+    # FusionBench and the original TIES code fail on it (kthvalue(0)), tall_masks reads it as 1%;
+    # here it keeps every entry (no trim), which is what the Merge lab's slider end means.
     return k / 100 if k > 1 else k
 
 
@@ -356,6 +363,12 @@ def global_topk_thresholds(tvs: TaskVectors, k: float) -> list[float] | None:
     d = tvs.numel()
     rank = max(1, d - int(d * frac))  # 1-indexed rank of the threshold among ascending |tau|
     n = len(tvs)
+    if tvs.dtype == torch.float64:  # rare (float64 checkpoints): an exact selection over one copy per task
+        per_task: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        for ch in tvs.chunks():
+            for t in range(n):
+                per_task[t].append(ch.tvs[t].abs().clone())
+        return [float(torch.kthvalue(torch.cat(c), rank).values) for c in per_task]
     nbins = 1 << 15  # high 16 bits of a non-negative float32 (sign bit 0)
     offsets = (torch.arange(n, dtype=torch.int32) * nbins).unsqueeze(1)
     hist = torch.zeros(n * nbins, dtype=torch.int64)
@@ -385,7 +398,7 @@ def ties_direction(tvs: TaskVectors, k: float = 0.2, agg: str = "mean", per_task
     if agg not in ("mean", "sum"):
         raise ValueError(f"TIES aggregation must be 'mean' or 'sum', got {agg!r}")
     thresholds = global_topk_thresholds(tvs, k)
-    thr = None if thresholds is None else torch.tensor(thresholds).unsqueeze(1)
+    thr = None if thresholds is None else torch.tensor(thresholds, dtype=tvs.dtype).unsqueeze(1)
 
     def trimmed(ch: Chunk) -> torch.Tensor:
         t = ch.tvs if thr is None else ch.tvs * (ch.tvs.abs() >= thr)
@@ -399,7 +412,7 @@ def ties_direction(tvs: TaskVectors, k: float = 0.2, agg: str = "mean", per_task
         total += int(s.sum(dtype=torch.int64))
         signs[ch.start : ch.start + s.numel()] = s.to(torch.int8)
     majority = (total > 0) - (total < 0)
-    w, summed, merged = FlatWriter(tvs.shapes), 0.0, 0.0
+    w, summed, merged = FlatWriter(tvs.shapes, tvs.dtype), 0.0, 0.0
     for ch in tvs.chunks():
         tr = trimmed(ch)
         summed += _l1(ch.tvs.sum(dim=0))
@@ -524,8 +537,8 @@ def consensus(
         mtl = None
     else:
         raise ValueError(f"consensus base_method must be task_arithmetic or ties, got {base_method!r}")
-    lam = torch.tensor(lams).unsqueeze(1)
-    w, summed, merged, kept = FlatWriter(tvs.shapes), 0.0, 0.0, 0
+    lam = torch.tensor(lams, dtype=tvs.dtype).unsqueeze(1)
+    w, summed, merged, kept = FlatWriter(tvs.shapes, tvs.dtype), 0.0, 0.0, 0
     for ch in tvs.chunks(with_finetuned=True):
         raw_sum = ch.tvs.sum(dim=0)
         summed += _l1(raw_sum)
