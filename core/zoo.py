@@ -63,7 +63,7 @@ class Recipe:
     tasks: tuple[str, ...]
     seed: int = 0
     # pretraining
-    pretrain_steps: int = 2000
+    pretrain_steps: int = 5000
     pretrain_batch: int = 128
     pair_fraction: float = 0.5  # share of each batch made of minimal pairs
     lr_visual: float = 1e-3
@@ -75,16 +75,16 @@ class Recipe:
     # fine-tuning (task arithmetic's recipe, scaled down)
     ft_steps: int = 300
     ft_batch: int = 64
-    ft_lr: float = 1e-4
+    ft_lr: float = 2.5e-4
     ft_weight_decay: float = 0.1
     ft_warmup: float = 0.1
-    n_train: int = 3000
+    n_train: int = 19200  # = ft_steps x ft_batch: every fine-tuning step sees fresh images (no overfitting)
     workers: int = 2
 
     def pretrain_part(self) -> dict:
         keep = ("arch", "seed", "pretrain_steps", "pretrain_batch", "pair_fraction", "lr_visual", "lr_text",
                 "weight_decay", "warmup", "aux_weight", "pos_embed_scale")  # fmt: skip
-        return {k: getattr(self, k) for k in keep}
+        return {k: getattr(self, k) for k in keep} | {"generator": generator_signature()}
 
     def pretrain_hash(self) -> str:
         return _hash(self.pretrain_part())
@@ -92,7 +92,16 @@ class Recipe:
     def hash(self) -> str:
         d = dataclasses.asdict(self)
         d.pop("workers")
-        return _hash(d)
+        return _hash(d | {"generator": generator_signature()})
+
+
+def generator_signature() -> dict:
+    """What of core.data's image generator a zoo depends on (part of every recipe hash)."""
+    return {
+        "version": D.GENERATOR_VERSION,
+        "main_object_size": list(D.MAIN_OBJECT_SIZE),
+        "group_object_size": list(D.GROUP_OBJECT_SIZE),
+    }
 
 
 def _hash(d: dict) -> str:

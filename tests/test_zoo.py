@@ -65,3 +65,20 @@ def test_recipe_overrides_are_typed_and_checked():
         assert "nope" in str(e)
     else:
         raise AssertionError("unknown field accepted")
+
+
+def test_recipe_hash_follows_the_image_generator(monkeypatch):
+    r = zoo.RECIPES["demo"]
+    h, ph = r.hash(), r.pretrain_hash()
+    monkeypatch.setattr(D, "MAIN_OBJECT_SIZE", (12.0, 15.0))
+    assert r.hash() != h and r.pretrain_hash() != ph  # an older generator's zoo or base is never reused
+
+
+def test_shipped_base_matches_the_demo_recipe_and_its_checksum():
+    # The demo build skips pretraining only with this file; a recipe change without a new
+    # `python -m core zoo pretrain` would silently make every fresh clone pretrain for ~18 min.
+    f = zoo.shipped_base(zoo.RECIPES["demo"])
+    assert f is not None and f.stat().st_size < 25 * 2**20
+    info = json.loads((f.parent / "recipe.json").read_text())
+    assert info["pretrain_recipe"]["pretrain_steps"] == zoo.RECIPES["demo"].pretrain_steps
+    assert info["sha256"] == zoo._sha256(f)
