@@ -23,6 +23,7 @@ patterns instead of sorting the concatenated vector.
 
 from __future__ import annotations
 
+import sys
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -250,6 +251,15 @@ class FlatWriter:
             self.out[key].view(-1)[off : off + ln] = values[pos : pos + ln]
             pos += ln
 
+    def write_at(self, segments: list[tuple[str, int, int]], columns: torch.Tensor, values: torch.Tensor) -> None:
+        """Write values at a few columns of a chunk whose segments are given (columns ascending)."""
+        pos = 0
+        for key, off, ln in segments:
+            sel = (columns >= pos) & (columns < pos + ln)
+            if sel.any():
+                self.out[key].view(-1)[columns[sel] - pos + off] = values[sel]
+            pos += ln
+
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
@@ -370,27 +380,37 @@ def global_topk_thresholds(tvs: TaskVectors, k: float) -> list[float] | None:
                 per_task[t].append(ch.tvs[t].abs().clone())
         return [float(torch.kthvalue(torch.cat(c), rank).values) for c in per_task]
     nbins = 1 << 15  # high 16 bits of a non-negative float32 (sign bit 0)
-    offsets = (torch.arange(n, dtype=torch.int32) * nbins).unsqueeze(1)
-    hist = torch.zeros(n * nbins, dtype=torch.int64)
+    hist = torch.zeros(n, nbins, dtype=torch.int64)
     for ch in tvs.chunks():
-        high = (ch.tvs.abs().view(torch.int32) >> 16) + offsets[:, :1].expand(n, 1)
-        hist += torch.bincount(high.reshape(-1), minlength=n * nbins)
-    cum = hist.view(n, nbins).cumsum(dim=1)
+        high = _high_bits(ch.tvs)
+        for t in range(n):
+            hist[t] += torch.bincount(high[t], minlength=nbins)
+    cum = hist.cumsum(dim=1)
     bins, ranks = [], []
     for t in range(n):
         b = int(torch.searchsorted(cum[t], torch.tensor(rank, dtype=torch.int64)))
         before = int(cum[t, b - 1]) if b > 0 else 0
         bins.append(b)
         ranks.append(rank - before)
-    want = torch.tensor(bins, dtype=torch.int32).unsqueeze(1)
+    want = torch.tensor(bins, dtype=torch.int16).unsqueeze(1)
     cands: list[list[torch.Tensor]] = [[] for _ in range(n)]
     for ch in tvs.chunks():
-        a = ch.tvs.abs()
-        hit = (a.view(torch.int32) >> 16) == want
+        hit = _high_bits(ch.tvs) == want
         rows = hit.any(dim=1).nonzero().flatten().tolist()
         for t in rows:
-            cands[t].append(a[t][hit[t]])
+            cands[t].append(ch.tvs[t][hit[t]].abs())
     return [float(torch.kthvalue(torch.cat(cands[t]), ranks[t]).values) for t in range(n)]
+
+
+def _high_bits(x: torch.Tensor) -> torch.Tensor:
+    """The high 16 bits of |x| for float32 x, as int16 in [0, 2^15): monotone in |x|.
+
+    On little-endian machines a strided int16 view of the upper halves (no shift, no abs: 3x faster
+    than the int32 route, which is the fallback elsewhere).
+    """
+    if sys.byteorder == "little" and x.is_contiguous():
+        return x.view(torch.int16)[..., 1::2] & 0x7FFF
+    return ((x.view(torch.int32) >> 16) & 0x7FFF).to(torch.int16)
 
 
 def ties_direction(tvs: TaskVectors, k: float = 0.2, agg: str = "mean", per_task: list[float] | None = None):
@@ -404,29 +424,45 @@ def ties_direction(tvs: TaskVectors, k: float = 0.2, agg: str = "mean", per_task
         t = ch.tvs if thr is None else ch.tvs * (ch.tvs.abs() >= thr)
         return _weighted(t, per_task)
 
-    # Elect: sign of the summed trimmed values; zeros get the global majority sign.
-    signs = torch.empty(tvs.numel(), dtype=torch.int8)
-    total = 0
-    for ch in tvs.chunks():
-        s = torch.sign(trimmed(ch).sum(dim=0))
-        total += int(s.sum(dtype=torch.int64))
-        signs[ch.start : ch.start + s.numel()] = s.to(torch.int8)
-    majority = (total > 0) - (total < 0)
-    w, summed, merged = FlatWriter(tvs.shapes, tvs.dtype), 0.0, 0.0
+    # Elect and merge in one pass. The elected sign of an entry is sign(sum_t trimmed); only where that
+    # sum is exactly 0 does the global majority sign (known after the pass) decide. There, every trimmed
+    # value is 0 (the result is 0 either way) except at exact cancellations: those few entries are
+    # computed under both signs and patched once the majority is known.
+    def disjoint(tr: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+        # sign is +-1 here, so "same sign as the elected one" is tr * sign > 0, and the kept entries
+        # are exactly the non-zero selected ones: the reference's where/!= 0 in fewer passes
+        keep = (tr * sign.unsqueeze(0)) > 0
+        selected = tr * keep
+        if agg == "mean":
+            count = keep.sum(dim=0).float()
+            return torch.sum(selected, dim=0) / torch.clamp(count, min=1)
+        return torch.sum(selected, dim=0)
+
+    w, summed, merged, total = FlatWriter(tvs.shapes, tvs.dtype), 0.0, 0.0, 0
+    pending = []  # (segments, columns, value under a negative majority, value written)
     for ch in tvs.chunks():
         tr = trimmed(ch)
         summed += _l1(ch.tvs.sum(dim=0))
-        sign = signs[ch.start : ch.start + tr.shape[1]].to(tr.dtype)
-        sign[sign == 0] = majority
-        keep = torch.where(sign.unsqueeze(0) > 0, tr > 0, tr < 0)
-        selected = tr * keep
-        if agg == "mean":
-            count = (selected != 0).sum(dim=0).float()
-            out = torch.sum(selected, dim=0) / torch.clamp(count, min=1)
-        else:
-            out = torch.sum(selected, dim=0)
+        sign = torch.sign(tr.sum(dim=0))
+        total += int(sign.sum(dtype=torch.int64))
+        zero = sign == 0
+        sign[zero] = 1
+        out = disjoint(tr, sign)
+        cols = zero.nonzero().flatten()
+        if cols.numel():
+            cols = cols[(tr[:, cols] != 0).any(dim=0)]
+        if cols.numel():
+            sub = tr[:, cols]
+            pending.append(
+                (list(ch.segments), cols, disjoint(sub, -torch.ones(cols.numel(), dtype=tr.dtype)), out[cols])
+            )
         merged += _l1(out)
         w.write(ch, out)
+    majority = (total > 0) - (total < 0)
+    if majority <= 0:  # sign 0 keeps the negative entries, exactly like -1
+        for segments, cols, neg, pos in pending:
+            w.write_at(segments, cols, neg)
+            merged += float(neg.abs().sum()) - float(pos.abs().sum())
     return w.out, summed, {"thresholds": thresholds, "majority_sign": majority, "merged_l1": merged}
 
 

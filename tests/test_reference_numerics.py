@@ -318,3 +318,26 @@ def test_ties_on_float64_checkpoints_equals_the_reference_in_float64():
     for key in keys:
         assert got[key].dtype == torch.float64
         assert torch.equal(got[key], theta[key]), key
+
+
+@pytest.mark.parametrize("majority", [-1.0, 1.0])
+def test_ties_exact_cancellations_take_the_majority_sign(majority):
+    # Entries where the tasks cancel exactly (sum 0) are decided by the majority sign, known only after
+    # the whole vector is seen: both outcomes must match the reference.
+    g = torch.Generator().manual_seed(3)
+    base = {"w": torch.randn(40, 30, generator=g), "b": torch.randn(30, generator=g)}
+    t1 = {k: majority * torch.rand(v.shape, generator=g) for k, v in base.items()}
+    t2 = {k: majority * torch.rand(v.shape, generator=g) for k, v in base.items()}
+    base["w"][:5, :] = 0.0  # so that the task vectors below are exact
+    t1["w"][:5, :] = 0.25
+    t2["w"][:5, :] = -0.25  # exact cancellations
+    t3 = {k: v.clone() for k, v in t1.items()}
+    t3["w"][:5, :] = 0.0
+    fts = [{k: base[k] + t[k] for k in base} for t in (t1, t2, t3)]
+    for agg in ("mean", "sum"):
+        keys, tvs, tau = reference_ties(base, fts, 1.0, agg)
+        theta = _unflat(_flat(base, keys) + tau, base, keys)
+        assert (tvs.sum(dim=0) == 0).sum() == 5 * 30  # the case under test
+        got = core.merge(base, fts, "ties", k=1.0, agg=agg, coefficients=1.0)
+        assert all(torch.equal(got[key], theta[key]) for key in keys), agg
+        assert (got["w"][:5] != 0).all()  # the cancelled entries took the majority's side
