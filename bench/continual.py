@@ -62,7 +62,9 @@ def step_cost(reps: int = 3) -> dict:
         model.classifier_features(torch.randn(250, 3, 32, 32))
         out[f"eval 250 images {name}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        C.empirical_ntk(model, model.trainable(), torch.randn(32, 3, 32, 32), torch.linalg.qr(torch.randn(128, 4))[0])
+        C.empirical_ntk(
+            model, model.trainable(), torch.randn(32, 3, 32, 32), torch.linalg.qr(torch.randn(visual.output_dim, 4))[0]
+        )
         out[f"NTK 32 samples {name}"] = time.perf_counter() - t0
     d = C.ContinualConfig()
     n_tasks = len(d.tasks)
