@@ -22,7 +22,8 @@ BLOCK_PATTERNS: dict[str, str] = {
     "timm": r"(?:^|\.)blocks\.(\d+)\.",  # blocks.{i}.
     "gpt2": r"(?:^|\.)h\.(\d+)\.",  # transformer.h.{i}.
     "llama": r"(?:^|\.)layers\.(\d+)\.",  # model.layers.{i}.
-    "t5": r"(?:^|\.)block\.(\d+)\.",  # encoder.block.{i}.
+    "t5": r"(?:^|\.)block\.(\d+)\.",  # encoder.block.{i}. (before "bert": T5 blocks hold layer.{j}.)
+    "bert": r"(?:^|\.)layer\.(\d+)\.",  # BERT/RoBERTa/HF ViT: encoder.layer.{i}.
 }
 _COMPILED = [(arch, re.compile(p)) for arch, p in BLOCK_PATTERNS.items()]
 

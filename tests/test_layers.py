@@ -14,6 +14,8 @@ from core.layers import is_output_param, layer_index, num_blocks, param_kind
         ("transformer.h.2.attn.c_attn.weight", 2),
         ("model.layers.30.self_attn.o_proj.weight", 30),
         ("encoder.block.4.layer.0.SelfAttention.q.weight", 4),
+        ("roberta.encoder.layer.9.attention.self.query.weight", 9),
+        ("vit.encoder.layer.2.intermediate.dense.bias", 2),
     ],
 )
 def test_layer_index_finds_each_architectures_container(name, idx):
