@@ -66,6 +66,7 @@ class Recipe:
     pretrain_steps: int = 5000
     pretrain_batch: int = 128
     pair_fraction: float = 0.5  # share of each batch made of minimal pairs
+    mention_prob: float = 0.5  # chance that a caption names each attribute of its scene
     lr_visual: float = 1e-3
     lr_text: float = 2e-3
     weight_decay: float = 0.1
@@ -84,7 +85,11 @@ class Recipe:
     def pretrain_part(self) -> dict:
         keep = ("arch", "seed", "pretrain_steps", "pretrain_batch", "pair_fraction", "lr_visual", "lr_text",
                 "weight_decay", "warmup", "aux_weight", "pos_embed_scale")  # fmt: skip
-        return {k: getattr(self, k) for k in keep} | {"generator": generator_signature()}
+        part = {k: getattr(self, k) for k in keep}
+        for k, v in _HASH_OMITS_DEFAULT.items():  # recorded only when changed: older bases still match
+            if getattr(self, k) != v:
+                part[k] = getattr(self, k)
+        return part | {"generator": generator_signature()}
 
     def pretrain_hash(self) -> str:
         return _hash(self.pretrain_part())
@@ -92,7 +97,13 @@ class Recipe:
     def hash(self) -> str:
         d = dataclasses.asdict(self)
         d.pop("workers")
+        for k, v in _HASH_OMITS_DEFAULT.items():  # fields added later: at their default, old hashes hold
+            if d[k] == v:
+                d.pop(k)
         return _hash(d | {"generator": generator_signature()})
+
+
+_HASH_OMITS_DEFAULT = {"mention_prob": 0.5}
 
 
 def generator_signature() -> dict:
@@ -273,15 +284,15 @@ def _draw_attrs(rng: np.random.Generator, kind: str) -> dict:
             return attrs
 
 
-def _mention(rng: np.random.Generator, scene: dict, must: str | None = None) -> set[str]:
-    m = {a for a in scene["attrs"] if rng.random() < 0.5}
+def _mention(rng: np.random.Generator, scene: dict, must: str | None = None, prob: float = 0.5) -> set[str]:
+    m = {a for a in scene["attrs"] if rng.random() < prob}
     if must:
         m.add(must)
     return m
 
 
 def pretrain_batch(
-    rng: np.random.Generator, batch: int, pair_fraction: float
+    rng: np.random.Generator, batch: int, pair_fraction: float, mention_prob: float = 0.5
 ) -> tuple[np.ndarray, list[str], list[dict], list[set]]:
     """Images (B, 32, 32, 3) uint8, captions, scenes and mentioned attributes for one pretraining step."""
     kinds, probs = list(_KIND_PROBS), list(_KIND_PROBS.values())
@@ -300,14 +311,14 @@ def pretrain_batch(
         s1 = D.make_scene(rng, "train", kind, **attrs)
         rng.bit_generator.state = state
         s2 = D.make_scene(rng, "train", kind, **other)
-        m = _mention(rng, s1, changed)
+        m = _mention(rng, s1, changed, mention_prob)
         scenes += [s1, s2]
         mentions += [m, set(m)]
     while len(scenes) < batch:
         kind = kinds[int(rng.choice(len(kinds), p=probs))]
         s = D.make_scene(rng, "train", kind, **_draw_attrs(rng, kind))
         scenes.append(s)
-        mentions.append(_mention(rng, s))
+        mentions.append(_mention(rng, s, prob=mention_prob))
     prefixes = ["", "a photo of "]
     captions = [caption(s, m, prefixes[int(rng.integers(2))]) for s, m in zip(scenes, mentions)]
     images = np.stack([D.render(s) for s in scenes])
@@ -378,7 +389,9 @@ def pretrain(recipe: Recipe, progress: Progress | None = None) -> tuple[dict[str
         f = _cosine_schedule(step, recipe.pretrain_steps, recipe.warmup)
         for g, b in zip(opt.param_groups, base_lrs):
             g["lr"] = b * f
-        images, captions, scenes, mentions = pretrain_batch(rng, recipe.pretrain_batch, recipe.pair_fraction)
+        images, captions, scenes, mentions = pretrain_batch(
+            rng, recipe.pretrain_batch, recipe.pair_fraction, recipe.mention_prob
+        )
         x = preprocess(torch.from_numpy(images).permute(0, 3, 1, 2))
         tokens = tokenize(model, captions)
         img = F.normalize(model.encode_image(x), dim=-1)

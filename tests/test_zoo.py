@@ -82,3 +82,11 @@ def test_shipped_base_matches_the_demo_recipe_and_its_checksum():
     info = json.loads((f.parent / "recipe.json").read_text())
     assert info["pretrain_recipe"]["pretrain_steps"] == zoo.RECIPES["demo"].pretrain_steps
     assert info["sha256"] == zoo._sha256(f)
+
+
+def test_caption_mention_rate_follows_the_recipe():
+    few = zoo.pretrain_batch(np.random.default_rng(1), 64, 0.0, mention_prob=0.1)[3]
+    many = zoo.pretrain_batch(np.random.default_rng(1), 64, 0.0, mention_prob=0.9)[3]
+    assert sum(map(len, few)) < sum(map(len, many))
+    r = zoo.recipe_for("demo", {"mention_prob": "0.25"})
+    assert r.pretrain_hash() != zoo.RECIPES["demo"].pretrain_hash()  # a base made with other captions is not reused
