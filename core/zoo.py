@@ -16,7 +16,7 @@ visual tower only, the zero-shot head frozen, AdamW, warmup + cosine.
 The zoo lives in a per-user cache (`cache_dir()`), never in the repo:
 base.safetensors (full CLIP), finetuned/<task>.safetensors (``visual.*`` only),
 manifest.json (tasks, recipe, seeds, accuracies, timings, versions). A base
-shipped in assets/zoo-base/ (fp16, made by `zoo pretrain`, sha256 recorded)
+shipped in core/assets/zoo-base/ (fp16, made by `zoo pretrain`, sha256 recorded)
 replaces the pretraining stage when its recipe matches.
 """
 
@@ -50,7 +50,7 @@ from .models import (
 )
 
 Progress = Callable[[str, int, int], None]
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "zoo-base"
+ASSETS = Path(__file__).resolve().parent / "assets" / "zoo-base"  # the shipped base (package data)
 MANIFEST_VERSION = 1
 
 
@@ -587,7 +587,7 @@ def build_zoo(
     shipped = shipped_base(recipe) if kind == "demo" else None
     if shipped is not None:
         base = {k: (v.float() if v.is_floating_point() else v) for k, v in _load(shipped).items()}
-        pre_stats = {"source": str(shipped.relative_to(ASSETS.parent.parent)), "sha256": _sha256(shipped)}
+        pre_stats = {"source": str(shipped.relative_to(ASSETS.parents[2])), "sha256": _sha256(shipped)}
         progress("pretrain", 1, 1)
     else:
         base, pre_stats = pretrain(recipe, progress)
