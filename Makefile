@@ -4,15 +4,15 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
-export PYTHONPATH := $(CURDIR)
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: run test install install-dev bench zoo lint browser clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
@@ -34,8 +34,8 @@ browser:
 	  || echo "WARNING: could not install chromium; tests/test_browser.py will skip"; }
 
 lint: install-dev
-	$(VENV)/bin/ruff check core pages tests bench app.py
-	$(VENV)/bin/ruff format --check core pages tests bench app.py
+	$(VENV)/bin/ruff check core pages ui tests bench app.py
+	$(VENV)/bin/ruff format --check core pages ui tests bench app.py
 
 test: install-dev browser lint
 	$(PY) -m pytest -q --timeout=900 tests

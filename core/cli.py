@@ -107,7 +107,7 @@ def check_tasks(ms, merge: MergeSpec, es: EvalSpec | None = None) -> None:
 
 
 # --------------------------------------------------------------------------- merge
-def merged_state_dict(config: RunConfig, ms=None) -> dict:
+def merge_from_config(config: RunConfig, ms=None) -> dict:
     """core.merging.merge applied to the spec: exactly what the Merge lab computes."""
     from .merging import merge
 
@@ -131,7 +131,7 @@ def cmd_merge(args) -> int:
     from .checkpoints import save_state_dict
 
     config = load_run_config(args.config)
-    sd = merged_state_dict(config)
+    sd = merge_from_config(config)
     meta = {"mergescope_config": config.to_json()}
     try:
         save_state_dict(sd, args.out, hf_names=args.hf_names, metadata=meta)
@@ -190,7 +190,7 @@ def cmd_eval(args) -> int:
     metrics["references"] = res["table"][["task", "zero_shot", "finetuned"]].to_dict(orient="records")
     run_id = None
     if not args.no_log:
-        from .runs import RunLog
+        from .runtime.runlog import RunLog
 
         run_id = RunLog().log("eval", config.to_dict(), metrics, res["fingerprint"], seed=config.eval.seed)
     if args.json:

@@ -951,7 +951,7 @@ def _start_log(run_log, source, cfg: ContinualConfig):
     if not run_log:
         return None, None
     try:
-        from .runs import RunLog
+        from .runtime.runlog import RunLog
     except ImportError:  # the run log is optional
         return None, None
     log = RunLog() if run_log is True else run_log
@@ -965,7 +965,7 @@ def runs_table(log=None, limit: int = 200) -> pd.DataFrame:
     accuracy and forgetting, seconds, status (newest first)."""
     import json
 
-    from .runs import RunLog
+    from .runtime.runlog import RunLog
 
     df = (log or RunLog()).list(kind="continual", limit=limit)
     rows = []
@@ -985,7 +985,7 @@ def runs_table(log=None, limit: int = 200) -> pd.DataFrame:
 
 
 def load_logged(run_id: int, log=None) -> ContinualResult:
-    from .runs import RunLog
+    from .runtime.runlog import RunLog
 
     r = (log or RunLog()).get(run_id)
     return ContinualResult.from_log(r["config"], r["metrics"], run_id=run_id)

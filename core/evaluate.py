@@ -6,13 +6,15 @@ tensor), the zero-shot heads — and `accuracy(state_dict)` copies a (merged or
 fine-tuned) visual tower into the model in place and runs one forward pass
 over all requested tasks under `torch.inference_mode` (bf16 autocast optional).
 
-Conventions (METHODS.md): normalized accuracy = acc / acc_finetuned averaged
-over tasks; control accuracy = accuracy on the tasks other than the target,
-also normalized by the zero-shot accuracy (LiNeS single-task).
+Shared evaluators (`for_model_set`) are cached per (model set, split, subsample, seed) and never
+changed by a caller: per-session settings such as bf16 live on a light view (`with_settings`) that
+shares the model, the images and the heads, so one browser session's bf16 toggle cannot change
+another session's numbers. The accuracy summaries (normalized, control) live in `core.select`.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,7 +74,28 @@ class Evaluator:
         self.bf16 = bf16
         self.batch_size = batch_size
         self._stacked: dict[tuple[str, ...], torch.Tensor] = {}
-        self._loaded: object = None  # id of the state dict currently in the model
+        # Shared by every view of this evaluator: which weights are in the (shared) model now.
+        self._model_state: dict[str, object] = {"loaded": None}
+
+    def with_settings(self, *, bf16: bool | None = None, batch_size: int | None = None) -> Evaluator:
+        """A view with its own settings sharing this evaluator's model, images and heads (cheap)."""
+        view = copy.copy(self)
+        if bf16 is not None:
+            view.bf16 = bool(bf16)
+        if batch_size is not None:
+            view.batch_size = int(batch_size)
+        return view
+
+    @classmethod
+    def evict(cls, ev: Evaluator) -> None:
+        """Drop the cached evaluator `ev` shares its model with (frees its images and model)."""
+        for k, v in list(cls._CACHE.items()):
+            if v.model is ev.model:
+                del cls._CACHE[k]
+
+    @classmethod
+    def clear_cache(cls) -> None:
+        cls._CACHE.clear()
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -88,7 +111,8 @@ class Evaluator:
 
         Cached by (zoo dir or base path, split, subsample, seed): the model, the
         preprocessed tensors and the heads are built once per process. `subsample`
-        takes a seeded subset of each task's split (sorted indices).
+        takes a seeded subset of each task's split (sorted indices). The returned object is a
+        view with its own `bf16` (the cached one is never modified).
         """
         torch.set_flush_denormal(True)
         key = (str(ms.zoo_dir or ms.base_path), ms.fingerprint(), tuple(ms.eval_tasks), split, subsample, seed)
@@ -103,8 +127,7 @@ class Evaluator:
                 tasks[name] = (x[idx], y[idx], data_mod.get_task(name))
             ev = cls(ms.base(), tasks)
             cls._CACHE[key] = ev
-        ev.bf16 = bf16
-        return ev
+        return ev.with_settings(bf16=bf16)
 
     # -- core ---------------------------------------------------------------
     @property
@@ -117,16 +140,16 @@ class Evaluator:
     def load(self, state_dict: Mapping[str, torch.Tensor] | None) -> None:
         """Put base visual weights overlaid with `state_dict`'s ``visual.*`` entries into the model."""
         if state_dict is None:
-            if self._loaded != "base":
+            if self._model_state["loaded"] != "base":
                 load_visual(self.model, self.base_visual)
-                self._loaded = "base"
+                self._model_state["loaded"] = "base"
             return
         n_visual = sum(k.startswith("visual.") for k in state_dict)
         if n_visual < len(self.base_visual):  # partial dict: the rest comes from the base
             load_visual(self.model, self.base_visual)
         if n_visual:
             load_visual(self.model, state_dict)
-        self._loaded = id(state_dict)
+        self._model_state["loaded"] = id(state_dict)
 
     def _images(self, tasks: Sequence[str]) -> torch.Tensor:
         key = tuple(tasks)
@@ -176,36 +199,3 @@ class Evaluator:
         if unknown:
             raise KeyError(f"tasks {unknown} are not in this evaluator (it has {list(self.tasks)})")
         return tasks
-
-
-# ---------------------------------------------------------------------------
-# Summaries.
-def mean_accuracy(acc: Mapping[str, float]) -> float:
-    return float(np.mean(list(acc.values()))) if acc else float("nan")
-
-
-def normalized_accuracy(acc: Mapping[str, float], finetuned_acc: Mapping[str, float]) -> float:
-    """Mean over the tasks of `acc` of acc[t] / finetuned_acc[t] (task arithmetic's normalized accuracy)."""
-    ratios = [acc[t] / finetuned_acc[t] for t in acc if finetuned_acc.get(t)]
-    return float(np.mean(ratios)) if ratios else float("nan")
-
-
-def control_accuracy(
-    acc: Mapping[str, float],
-    target: str | Sequence[str],
-    zeroshot_acc: Mapping[str, float] | None = None,
-) -> dict[str, float]:
-    """Accuracy on the control tasks (every task in `acc` except the target(s)).
-
-    Returns ``{"control": mean accuracy, "control_normalized": mean of acc/acc_zeroshot}``
-    (the latter NaN without `zeroshot_acc`), the LiNeS single-task convention.
-    """
-    targets = {target} if isinstance(target, str) else set(target)
-    others = [t for t in acc if t not in targets]
-    if not others:
-        return {"control": float("nan"), "control_normalized": float("nan")}
-    control = float(np.mean([acc[t] for t in others]))
-    norm = float("nan")
-    if zeroshot_acc is not None:
-        norm = float(np.mean([acc[t] / zeroshot_acc[t] for t in others if zeroshot_acc.get(t)]))
-    return {"control": control, "control_normalized": norm}

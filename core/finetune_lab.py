@@ -260,7 +260,7 @@ def _run_log(run_log):
     if run_log is not None:
         return run_log
     try:
-        from core.runs import RunLog
+        from core.runtime.runlog import RunLog
 
         return RunLog()
     except Exception:  # the run log is optional: a missing module or an unwritable cache must not stop training

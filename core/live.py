@@ -38,17 +38,16 @@ import pandas as pd
 import torch
 
 from .checkpoints import save_state_dict
-from .evaluate import Evaluator, control_accuracy, mean_accuracy, normalized_accuracy
+from .evaluate import Evaluator
 from .lines import infer_num_blocks, lines_curve
 from .merging import MergedDirection, apply_direction, get_method, merged_direction
+from .runtime.locks import FORWARD_LOCK
+from .select import control_accuracy, mean_accuracy, normalized_accuracy
 from .spec import EvalSpec, MergeSpec
 
 # The single-task LiNeS grid (METHODS.md): alpha in {1.0, 0.9, ..., 0.0}, beta = 1 - alpha.
 ALPHAS: tuple[float, ...] = tuple(round(1.0 - 0.1 * i, 1) for i in range(11))
 
-# One forward pass at a time: an Evaluator loads weights into its model in place,
-# and two concurrent passes on 2 cores would only slow each other down.
-_FORWARD_LOCK = threading.RLock()
 
 Progress = Callable[[int, int, str], None]
 
@@ -76,6 +75,32 @@ def single_task_spec(target: str, alpha: float, beta: float | None = None) -> Me
 def uniform_spec(target: str, alpha: float) -> MergeSpec:
     """The uniform-scaling baseline: theta_0 + alpha * tau_target (every layer scaled alike)."""
     return MergeSpec.make("task_arithmetic", {"coefficients": float(alpha)}, tasks=(target,))
+
+
+def apply_spec(base, direction: MergedDirection, spec: MergeSpec, *, auto_alpha: float | None = None) -> dict:
+    """theta for `spec` from its merged direction: the one place a MergeSpec's LiNeS line, block
+    curve or global lambda is applied (the live loop, sweeps and their workers call it).
+
+    A scalar lambda is not part of the direction key, so the cached direction's own scale may be
+    another spec's: it is taken from this spec. auto_alpha: the resolved multi-task LiNeS alpha
+    when spec.lines[0] == "auto" (computed from the direction when not given).
+    """
+    lines = spec.lines
+    if lines is not None and lines[0] == "auto":
+        lines = (direction.auto_alpha() if auto_alpha is None else auto_alpha, float(lines[1]))
+    elif lines is not None:
+        lines = (float(lines[0]), float(lines[1]))
+    c = spec.param_dict.get("coefficients")
+    scale = float(c) if isinstance(c, int | float) and not isinstance(c, bool) else None
+    return apply_direction(
+        base,
+        direction,
+        lines=lines,
+        curve=spec.curve,
+        outside=spec.outside,
+        scale=scale,
+        output_as_last_block=spec.output_as_last_block,
+    )
 
 
 class LiveMerger:
@@ -185,22 +210,8 @@ class LiveMerger:
         if self.last_state_dict is not None and self.last_state_dict[0] == spec.key():
             return self.last_state_dict[1]
         d, _ = self.direction(spec)
-        lines = spec.lines
-        if lines is not None and lines[0] == "auto":
-            lines = (self.auto_alpha(spec), lines[1])
-        # A scalar lambda is not part of the direction key, so the cached direction's
-        # scale may be another spec's: take it from this spec.
-        c = spec.param_dict.get("coefficients")
-        scale = float(c) if isinstance(c, (int, float)) and not isinstance(c, bool) else None
-        sd = apply_direction(
-            self.base(),
-            d,
-            lines=lines,
-            curve=spec.curve,
-            outside=spec.outside,
-            scale=scale,
-            output_as_last_block=spec.output_as_last_block,
-        )
+        alpha = self.auto_alpha(spec) if spec.lines is not None and spec.lines[0] == "auto" else None
+        sd = apply_spec(self.base(), d, spec, auto_alpha=alpha)
         self.last_state_dict = (spec.key(), sd)
         return sd
 
@@ -236,10 +247,10 @@ class LiveMerger:
 
     # -- evaluation -----------------------------------------------------------------------
     def _accuracy(self, sd, split: str, tasks: Sequence[str] | None = None) -> dict[str, float]:
+        # Shared evaluators are never mutated here: `evaluator_for` returns one with this merger's
+        # settings (Evaluator.for_model_set gives a per-settings view of the cached model and images).
         ev = self.evaluator(split)
-        with _FORWARD_LOCK:
-            # Evaluators are shared per (model set, split, subsample); bf16 is a switch on them.
-            ev.bf16 = self.eval_spec.bf16
+        with FORWARD_LOCK:
             return ev.accuracy(sd, list(tasks) if tasks is not None else self.eval_tasks)
 
     def evaluate(self, spec: MergeSpec, split: str | None = None) -> dict:

@@ -40,6 +40,7 @@ import pandas as pd
 
 from .executors import Cancelled, Executor, LocalExecutor
 from .merging import get_method
+from .runtime.locks import FORWARD_LOCK
 from .spec import EvalSpec, MergeSpec, ModelSetRef, RunConfig
 
 Progress = Callable[[int, int], None]
@@ -204,17 +205,6 @@ def _model_set(ref: Mapping):
         return _MODEL_SETS[key]
 
 
-def _forward_lock():
-    # An Evaluator loads weights into one shared model in place: share the live loop's lock
-    # so a sweep running in the app never interleaves with a slider's forward pass.
-    try:
-        from .live import _FORWARD_LOCK
-
-        return _FORWARD_LOCK
-    except ImportError:
-        return _LOCK
-
-
 def _direction(ref: Mapping, ms, spec: MergeSpec) -> dict:
     """{"direction": MergedDirection, "auto_alpha": float | None (computed on first use)}, cached."""
     from .merging import merged_direction
@@ -233,34 +223,23 @@ def _direction(ref: Mapping, ms, spec: MergeSpec) -> dict:
         return entry
 
 
-def merged_state_dict(ref: ModelSetRef | Mapping, spec: MergeSpec, ms=None) -> tuple[dict, float | None]:
+def spec_state_dict(ref: ModelSetRef | Mapping, spec: MergeSpec, ms=None) -> tuple[dict, float | None]:
     """theta for `spec` from the process's cached direction; returns (state dict, LiNeS alpha used or None)."""
-    from .merging import apply_direction
+    from .live import apply_spec
 
     ref = ref.to_dict() if isinstance(ref, ModelSetRef) else dict(ref)
     ms = ms or _model_set(ref)
     entry = _direction(ref, ms, spec)
     d = entry["direction"]
-    lines = spec.lines
-    if lines is not None and lines[0] == "auto":
-        if entry["auto_alpha"] is None:
-            entry["auto_alpha"] = d.auto_alpha()
-        lines = (entry["auto_alpha"], float(lines[1]))
-    elif lines is not None:
-        lines = (float(lines[0]), float(lines[1]))
-    c = spec.param_dict.get("coefficients")
-    # The scalar lambda is not part of the direction key: take it from this spec, not the cached direction.
-    scale = float(c) if isinstance(c, (int, float)) and not isinstance(c, bool) else None
-    sd = apply_direction(
-        ms.base(),
-        d,
-        lines=lines,
-        curve=spec.curve,
-        outside=spec.outside,
-        scale=scale,
-        output_as_last_block=spec.output_as_last_block,
-    )
-    return sd, (lines[0] if lines is not None else None)
+    alpha = None
+    if spec.lines is not None:
+        if spec.lines[0] == "auto":
+            if entry["auto_alpha"] is None:
+                entry["auto_alpha"] = d.auto_alpha()
+            alpha = entry["auto_alpha"]
+        else:
+            alpha = float(spec.lines[0])
+    return apply_spec(ms.base(), d, spec, auto_alpha=alpha), alpha
 
 
 def make_evaluator(ms, es: EvalSpec):
@@ -280,7 +259,7 @@ def evaluate_job(job: EvalJob) -> dict:
     tasks = list(es.tasks) if es.tasks else list(ms.eval_tasks)
     alpha = None
     if job.merge is not None:
-        sd, alpha = merged_state_dict(job.model_set, MergeSpec.from_dict(job.merge), ms)
+        sd, alpha = spec_state_dict(job.model_set, MergeSpec.from_dict(job.merge), ms)
     elif job.reference == "zero_shot":
         sd = None
     elif job.reference and job.reference.startswith("finetuned:"):
@@ -288,7 +267,7 @@ def evaluate_job(job: EvalJob) -> dict:
         sd, tasks = ms.finetuned(task), [task]
     else:
         raise ValueError(f"an evaluation job needs a merge spec or a reference, got {job.reference!r}")
-    with _forward_lock():
+    with FORWARD_LOCK:  # never interleave with a slider's forward pass on the shared evaluator
         acc = ev.accuracy(sd, tasks)
     return {"accuracy": acc, "alpha": alpha, "seconds": time.perf_counter() - t0}
 
@@ -456,7 +435,7 @@ def run_sweep(
         return None if progress is None else (lambda done, _n: progress(offset + done, total))
 
     if log and run_log is None:
-        from .runs import RunLog
+        from .runtime.runlog import RunLog
 
         run_log = RunLog()
     run_id = run_log.start("sweep", spec.to_dict(), ms.fingerprint(), seed=spec.eval.seed) if log else None

@@ -376,9 +376,9 @@ def _evaluator(ms, split: str):
 def _forward_lock():
     """The lock the live loop holds while the shared Evaluator model runs (pages share it)."""
     try:
-        from .live import _FORWARD_LOCK
+        from .runtime.locks import FORWARD_LOCK
 
-        return _FORWARD_LOCK
+        return FORWARD_LOCK
     except ImportError:  # pragma: no cover - live not in this build
         return nullcontext()
 
@@ -533,7 +533,7 @@ def _run_log(run_log):
         return None
     if run_log is True:
         try:
-            from .runs import RunLog
+            from .runtime.runlog import RunLog
         except ImportError:
             return None
         return RunLog()

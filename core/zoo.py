@@ -671,8 +671,9 @@ def build_zoo(
 
 def evaluate_zoo(zdir: Path, tasks, progress: Progress | None = None) -> dict:
     """Zero-shot / fine-tuned / cross accuracies on val and test, control accuracy and forgetting."""
-    from .evaluate import Evaluator, control_accuracy, mean_accuracy
+    from .evaluate import Evaluator
     from .modelset import ModelSet
+    from .select import control_accuracy, mean_accuracy
 
     ms = ModelSet(
         "zoo", zdir / "base.safetensors", {t: zdir / "finetuned" / f"{t}.safetensors" for t in tasks}, list(tasks), zdir
@@ -702,7 +703,7 @@ def evaluate_zoo(zdir: Path, tasks, progress: Progress | None = None) -> dict:
             "mean_finetuned": mean_accuracy(ft),
             "mean_forgetting": float(np.mean(drop)) if drop else 0.0,
         }
-        Evaluator._CACHE.pop(next((k for k, v in Evaluator._CACHE.items() if v is ev)), None)
+        Evaluator.evict(ev)
     return out
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.runs import RunLog, headlines
+from core.runtime.runlog import RunLog, headlines
 from ui import state as S
 
 st.title("Runs")

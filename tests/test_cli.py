@@ -12,7 +12,7 @@ import core.sweeps as sw
 from core.checkpoints import load_state_dict
 from core.cli import main
 from core.merging import merge
-from core.runs import RunLog
+from core.runtime.runlog import RunLog
 from core.spec import MergeSpec, RunConfig
 
 

@@ -231,7 +231,7 @@ def test_config_terms_and_round_trip():
 
 # --------------------------------------------------------------------------- the micro zoo, the CLI, the log
 def test_a_micro_zoo_run_is_logged_and_rebuilt_from_the_log(micro_set, tmp_path):
-    from core.runs import RunLog
+    from core.runtime.runlog import RunLog
 
     log = RunLog(tmp_path / "runs.sqlite")
     cfg = C.ContinualConfig(**{**TINY, "tasks": ("colors", "shapes")}, setting="task")

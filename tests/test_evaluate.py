@@ -1,11 +1,9 @@
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from core import data as D
-from core.evaluate import Evaluator, control_accuracy, normalized_accuracy, subsample_indices
+from core.evaluate import Evaluator, subsample_indices
 from core.models import build_model, preprocess, zero_shot_head
 
 
@@ -41,7 +39,7 @@ def test_base_is_zero_shot_and_state_is_restored_between_calls(micro_zoo):
 
 def test_evaluator_is_cached_and_subsample_is_seeded(micro_zoo):
     a = Evaluator.for_model_set(micro_zoo, "test", subsample=40)
-    assert Evaluator.for_model_set(micro_zoo, "test", subsample=40) is a
+    assert Evaluator.for_model_set(micro_zoo, "test", subsample=40).model is a.model  # one cached model
     assert len(a.tasks[micro_zoo.tasks[0]].labels) == 40
     assert subsample_indices(100, 10, 1).tolist() == subsample_indices(100, 10, 1).tolist()
     assert subsample_indices(100, 10, 1).tolist() != subsample_indices(100, 10, 2).tolist()
@@ -58,10 +56,16 @@ def test_bf16_autocast_stays_close(micro_zoo):
     assert all(abs(fp32[t] - bf16[t]) <= 0.1 for t in fp32)
 
 
-def test_normalized_and_control_accuracy():
-    acc = {"a": 0.5, "b": 0.6, "c": 0.2}
-    ft = {"a": 1.0, "b": 0.8, "c": 0.4}
-    assert normalized_accuracy(acc, ft) == pytest.approx((0.5 + 0.75 + 0.5) / 3)
-    c = control_accuracy(acc, "a", {"a": 0.3, "b": 0.6, "c": 0.4})
-    assert c["control"] == pytest.approx(0.4) and c["control_normalized"] == pytest.approx(0.75)
-    assert math.isnan(control_accuracy(acc, "a")["control_normalized"])
+def test_sessions_keep_their_own_bf16_and_subsample(micro_zoo):
+    """Two browser sessions share the cached evaluator; one's bf16 toggle must not change the other's numbers."""
+    ft = micro_zoo.finetuned(micro_zoo.tasks[0])
+    a = Evaluator.for_model_set(micro_zoo, "test", subsample=40, bf16=False)
+    fp32 = a.accuracy(ft)
+    b = Evaluator.for_model_set(micro_zoo, "test", subsample=40, bf16=True)
+    assert b.bf16 and not a.bf16 and b.model is a.model
+    c = Evaluator.for_model_set(micro_zoo, "test", subsample=20, bf16=False)
+    assert len(c.tasks[micro_zoo.tasks[0]].labels) == 20 and len(a.tasks[micro_zoo.tasks[0]].labels) == 40
+    b.accuracy(ft)
+    c.accuracy(micro_zoo.finetuned(micro_zoo.tasks[1]))
+    assert a.accuracy(ft) == fp32  # bitwise: still fp32 on 40 images after the others ran
+    assert not Evaluator.for_model_set(micro_zoo, "test", subsample=40).bf16

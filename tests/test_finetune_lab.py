@@ -113,7 +113,7 @@ def lab(micro_zoo, monkeypatch, tmp_path):
 
 def test_finetune_records_multipliers_alpha_and_the_run(lab):
     from core.evaluate import Evaluator
-    from core.runs import RunLog
+    from core.runtime.runlog import RunLog
 
     task = lab.eval_tasks[0]
     cfg = L.LabConfig(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.runs import RunLog
+from core.runtime.runlog import RunLog
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.evaluate import Evaluator
 from core.merging import merge
-from core.runs import RunLog
+from core.runtime.runlog import RunLog
 from core.spec import ModelSetRef
 
 PAGE = Path(__file__).resolve().parents[1] / "pages" / "sweeps.py"

@@ -15,7 +15,7 @@ import core.sweeps as sw
 from core.checkpoints import save_state_dict
 from core.executors import LocalExecutor
 from core.merging import merge
-from core.runs import RunLog
+from core.runtime.runlog import RunLog
 from core.spec import EvalSpec, MergeSpec, ModelSetRef
 
 L = 4

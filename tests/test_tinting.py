@@ -222,7 +222,7 @@ def test_a_few_steps_on_the_micro_zoo_raise_pseudo_label_agreement(micro_zoo):
 def test_cancel_stops_between_steps_and_resume_continues(micro_zoo, tmp_path):
     import threading
 
-    from core.runs import RunLog
+    from core.runtime.runlog import RunLog
 
     ms = micro_zoo
     log = RunLog(tmp_path / "runs.sqlite")

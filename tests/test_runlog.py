@@ -6,7 +6,7 @@ import multiprocessing as mp
 import pandas as pd
 import pytest
 
-from core.runs import RunLog
+from core.runtime.runlog import RunLog
 
 
 @pytest.fixture

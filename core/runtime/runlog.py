@@ -34,6 +34,8 @@ from typing import Any
 
 import pandas as pd
 
+from .paths import runlog_path
+
 COLUMNS = ["id", "kind", "status", "created", "finished", "model_set", "code_version", "seed", "config", "metrics"]
 _FILTERABLE = {"id", "kind", "status", "model_set", "code_version", "seed"}
 
@@ -55,23 +57,14 @@ CREATE INDEX IF NOT EXISTS runs_kind ON runs(kind, id);
 
 
 def default_path() -> Path:
-    """$MERGESCOPE_RUNLOG, else runs.sqlite in the zoo's cache directory."""
-    env = os.environ.get("MERGESCOPE_RUNLOG")
-    if env:
-        return Path(env)
-    try:
-        from .zoo import cache_dir
-
-        return Path(cache_dir()) / "runs.sqlite"
-    except ImportError:  # zoo not available in this build: same default location as the zoo's
-        base = os.environ.get("MERGESCOPE_CACHE") or Path.home() / ".cache" / "mergescope"
-        return Path(base) / "runs.sqlite"
+    """$MERGESCOPE_RUNLOG, else runs.sqlite in the cache directory (`core.runtime.paths`)."""
+    return runlog_path()
 
 
 @functools.cache
 def code_version() -> str:
     """`git describe --always --dirty` of the source tree, or "unknown" outside a git checkout."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--tags"],
@@ -370,3 +363,16 @@ class _Closing:
 
     def execute(self, *a):
         return self.con.execute(*a)
+
+
+def resolve_run_log(run_log: RunLog | bool | None) -> RunLog | None:
+    """The one meaning of a ``run_log=`` argument, everywhere in core.
+
+    A RunLog: log there. True or None (the default): log to the default run log, so every run's
+    full config is recorded. False: do not log.
+    """
+    if run_log is False:
+        return None
+    if run_log is None or run_log is True:
+        return RunLog()
+    return run_log
