@@ -1,7 +1,7 @@
 """The README results table: zero-shot, individual fine-tuned, and three merge methods with and
 without LiNeS, absolute and normalized accuracy on the test split.
 
-Every merge row is a sweep through the CLI's code path (core.cli.run_sweep_config, the same as
+Every merge row is a sweep through the CLI's code path (core.cli.commands.run_sweep_config, the same as
 `python -m core sweep --config ...`): λ chosen on validation for the plain methods (the method's
 registry lambda_grid), LiNeS with α = auto (the multi-task rule) and β chosen on validation
 (the method's beta_grid). Validation uses a seeded subsample of each task's val split
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.cli import UserError, run_sweep_config  # noqa: E402
+from core.cli.commands import UserError, run_sweep_config  # noqa: E402
 from core.merging import get_method  # noqa: E402
 from core.spec import EvalSpec, MergeSpec, ModelSetRef  # noqa: E402
 from core.sweeps import SweepSpec, default_grid  # noqa: E402

@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.evaluate import Evaluator  # noqa: E402
-from core.select import control_accuracy, mean_accuracy, normalized_accuracy  # noqa: E402
 from core.lines import lines_scale  # noqa: E402
 from core.merging import apply_direction, merged_direction  # noqa: E402
+from core.select import control_accuracy, mean_accuracy, normalized_accuracy  # noqa: E402
 from core.task_vectors import task_vector  # noqa: E402
 from core.zoo import load_model_set, manifest  # noqa: E402
 

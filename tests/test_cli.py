@@ -10,7 +10,7 @@ from test_sweeps import KEY, PEAK, FakeEvaluator, synthetic_model_set  # tests/ 
 
 import core.sweeps as sw
 from core.checkpoints import load_state_dict
-from core.cli import main
+from core.cli.commands import main
 from core.merging import merge
 from core.runtime.runlog import RunLog
 from core.spec import MergeSpec, RunConfig

@@ -129,8 +129,8 @@ def test_cli_config_and_export(micro_zoo, tmp_path):
     assert cfg.merge == MergeSpec.make("task_arithmetic") and cfg.model_set.zoo == "micro"
     assert cfg.eval.subsample == SUB and cfg.eval.split == "test"
     assert at.code[0].value == "python -m core eval --config spec.json"
-    # The command reproduces the page's numbers (core.cli's evaluation path, in process).
-    from core.cli import evaluate_config
+    # The command reproduces the page's numbers (core.cli.commands evaluation path, in process).
+    from core.cli.commands import evaluate_config
 
     assert evaluate_config(cfg, ms=micro_zoo)["accuracy"] == _result(at)["accuracy"]
     out = tmp_path / "merged.safetensors"

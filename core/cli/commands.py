@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -26,14 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .spec import EvalSpec, MergeSpec, ModelSetRef, RunConfig
-
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-
-
-class UserError(Exception):
-    """A problem with the user's input; printed without a traceback."""
+from ..spec import EvalSpec, MergeSpec, ModelSetRef, RunConfig
+from .options import UserError, guarded, message
 
 
 # --------------------------------------------------------------------------- config reading
@@ -62,29 +55,21 @@ def load_run_config(path: str) -> RunConfig:
     try:
         return RunConfig.from_dict(d)
     except (KeyError, ValueError, TypeError) as e:
-        raise UserError(f"{path}: {_msg(e)}") from e
+        raise UserError(f"{path}: {message(e)}") from e
 
 
 def load_sweep_spec(path: str):
-    from .sweeps import SweepSpec
+    from ..sweeps import SweepSpec
 
     d = _read_json(path)
     try:
         return SweepSpec.from_dict(d)
     except (KeyError, ValueError, TypeError) as e:
-        raise UserError(f"{path}: {_msg(e)}") from e
-
-
-def _msg(e: BaseException) -> str:
-    # KeyError's str() adds quotes around the message; TypeError from a dataclass names the class.
-    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    if isinstance(e, TypeError) and "unexpected keyword argument" in text:
-        text = f"unknown field {text.split('argument')[-1].strip()} ({text.split('.')[0].split('(')[0]})"
-    return text
+        raise UserError(f"{path}: {message(e)}") from e
 
 
 def load_model_set(ref: ModelSetRef):
-    from .sweeps import model_set_for
+    from ..sweeps import model_set_for
 
     try:
         ms = model_set_for(ref)
@@ -109,7 +94,7 @@ def check_tasks(ms, merge: MergeSpec, es: EvalSpec | None = None) -> None:
 # --------------------------------------------------------------------------- merge
 def merge_from_config(config: RunConfig, ms=None) -> dict:
     """core.merging.merge applied to the spec: exactly what the Merge lab computes."""
-    from .merging import merge
+    from ..merging import merge
 
     ms = ms or load_model_set(config.model_set)
     spec = config.merge
@@ -128,7 +113,7 @@ def merge_from_config(config: RunConfig, ms=None) -> dict:
 
 
 def cmd_merge(args) -> int:
-    from .checkpoints import save_state_dict
+    from ..checkpoints import save_state_dict
 
     config = load_run_config(args.config)
     sd = merge_from_config(config)
@@ -145,7 +130,7 @@ def cmd_merge(args) -> int:
 def evaluate_config(config: RunConfig, *, ms=None, executor=None) -> dict:
     """Merge and evaluate one RunConfig on its split: accuracy per task, zero-shot and fine-tuned
     references on the same split, avg_abs and avg_norm (acc / acc_finetuned)."""
-    from .sweeps import evaluate_specs
+    from ..sweeps import evaluate_specs
 
     ms = ms or load_model_set(config.model_set)
     check_tasks(ms, config.merge, config.eval)
@@ -190,7 +175,7 @@ def cmd_eval(args) -> int:
     metrics["references"] = res["table"][["task", "zero_shot", "finetuned"]].to_dict(orient="records")
     run_id = None
     if not args.no_log:
-        from .runtime.runlog import RunLog
+        from ..runtime.runlog import RunLog
 
         run_id = RunLog().log("eval", config.to_dict(), metrics, res["fingerprint"], seed=config.eval.seed)
     if args.json:
@@ -208,8 +193,8 @@ def _stderr_progress(done: int, total: int) -> None:
 
 def run_sweep_config(spec, *, processes: int | None = None, ray: str | None = None, log: bool = True, quiet=False):
     """core.sweeps.run_sweep with the executor the flags ask for (the path bench/ uses too)."""
-    from .executors import get_executor
-    from .sweeps import run_sweep
+    from ..executors import get_executor
+    from ..sweeps import run_sweep
 
     ms = load_model_set(spec.model_set)
     check_tasks(ms, spec.merge, spec.eval)
@@ -271,11 +256,11 @@ def analyze_table(ms, what: str) -> pd.DataFrame:
     """norms: per (task, block) task-vector norms; spectra: per (model, matrix) spectral metrics of
     the base's visual tower and of every task vector; scopes: per (model, tensor/block) weight scopes."""
     if what == "norms":
-        from .task_vectors import block_table
+        from ..task_vectors import block_table
 
         return block_table(ms.base(), ms.task_vectors())
     if what == "spectra":
-        from .spectra import spectral_table
+        from ..spectra import spectral_table
 
         base = {k: v for k, v in ms.base().items() if k.startswith("visual.")} or ms.base()
         parts = [spectral_table(base).assign(model="base")]
@@ -283,7 +268,7 @@ def analyze_table(ms, what: str) -> pd.DataFrame:
             parts.append(spectral_table(ms.task_vector(t)).assign(model=f"task vector {t}"))
         return pd.concat(parts, ignore_index=True)
     if what == "scopes":
-        from .scopes import weight_scopes
+        from ..scopes import weight_scopes
 
         keys = set(ms.finetuned(ms.tasks[0]))
         base = {k: v for k, v in ms.base().items() if k in keys}
@@ -357,28 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """argv[0] is the command (merge, eval, sweep, analyze). Returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # argparse has printed its usage message
-        return EXIT_USAGE if e.code else 0
-    from .checkpoints import CheckpointError
 
-    debug = bool(os.environ.get("MERGESCOPE_DEBUG"))
-    try:
+    def run() -> int:
+        args = build_parser().parse_args(argv)
         return args.fn(args)
-    except UserError as e:
-        if debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except (CheckpointError, FileNotFoundError, ValueError, KeyError, TypeError) as e:
-        if debug:  # MERGESCOPE_DEBUG=1 shows the traceback
-            raise
-        print(f"error: {_msg(e)}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+    return guarded(run)
 
 
 if __name__ == "__main__":

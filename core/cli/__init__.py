@@ -1,0 +1,18 @@
+"""`python -m core`: the command table and shared options.
+
+Each command group lives in one module with ``main(argv) -> int``: `commands` (merge, eval, sweep,
+analyze), the zoo's and each lab's own `cli` module. Shared flags and error handling: `options`.
+"""
+
+from __future__ import annotations
+
+COMMANDS = {
+    "zoo": ("core.zoo", "build or inspect the demo zoo (build, pretrain, info)"),
+    "merge": ("core.cli.commands", "merge a model set from a spec JSON and write safetensors"),
+    "eval": ("core.cli.commands", "evaluate a spec (merge + evaluation on every task)"),
+    "sweep": ("core.cli.commands", "grid over lambda or LiNeS (alpha, beta) on validation, best point on test"),
+    "analyze": ("core.cli.commands", "per-layer tables: task-vector norms, spectra, scopes (CSV)"),
+    "tint": ("core.tinting", "Model Tinting on a model set"),
+    "finetune": ("core.finetune_lab", "fine-tune lab: uniform lr / TempBalance / Model Balancing / WSA"),
+    "continual": ("core.continual", "continual learning with adapters (NTK-CL terms)"),
+}
