@@ -14,7 +14,6 @@ import streamlit as st
 from core.live import (
     QUERY_KEYS,
     SUBSAMPLE_CHOICES,
-    LiveMerger,
     comparison_table,
     default_subsample,
     spec_from_query,
@@ -22,7 +21,7 @@ from core.live import (
 )
 from core.merging import METHODS, Param, get_method
 from core.plots.merge import accuracy_bars, block_scale_curve
-from core.spec import EvalSpec, MergeSpec, RunConfig
+from core.spec import MergeSpec, RunConfig
 from ui import state as S
 
 st.title("Merge lab")
@@ -50,20 +49,7 @@ with st.expander("Evaluation settings"):
     bf16 = st.toggle("bf16 autocast (about 2x faster on CPU, within ~1 point)", key="ml_bf16")
 
 
-def live_merger(ms, subsample: int | None, bf16: bool) -> LiveMerger:
-    """One LiveMerger per model set and evaluation settings, shared by sessions and pages (ui.state.memo)."""
-    es = EvalSpec(split="test", subsample=subsample, bf16=bf16, seed=S.seed())
-    return S.memo(
-        ms,
-        f"live:{subsample}:{bf16}:{es.seed}",
-        lambda cb: LiveMerger(
-            ms, eval_spec=es, evaluator_for=lambda e: S.get_evaluator(ms, e.split, e.subsample, e.bf16)
-        ),
-        "Preparing the live merger",
-    )
-
-
-live = live_merger(ms, subsample, bf16)
+live = S.live_merger(ms, subsample, bf16)
 L = live.num_blocks
 
 
