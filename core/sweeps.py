@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .executors import Cancelled, Executor, LocalExecutor
 from .merging import get_method
+from .runtime.executors import Cancelled, Executor, LocalExecutor
 from .runtime.locks import FORWARD_LOCK
 from .spec import EvalSpec, MergeSpec, ModelSetRef, RunConfig
 

@@ -13,7 +13,7 @@ import threading
 
 import streamlit as st
 
-from core.executors import Cancelled, get_executor
+from core.runtime.executors import Cancelled, get_executor
 from core.merging import METHODS
 from core.plots.sweeps import sweep_figure
 from core.spec import EvalSpec, MergeSpec
