@@ -11,6 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core.errors import MergeScopeError
 from core.live import (
     QUERY_KEYS,
     SUBSAMPLE_CHOICES,
@@ -21,6 +22,7 @@ from core.live import (
 )
 from core.merging import METHODS, Param, get_method
 from core.plots.merge import accuracy_bars, block_scale_curve
+from core.runtime.paths import allow_any_path, export_dir, resolve_export_path
 from core.spec import MergeSpec, RunConfig
 from ui import state as S
 
@@ -250,9 +252,24 @@ def export(spec: MergeSpec) -> None:
     if mb <= 500:  # larger models: save to a path instead of holding the file in memory for a download
         data = lambda: live.safetensors_bytes(spec, hf_names=hf)  # noqa: E731 - deferred until clicked
         c1.download_button(f"Merged model ({mb:.0f} MB)", data, f"merged-{spec.key()}.safetensors", key="ml_dl_model")
-    path = c2.text_input("…or save to a path", key="ml_save_path", placeholder="/path/to/merged.safetensors")
+    folder = export_dir()
+    anywhere = allow_any_path()
+    path = c2.text_input(
+        "…or save on the server",
+        key="ml_save_path",
+        placeholder=f"merged-{spec.key()}.safetensors",
+        help=f"A file name inside the export folder {folder}"
+        + (" (this server also allows absolute paths)" if anywhere else "")
+        + ". Set MERGESCOPE_EXPORT_DIR to move the folder; MERGESCOPE_ALLOW_ANY_PATH=1 allows any path.",
+    )
+    c2.caption(f"Export folder: `{folder}`")
+    overwrite = c2.checkbox("Overwrite if it exists", key="ml_save_overwrite")
     if c2.button("Save", key="ml_save_btn", disabled=not path):
-        c2.success(f"Saved to {live.save(spec, path, hf_names=hf)}")
+        try:
+            target = resolve_export_path(path, overwrite=overwrite)
+            c2.success(f"Saved to `{live.save(spec, target, hf_names=hf)}`")
+        except MergeScopeError as e:
+            c2.error(str(e))
     table = st.session_state.get("ml_table")
     if table is not None:
         c3.download_button("Results (CSV)", table.to_csv(index=False), f"results-{spec.key()}.csv", key="ml_dl_csv")

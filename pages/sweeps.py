@@ -13,9 +13,9 @@ import threading
 
 import streamlit as st
 
-from core.runtime.executors import Cancelled, get_executor
 from core.merging import METHODS
 from core.plots.sweeps import sweep_figure
+from core.runtime.executors import Cancelled, get_executor
 from core.spec import EvalSpec, MergeSpec
 from core.sweeps import SweepSpec, default_grid, run_sweep
 from ui import state as S
