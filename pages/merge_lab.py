@@ -20,11 +20,12 @@ from core.live import (
     spec_from_query,
     spec_to_query,
 )
-from core.merging import METHODS, Param, get_method
+from core.merging import METHODS, get_method
 from core.plots.merge import accuracy_bars, block_scale_curve
 from core.runtime.paths import allow_any_path, export_dir, resolve_export_path
 from core.spec import MergeSpec, RunConfig
 from ui import state as S
+from ui.widgets import param_widget
 
 st.title("Merge lab")
 st.caption(
@@ -89,42 +90,8 @@ if not st.session_state.get("ml_url_loaded"):
             st.warning(f"The link's merge settings could not be read ({e}); starting from the defaults.")
 
 
-# --------------------------------------------------------------------------- generic widgets
 def _value_kw(key: str, default, arg: str = "value") -> dict:
     return {} if key in st.session_state else {arg: default}
-
-
-def numeric_widget(p: Param, label: str, key: str, default):
-    cast = float if p.kind == "float" else int
-    if p.min is not None and p.max is not None and (p.max - p.min) / (p.step or 1) <= 1000:
-        return st.slider(
-            label,
-            cast(p.min),
-            cast(p.max),
-            step=cast(p.step or 1),
-            key=key,
-            help=p.help,
-            **_value_kw(key, cast(default)),
-        )
-    return st.number_input(
-        label, min_value=p.min, max_value=p.max, step=p.step, key=key, help=p.help, **_value_kw(key, default)
-    )
-
-
-def param_widget(p: Param, method: str, tasks: list[str]):
-    """One control for one declared parameter; per_task parameters can be one value or one per task."""
-    key = f"ml_{method}_{p.name}"
-    if p.kind in ("float", "int"):
-        if p.per_task and st.toggle(f"{p.name}: one per task", key=key + "__per_task"):
-            return [numeric_widget(p, f"{p.name} · {t}", f"{key}__{t}", p.default) for t in tasks]
-        return numeric_widget(p, p.name, key, p.default)
-    if p.kind == "choice":
-        return st.selectbox(
-            p.name, p.choices, key=key, help=p.help, **_value_kw(key, p.choices.index(p.default), "index")
-        )
-    if p.kind == "bool":
-        return st.toggle(p.name, key=key, help=p.help, **_value_kw(key, bool(p.default)))
-    raise ValueError(f"the Merge lab has no widget for parameter kind {p.kind!r} ({method}.{p.name})")
 
 
 def reset_curve(curve: list[float], outside: float) -> None:
@@ -179,7 +146,17 @@ def lab_body() -> None:
         if not tasks:
             st.warning("Pick at least one task to merge.")
             return
-        params = {p.name: param_widget(p, method, tasks) for p in m.params}
+        lines_on = bool(st.session_state.get("ml_lines"))
+        params = {
+            p.name: param_widget(
+                p,
+                f"ml_{method}_{p.name}",
+                tasks,
+                disabled=lines_on and p.name == "coefficients",
+                note="not applied with LiNeS on (LiNeS sets every block's scale)" if lines_on else None,
+            )
+            for p in m.params
+        }
         lines = None
         if st.toggle("LiNeS: scale τ_merged by block, λ(ℓ) = α + β·ℓ/(L−1)", key="ml_lines"):
             auto = st.toggle(

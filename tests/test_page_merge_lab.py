@@ -182,3 +182,11 @@ def test_an_impossible_merge_is_explained_not_crashed(micro_zoo):
     at.toggle(key="ml_lines").set_value(True).run()  # the auto alpha divides by ||tau_merged||_1
     assert not at.exception
     assert "cannot be computed" in at.error[0].value and "all zeros" in at.error[0].value
+
+
+def test_controls_that_do_not_apply_are_disabled(micro_zoo):
+    at = _page()
+    assert not at.slider(key="ml_task_arithmetic_coefficients").disabled
+    at.toggle(key="ml_lines").set_value(True).run()
+    assert at.slider(key="ml_task_arithmetic_coefficients").disabled  # LiNeS sets every block's scale
+    assert "not applied with LiNeS" in at.slider(key="ml_task_arithmetic_coefficients").help
