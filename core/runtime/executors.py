@@ -68,7 +68,7 @@ class Executor:
 
 def _worker_init() -> None:
     # One thread per worker: N single-thread workers beat N workers fighting over cores,
-    # and flush-to-zero avoids the denormal slowdowns seen with small fine-tunes (ZOO-NOTES).
+    # and flush-to-zero avoids the denormal slowdowns measured with small fine-tunes on this project's machines.
     # torch reads OMP_NUM_THREADS when it is first imported, so a fresh (spawned) worker
     # does not pay for importing torch before its first item needs it.
     os.environ["OMP_NUM_THREADS"] = "1"
