@@ -122,6 +122,7 @@ class LiveMerger:
         evaluator_for: Callable[[EvalSpec], Evaluator] | None = None,
         max_results: int = 512,
         max_direction_mb: float = 1024.0,
+        on_evaluated: Callable[[MergeSpec, EvalSpec, dict], None] | None = None,
     ):
         self.ms = ms
         self.eval_spec = eval_spec or EvalSpec(bf16=bool(getattr(evaluator, "bf16", False)))
@@ -137,6 +138,8 @@ class LiveMerger:
         self._lock = threading.RLock()
         self.last_state_dict: tuple[str, dict[str, torch.Tensor]] | None = None
         self.stats = {"direction_builds": 0, "evaluations": 0, "result_hits": 0}
+        # Called once per new (not cached) evaluation: the app logs every evaluation to the run log here.
+        self.on_evaluated = on_evaluated
 
     # -- plumbing -------------------------------------------------------------------------
     def _default_evaluator(self, es: EvalSpec) -> Evaluator:
@@ -284,6 +287,8 @@ class LiveMerger:
             self._results[rkey] = out
             while len(self._results) > self.max_results:
                 self._results.popitem(last=False)
+        if self.on_evaluated is not None:
+            self.on_evaluated(spec, replace(self.eval_spec, split=split), dict(out))
         return dict(out)
 
     def summarize(self, spec: MergeSpec, acc: Mapping[str, float], split: str | None = None) -> dict:
@@ -577,3 +582,38 @@ def spec_from_query(q: Mapping[str, str]) -> MergeSpec:
         return MergeSpec.make(method, params, **kw)
     except KeyError as e:
         raise ValueError(str(e).strip("'\"")) from None
+
+
+def run_log_recorder(run_log, ref, fingerprint: str | None = None, kind: str = "live"):
+    """An `on_evaluated` callback that appends each new live evaluation to `run_log` (a RunLog, or a
+    callable returning one at each write, e.g. the RunLog class: the log path is then read per write) as one
+    finished run of `kind`: config = the RunConfig (model set ref, merge spec, eval spec) that reproduces
+    it with `python -m core eval`, metrics = accuracies and their summaries. A failing write never stops
+    the live loop (the number is still shown)."""
+    from .spec import RunConfig
+
+    def record(spec: MergeSpec, es: EvalSpec, out: dict) -> None:
+        metrics = {
+            k: out[k]
+            for k in (
+                "accuracy",
+                "normalized",
+                "mean",
+                "normalized_mean",
+                "target",
+                "target_acc",
+                "control_acc",
+                "score",
+            )
+            if k in out
+        }
+        metrics.update(merge_seconds=out.get("merge_seconds"), eval_seconds=out.get("eval_seconds"))
+        try:
+            log = run_log() if callable(run_log) else run_log
+            log.log(kind, RunConfig(model_set=ref, merge=spec, eval=es).to_dict(), metrics, fingerprint)
+        except Exception as e:  # noqa: BLE001 - logging is best effort here, never the slider's failure
+            import warnings
+
+            warnings.warn(f"could not write the live evaluation to the run log: {e}", stacklevel=2)
+
+    return record

@@ -10,6 +10,12 @@ torch.set_num_threads(1)
 torch.set_flush_denormal(True)
 
 
+@pytest.fixture(autouse=True)
+def _private_run_log(tmp_path, monkeypatch):
+    """Every test writes its runs to its own run log (never the user's ~/.cache/mergescope/runs.sqlite)."""
+    monkeypatch.setenv("MERGESCOPE_RUNLOG", str(tmp_path / "runs.sqlite"))
+
+
 @pytest.fixture(scope="session")
 def micro_zoo_dir(tmp_path_factory):
     """Directory of a micro zoo built into a temp cache (seconds; plumbing-grade accuracy)."""

@@ -77,3 +77,16 @@ def test_alpha_sweep_chooses_on_val_and_reports_on_test(page):
     assert sweep["best"]["score"] == lines["score"].max()
     assert sweep["report"]["split"] == "test"
     assert page.get("plotly_chart")  # the trade-off curve is drawn
+
+
+def test_every_live_evaluation_is_in_the_run_log(page, micro_zoo):
+    """The Runs page promises every evaluation: LiNeS slider positions are logged as reproducible RunConfigs."""
+    from core.runtime.runlog import RunLog
+    from core.spec import RunConfig
+
+    page.slider(key="lines_alpha").set_value(0.65).run()  # a position no other test evaluates (not cached)
+    runs = RunLog().list(kind="live")  # this test's own run log (conftest)
+    assert len(runs) >= 1
+    configs = [RunConfig.from_dict(RunLog().get(int(i))["config"]) for i in runs["id"]]
+    assert all(c.model_set.zoo == "micro" and c.eval.split == "test" for c in configs)
+    assert any(c.merge.lines is not None and c.merge.lines[0] == 0.65 for c in configs)

@@ -248,18 +248,24 @@ def live_merger(ms, subsample: int | None, bf16: bool):
     """The one `core.live.LiveMerger` per model set and evaluation settings, shared by every session and
     page (LiNeS, Merge lab): its direction and result caches serve them all. Settings are part of the key,
     so sessions with different bf16/subsample never share (or change) each other's numbers."""
-    from core.live import LiveMerger
+    from core.live import LiveMerger, run_log_recorder
+    from core.runtime.runlog import RunLog
     from core.spec import EvalSpec
 
     es = EvalSpec(split="test", subsample=subsample, bf16=bf16, seed=seed())
-    return memo(
-        ms,
-        f"live:{subsample}:{bf16}:{es.seed}",
-        lambda cb: LiveMerger(
-            ms, eval_spec=es, evaluator_for=lambda e: get_evaluator(ms, e.split, e.subsample, e.bf16)
-        ),
-        "Preparing the live merger",
-    )
+    ref = current_ref()
+
+    def build(cb):
+        # Every new evaluation goes to the run log (path read at each write) as a reproducible RunConfig.
+        recorder = run_log_recorder(RunLog, ref, ms.fingerprint()) if ref is not None else None
+        return LiveMerger(
+            ms,
+            eval_spec=es,
+            evaluator_for=lambda e: get_evaluator(ms, e.split, e.subsample, e.bf16),
+            on_evaluated=recorder,
+        )
+
+    return memo(ms, f"live:{subsample}:{bf16}:{es.seed}", build, "Preparing the live merger")
 
 
 def analysis_keys(ms) -> list[str]:
