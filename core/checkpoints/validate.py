@@ -168,7 +168,7 @@ def _no_blocks_issue(sd: Mapping, file: str) -> Issue | None:
     if num_blocks(sd, prefix="visual.") or num_blocks(sd, prefix="transformer."):
         return None
     message = (
-        f"{file}: no transformer blocks found ({len(sd)} tensors, none like "
+        f"{file}: no transformer blocks found ({len(sd)} tensor(s), none like "
         "'visual.transformer.resblocks.0.*'); per-block analyses will be empty"
     )
     return Issue("warning", file, "", message, "no_blocks")
@@ -242,4 +242,5 @@ def validate_model_set(
             except CheckpointError as e:
                 issues.append(Issue("error", files[role], "", str(e), "unreadable"))
     report("done", total, total)
-    return ValidationReport(issues=tuple(issues), files=files, checked_finite=check_finite)
+    # The same file may play two roles (e.g. the base listed as a fine-tune too): report it once.
+    return ValidationReport(issues=tuple(dict.fromkeys(issues)), files=files, checked_finite=check_finite)
