@@ -237,7 +237,7 @@ def _summary(ms) -> None:
                 "format": info.get("format", "—"),
                 "architecture": info.get("architecture", "—"),
                 "parameters": f"{info['num_params'] / 1e6:.2f} M" if "num_params" in info else "—",
-                "blocks": info.get("num_blocks", "—"),
+                "blocks": info.get("num_blocks"),  # None (blank) when unreadable: the column stays numeric
                 "dtype": ", ".join(info.get("dtypes", [])) or "—",
                 "file size": _size(info["file_size"]) if "file_size" in info else "—",
                 "status": "cannot read: " + info["error"] if "error" in info else "ok",
