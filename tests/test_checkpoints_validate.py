@@ -313,3 +313,16 @@ def test_large_finite_values_are_not_reported(tmp_path):
     sd["visual.proj"] = torch.full_like(sd["visual.proj"], 3e38)
     base, fts = model_set(tmp_path, big=sd)
     assert validate_model_set(base, fts).issues == ()
+
+
+def test_hf_directories_are_validated_shard_by_shard(tmp_path):
+    base, _ = model_set(tmp_path)
+    good, bad, empty = tmp_path / "good", tmp_path / "bad", tmp_path / "empty"
+    write(good / "model.safetensors", to_hf_names(finetune(1)))
+    write(bad / "model.safetensors", to_hf_names(nan_or_inf(float("nan"))))
+    empty.mkdir()
+    report = validate_model_set(base, {"good": good, "bad": bad, "empty": empty})
+    assert kinds(report) == ["unreadable", "nonfinite"]
+    assert group(report, "unreadable").files == [str(empty)] and "model.safetensors" in report.errors[0].message
+    (nan,) = group(report, "nonfinite").issues
+    assert nan.file == str(bad) and nan.key == "visual_projection.weight"  # named as stored in the file
