@@ -69,8 +69,8 @@ def _show_refusal() -> None:
     if isinstance(result, str):
         st.error(result)
         return
-    kinds = [g.title.lower() for g in result.groups if g.level == "error"]
-    st.error(f"**Not loaded: {what}.** Found {'; '.join(kinds)}. Fix the files named below and try again.")
+    kinds = [g.title for g in result.groups if g.level == "error"]
+    st.error(f"**Not loaded: {what}.** Found: {'; '.join(kinds)}. Fix the files named below and try again.")
     _show_report(result)
 
 

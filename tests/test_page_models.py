@@ -151,7 +151,7 @@ def test_errors_come_first_grouped_and_counted(tmp_path):
     b, fts = write_set(tmp_path, a_missing=missing, b_nan=nan, c_extra=extra, d_wide=wide, e_half=half)
     at = use_files(b, fts)
     boxes = refused(at, "Shape mismatch", "Non-finite values (NaN/Inf)", "Missing tensors")
-    assert "Found shape mismatch; non-finite values (nan/inf); missing tensors." in boxes[0]
+    assert "Found: Shape mismatch; Non-finite values (NaN/Inf); Missing tensors." in boxes[0]
     assert "Missing tensors: 2 tensors in 1 file." in boxes[3]
     warnings = [w.value for w in at.warning]
     assert [w.split(":", 1)[0].lstrip("*") for w in warnings] == ["Extra buffers", "Different precision"]
