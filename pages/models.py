@@ -94,10 +94,13 @@ def _zoo_tab() -> None:
     )
     current = S.current_ref()
     kind = st.radio(
-        "Zoo", ["demo", "micro"], horizontal=True, key="zoo_kind",
+        "Zoo",
+        ["demo", "micro"],
+        horizontal=True,
+        key="zoo_kind",
         index=1 if current is not None and current.zoo == "micro" else 0,
         format_func=lambda k: {"demo": "demo (full, a few minutes to build)", "micro": "micro (tiny, seconds)"}[k],
-    )  # fmt: skip
+    )
     built = zoo.is_built(kind)
     c1, c2 = st.columns([1, 3])
     if not built and _has_build(zoo, kind):
@@ -202,8 +205,10 @@ def _upload_tab() -> None:
     base = st.file_uploader("Base checkpoint (.safetensors)", type=["safetensors"], key="up_base")
     fts = st.file_uploader(
         "Fine-tuned checkpoints (.safetensors; task name = file name)",
-        type=["safetensors"], accept_multiple_files=True, key="up_ft",
-    )  # fmt: skip
+        type=["safetensors"],
+        accept_multiple_files=True,
+        key="up_ft",
+    )
     if base is None or not fts:
         return
     too_big = [f.name for f in [base, *fts] if f.size > UPLOAD_LIMIT_MB * 2**20]
