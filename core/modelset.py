@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import load_state_dict
+from .checkpoints import ValidationReport, load_state_dict, validate_model_set
 
 
 @dataclass
@@ -61,6 +61,10 @@ class ModelSet:
 
     def task_vectors(self) -> dict[str, dict[str, torch.Tensor]]:
         return {t: self.task_vector(t) for t in self.tasks}
+
+    def validate(self, *, check_finite: bool = True, progress=None) -> ValidationReport:
+        """`core.checkpoints.validate_model_set` over this set's files (headers, then a streamed NaN/Inf check)."""
+        return validate_model_set(self.base_path, self.finetuned_paths, check_finite=check_finite, progress=progress)
 
     def fingerprint(self) -> str:
         """Short hash of the files (path, size, mtime): identifies the set in the run log."""

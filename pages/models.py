@@ -15,6 +15,65 @@ from ui import state as S
 
 UPLOAD_LIMIT_MB = 200  # Streamlit's default server.maxUploadSize; larger checkpoints go by path
 
+REFUSED_KEY = "_models_refused"  # (what was tried, ValidationReport or a message) of the last refused set
+VALIDATED_KEY = "_validated"  # ms_key of the set whose values were checked (full report in the store)
+EXAMPLES = 3  # messages shown per kind of problem
+AUTO_CHECK_BYTES = 500 * 2**20  # an active set under this size gets the NaN/Inf check without asking
+
+
+def _validate(ms, *, check_finite: bool = True):
+    """The set's ValidationReport (core.checkpoints.validate_model_set), once per set and depth."""
+    name = "validation_report" if check_finite else "validation_headers"
+    label = "Checking keys, shapes and values" if check_finite else "Reading the checkpoints' headers"
+    return S.memo(ms, name, lambda cb: ms.validate(check_finite=check_finite, progress=cb), label)
+
+
+def _accept(ref: ModelSetRef, what: str) -> None:
+    """Validate the set `ref` names; make it the active set only when the report has no errors."""
+    st.session_state.pop(REFUSED_KEY, None)
+    try:
+        ms = ref.load()  # paths only, no weights
+    except Exception as e:  # a zoo that is not built, an incomplete ref: one message, no traceback
+        st.session_state[REFUSED_KEY] = (what, f"Cannot open {what}: {e}")
+        st.rerun()
+    try:
+        report = _validate(ms)
+    except Exception as e:  # validate_model_set reports bad files itself; this is the last resort
+        st.session_state[REFUSED_KEY] = (what, f"Checking {what} failed ({type(e).__name__}: {e})")
+        st.rerun()
+    if report.ok:
+        S.set_model_set(ref)
+        st.session_state[VALIDATED_KEY] = S.ms_key(ms)
+    else:
+        st.session_state[REFUSED_KEY] = (what, report)
+    st.rerun()
+
+
+def _show_report(report) -> None:
+    """The grouped report: one box per kind (errors first), its count, what to do, a few examples."""
+    if not report.issues:
+        st.success(report.headline())
+        return
+    for g in report.groups:
+        body = f"**{g.headline()}.** {g.hint}\n\n" + "\n".join(f"- {m}" for m in g.examples(EXAMPLES))
+        if g.more(EXAMPLES):
+            body += f"\n\n… and {g.more(EXAMPLES)} more of this kind."
+        (st.error if g.level == "error" else st.warning)(body)
+
+
+def _show_refusal() -> None:
+    refused = st.session_state.get(REFUSED_KEY)
+    if not refused:
+        return
+    what, result = refused
+    if isinstance(result, str):
+        st.error(result)
+        return
+    kinds = [g.title for g in result.groups if g.level == "error"]
+    st.error(f"**Not loaded: {what}.** Found: {'; '.join(kinds)}. Fix the files named below and try again.")
+    _show_report(result)
+
+
 st.title("Models")
 st.caption(
     "A model set is one pretrained **base** plus **fine-tuned** checkpoints of it, one per task. "
@@ -35,21 +94,22 @@ def _zoo_tab() -> None:
     )
     current = S.current_ref()
     kind = st.radio(
-        "Zoo", ["demo", "micro"], horizontal=True, key="zoo_kind",
+        "Zoo",
+        ["demo", "micro"],
+        horizontal=True,
+        key="zoo_kind",
         index=1 if current is not None and current.zoo == "micro" else 0,
         format_func=lambda k: {"demo": "demo (full, a few minutes to build)", "micro": "micro (tiny, seconds)"}[k],
-    )  # fmt: skip
+    )
     built = zoo.is_built(kind)
     c1, c2 = st.columns([1, 3])
     if not built and _has_build(zoo, kind):
         c2.caption("An older build (earlier recipe) is on disk: load it, or rebuild with the current recipe.")
         if c1.button(f"Load the older {kind} zoo", key="zoo_load_old"):
-            S.set_model_set(ModelSetRef(zoo=kind))
-            st.rerun()
+            _accept(ModelSetRef(zoo=kind), f"the {kind} zoo")
     if built:
         if c1.button(f"Load the {kind} zoo", type="primary", key="zoo_load"):
-            S.set_model_set(ModelSetRef(zoo=kind))
-            st.rerun()
+            _accept(ModelSetRef(zoo=kind), f"the {kind} zoo")
         c2.caption("Built and cached on disk.")
     else:
         c2.caption("Not built yet: building trains the models on this machine's CPU (or GPU).")
@@ -61,8 +121,7 @@ def _zoo_tab() -> None:
                 cb.fail(f"Building the {kind} zoo failed: {e}")
                 return
             cb.finish(f"The {kind} zoo is built")
-            S.set_model_set(ModelSetRef(zoo=kind))
-            st.rerun()
+            _accept(ModelSetRef(zoo=kind), f"the {kind} zoo")
 
 
 def _has_build(zoo, kind: str) -> bool:
@@ -125,8 +184,7 @@ def _paths_tab() -> None:
         return
     if st.button("Use these checkpoints", type="primary", key="paths_use", disabled=not base):
         ft = tuple(sorted(zip(names, [str(Path(p).expanduser()) for p in edited["path"]])))
-        S.set_model_set(ModelSetRef(zoo=None, base=str(Path(base).expanduser()), finetuned=ft))
-        st.rerun()
+        _accept(ModelSetRef(zoo=None, base=str(Path(base).expanduser()), finetuned=ft), "these checkpoints")
 
 
 def _save_upload(f, folder: Path) -> Path:
@@ -147,8 +205,10 @@ def _upload_tab() -> None:
     base = st.file_uploader("Base checkpoint (.safetensors)", type=["safetensors"], key="up_base")
     fts = st.file_uploader(
         "Fine-tuned checkpoints (.safetensors; task name = file name)",
-        type=["safetensors"], accept_multiple_files=True, key="up_ft",
-    )  # fmt: skip
+        type=["safetensors"],
+        accept_multiple_files=True,
+        key="up_ft",
+    )
     if base is None or not fts:
         return
     too_big = [f.name for f in [base, *fts] if f.size > UPLOAD_LIMIT_MB * 2**20]
@@ -160,8 +220,7 @@ def _upload_tab() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         base_path = _save_upload(base, folder)
         ft = tuple(sorted((Path(f.name).stem, str(_save_upload(f, folder))) for f in fts))
-        S.set_model_set(ModelSetRef(zoo=None, base=str(base_path), finetuned=ft))
-        st.rerun()
+        _accept(ModelSetRef(zoo=None, base=str(base_path), finetuned=ft), "the uploaded checkpoints")
 
 
 def _size(n: int) -> str:
@@ -183,7 +242,7 @@ def _summary(ms) -> None:
                 "format": info.get("format", "—"),
                 "architecture": info.get("architecture", "—"),
                 "parameters": f"{info['num_params'] / 1e6:.2f} M" if "num_params" in info else "—",
-                "blocks": info.get("num_blocks", "—"),
+                "blocks": info.get("num_blocks"),  # None (blank) when unreadable: the column stays numeric
                 "dtype": ", ".join(info.get("dtypes", [])) or "—",
                 "file size": _size(info["file_size"]) if "file_size" in info else "—",
                 "status": "cannot read: " + info["error"] if "error" in info else "ok",
@@ -192,26 +251,23 @@ def _summary(ms) -> None:
         )
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="models_summary")
     total = sum(S.checkpoint_summary(p).get("file_size", 0) for p in [ms.base_path, *ms.finetuned_paths.values()])
-    auto = total < 500 * 2**20
-    if auto or st.session_state.get("_validated") == S.ms_key(ms) or st.button("Check keys, shapes and values"):
-        st.session_state["_validated"] = S.ms_key(ms)
-        try:
-            issues = S.cached_validation(ms)
-        except Exception as e:
-            st.error(f"Could not read the checkpoints: {e}")
-            return
-        errors = [i for i in issues if i.level == "error"]
-        warnings = [i for i in issues if i.level != "error"]
-        if not issues:
-            st.success("All checkpoints match the base: same keys and shapes, finite values.")
-        for i in errors[:20]:
-            st.error(i.message)
-        for i in warnings[:20]:
-            st.warning(i.message)
-        if len(issues) > 40:
-            st.caption(f"... and {len(issues) - 40} more.")
+    full = total < AUTO_CHECK_BYTES or st.session_state.get(VALIDATED_KEY) == S.ms_key(ms)
+    if not full and st.button("Check values for NaN/Inf", key="models_check_values"):
+        full = True
+        st.session_state[VALIDATED_KEY] = S.ms_key(ms)
+    try:
+        report = _validate(ms, check_finite=full)
+    except Exception as e:  # validate_model_set reports bad files itself; this is the last resort
+        st.error(f"Checking the model set failed ({type(e).__name__}: {e})")
     else:
-        st.caption(f"The set is {_size(total)}: validation reads every file, so it runs on request.")
+        _show_report(report)
+        if not report.ok:
+            st.caption("Other pages will fail on this set: fix the files, or load another model set below.")
+    if not full:
+        st.caption(
+            f"The set is {_size(total)}: keys and shapes were checked from the headers; the values are "
+            "checked on request (it reads every tensor once)."
+        )
     if st.button("Unload", key="unload"):
         S.set_model_set(None)
         st.rerun()
@@ -224,6 +280,7 @@ elif st.session_state.get(S.ERROR_KEY):
     st.error(st.session_state[S.ERROR_KEY])
 
 st.subheader("Load a model set" if ms is None else "Load another model set")
+_show_refusal()
 zoo_tab, paths_tab, upload_tab = st.tabs(["Demo zoo", "Files on the server", "Upload"])
 with zoo_tab:
     _zoo_tab()
