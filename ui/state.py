@@ -410,24 +410,6 @@ def cached_esd(ms, which: str, matrix: str) -> tuple:
     return memo(ms, f"esd:{name}:{matrix}", compute, "Eigenvalues")
 
 
-def cached_validation(ms) -> list:
-    """`core.checkpoints.validate_checkpoints` over the whole set (loads every checkpoint once)."""
-    from core.checkpoints import validate_checkpoints
-
-    def compute(cb):
-        n = len(ms.tasks) + 1
-        cb("base", 0, n)
-        base = ms.base()
-        fts = {}
-        for i, t in enumerate(ms.tasks, start=1):
-            cb(t, i, n)
-            fts[t] = ms.finetuned(t)
-        paths = {"base": str(ms.base_path), **{t: str(p) for t, p in ms.finetuned_paths.items()}}
-        return validate_checkpoints(base, fts, paths=paths)
-
-    return memo(ms, "validation", compute, "Checking keys, shapes and values")
-
-
 @st.cache_resource(show_spinner=False, max_entries=256)
 def _checkpoint_info(path: str, stamp: str) -> dict:
     from core.checkpoints import checkpoint_info
