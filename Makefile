@@ -26,7 +26,7 @@ zoo: install
 	$(PY) -m core zoo build
 
 run: install zoo
-	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	$(PY) -m streamlit run ui/app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 # Debian's chromium for the browser smoke test; the test skips loudly where it cannot be had.
 browser:
@@ -34,8 +34,8 @@ browser:
 	  || echo "WARNING: could not install chromium; tests/test_browser.py will skip"; }
 
 lint: install-dev
-	$(VENV)/bin/ruff check core pages ui tests bench app.py
-	$(VENV)/bin/ruff format --check core pages ui tests bench app.py
+	$(VENV)/bin/ruff check core pages ui tests bench
+	$(VENV)/bin/ruff format --check core pages ui tests bench
 
 test: install-dev browser lint
 	$(PY) -m pytest -q --timeout=900 tests

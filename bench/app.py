@@ -89,7 +89,7 @@ def serve(kind: str, log_path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MERGESCOPE_DEFAULT_ZOO": kind}
     cmd = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+        sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"), "--server.port", str(port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
@@ -133,7 +133,7 @@ def script_times(kind: str, pages: list[tuple[str, str]], repeats: int) -> dict[
 
     os.environ["MERGESCOPE_DEFAULT_ZOO"] = kind
     out = {}
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=900).run()
+    at = AppTest.from_file(str(ROOT / "ui" / "app.py"), default_timeout=900).run()
     for name, _ in pages:
         file = next((f for _, f, _, _ in existing_pages() if url_path(f) == name), None)
         if file is not None:

@@ -11,21 +11,13 @@ import streamlit as st
 
 from core.checkpoints import DIRECTORY_WEIGHT_FILES, SUPPORTED_SUFFIXES
 from core.spec import ModelSetRef
+from ui import errors
 from ui import state as S
 
 UPLOAD_LIMIT_MB = 200  # Streamlit's default server.maxUploadSize; larger checkpoints go by path
 
 REFUSED_KEY = "_models_refused"  # (what was tried, ValidationReport or a message) of the last refused set
 VALIDATED_KEY = "_validated"  # ms_key of the set whose values were checked (full report in the store)
-EXAMPLES = 3  # messages shown per kind of problem
-AUTO_CHECK_BYTES = 500 * 2**20  # an active set under this size gets the NaN/Inf check without asking
-
-
-def _validate(ms, *, check_finite: bool = True):
-    """The set's ValidationReport (core.checkpoints.validate_model_set), once per set and depth."""
-    name = "validation_report" if check_finite else "validation_headers"
-    label = "Checking keys, shapes and values" if check_finite else "Reading the checkpoints' headers"
-    return S.memo(ms, name, lambda cb: ms.validate(check_finite=check_finite, progress=cb), label)
 
 
 def _accept(ref: ModelSetRef, what: str) -> None:
@@ -37,7 +29,7 @@ def _accept(ref: ModelSetRef, what: str) -> None:
         st.session_state[REFUSED_KEY] = (what, f"Cannot open {what}: {e}")
         st.rerun()
     try:
-        report = _validate(ms)
+        report = S.validation_report(ms)
     except Exception as e:  # validate_model_set reports bad files itself; this is the last resort
         st.session_state[REFUSED_KEY] = (what, f"Checking {what} failed ({type(e).__name__}: {e})")
         st.rerun()
@@ -47,18 +39,6 @@ def _accept(ref: ModelSetRef, what: str) -> None:
     else:
         st.session_state[REFUSED_KEY] = (what, report)
     st.rerun()
-
-
-def _show_report(report) -> None:
-    """The grouped report: one box per kind (errors first), its count, what to do, a few examples."""
-    if not report.issues:
-        st.success(report.headline())
-        return
-    for g in report.groups:
-        body = f"**{g.headline()}.** {g.hint}\n\n" + "\n".join(f"- {m}" for m in g.examples(EXAMPLES))
-        if g.more(EXAMPLES):
-            body += f"\n\n… and {g.more(EXAMPLES)} more of this kind."
-        (st.error if g.level == "error" else st.warning)(body)
 
 
 def _show_refusal() -> None:
@@ -71,7 +51,7 @@ def _show_refusal() -> None:
         return
     kinds = [g.title for g in result.groups if g.level == "error"]
     st.error(f"**Not loaded: {what}.** Found: {'; '.join(kinds)}. Fix the files named below and try again.")
-    _show_report(result)
+    errors.show_report(result)
 
 
 st.title("Models")
@@ -251,16 +231,16 @@ def _summary(ms) -> None:
         )
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="models_summary")
     total = sum(S.checkpoint_summary(p).get("file_size", 0) for p in [ms.base_path, *ms.finetuned_paths.values()])
-    full = total < AUTO_CHECK_BYTES or st.session_state.get(VALIDATED_KEY) == S.ms_key(ms)
+    full = total < S.AUTO_CHECK_BYTES or st.session_state.get(VALIDATED_KEY) == S.ms_key(ms)
     if not full and st.button("Check values for NaN/Inf", key="models_check_values"):
         full = True
         st.session_state[VALIDATED_KEY] = S.ms_key(ms)
     try:
-        report = _validate(ms, check_finite=full)
+        report = S.validation_report(ms, check_finite=full)
     except Exception as e:  # validate_model_set reports bad files itself; this is the last resort
         st.error(f"Checking the model set failed ({type(e).__name__}: {e})")
     else:
-        _show_report(report)
+        errors.show_report(report)
         if not report.ok:
             st.caption("Other pages will fail on this set: fix the files, or load another model set below.")
     if not full:

@@ -80,7 +80,7 @@ def server(request, tmp_path_factory):
         env["MERGESCOPE_DEFAULT_MODEL_SET"] = str(folder / "model_set.json")
     port = _free_port()
     cmd = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+        sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"), "--server.port", str(port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
     ]  # fmt: skip
     log = open(tmp_path_factory.mktemp("streamlit-log") / "server.log", "w+")
@@ -116,8 +116,8 @@ def wait_rendered(page, timeout_s: float = PAGE_TIMEOUT_S) -> None:
     page.wait_for_timeout(500)  # let plotly finish its transitions before the screenshot
 
 
-# Models first: the first request after the server starts names a page URL directly, the case where
-# Streamlit would run the page file alone (see ui.state.ensure_app_shell).
+# Models first: the first request after the server starts names a page URL directly; the app shell
+# (ui/app.py: navigation and sidebar) must wrap it all the same.
 PAGES = [(url_path(f), url_path(f)) for _, f, _, _ in existing_pages()]
 PAGES.insert(1, ("home", ""))
 

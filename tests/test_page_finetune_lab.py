@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 import core.spec
 
 ROOT = Path(__file__).resolve().parent.parent
-APP, PAGE = str(ROOT / "app.py"), "pages/finetune_lab.py"
+APP, PAGE = str(ROOT / "ui" / "app.py"), str(ROOT / "pages" / "finetune_lab.py")
 
 
 @pytest.fixture

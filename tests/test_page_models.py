@@ -22,20 +22,9 @@ WIDTH, BLOCKS = 16, 2
 
 
 @pytest.fixture(autouse=True)
-def _served_app(monkeypatch):
-    """No default model set; Streamlit's old pages/-folder mode off, as on a server after its first view
-    (else ui.state.ensure_app_shell reruns each run and drops the button clicks; see tests/test_pages.py)."""
-    from streamlit.runtime.pages_manager import PagesManager
-
+def _no_default_model_set(monkeypatch):
     monkeypatch.delenv("MERGESCOPE_DEFAULT_ZOO", raising=False)
     monkeypatch.delenv("MERGESCOPE_DEFAULT_MODEL_SET", raising=False)
-    init = PagesManager.__init__
-
-    def patched(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", patched)
 
 
 def finetune(seed: int) -> dict[str, torch.Tensor]:

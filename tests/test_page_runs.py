@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.runtime.runlog import RunLog
 
-APP = Path(__file__).resolve().parents[1] / "app.py"
+APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def page():
     # Through the app's navigation: without a model set the page links the Models page.
     at = AppTest.from_file(str(APP), default_timeout=60)
     at.run()
-    at.switch_page("pages/runs.py").run()
+    at.switch_page(str(APP.parents[1] / "pages" / "runs.py")).run()
     assert not at.exception, at.exception
     return at
 

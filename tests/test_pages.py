@@ -21,7 +21,8 @@ from core.checkpoints import save_state_dict
 from core.spec import ModelSetRef
 from ui import PAGES, existing_pages
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "ui" / "app.py")
 MINE = ["pages/models.py", "pages/task_vectors.py", "pages/spectra.py"]
 TASKS = ("colours", "digits", "shapes")
 TIMEOUT = 60
@@ -53,26 +54,6 @@ def test_ref(tmp_path_factory) -> ModelSetRef:
 def _no_default_model(monkeypatch):
     monkeypatch.delenv("MERGESCOPE_DEFAULT_ZOO", raising=False)
     monkeypatch.delenv("MERGESCOPE_DEFAULT_MODEL_SET", raising=False)
-
-
-@pytest.fixture(autouse=True)
-def _navigation_mode(monkeypatch):
-    """Run every AppTest run the way a server runs after its first page view: through app.py.
-
-    AppTest resets Streamlit's old pages/-folder mode before each run, so each run after
-    switch_page would start with the page file alone and ui.state.ensure_app_shell would rerun
-    it (dropping button clicks). A served app leaves that mode once, for good (test_browser
-    covers that first view).
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    init = PagesManager.__init__
-
-    def patched(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", patched)
 
 
 def app(ref: ModelSetRef | None = None) -> AppTest:
@@ -123,7 +104,7 @@ def test_landing_points_a_first_visitor_to_the_demo_zoo():
 @pytest.mark.parametrize("page", [row[1] for row in existing_pages()])
 def test_every_page_without_a_model_says_what_to_load(page):
     at = app()
-    at.switch_page(page).run()
+    at.switch_page(str(ROOT / page)).run()
     assert not at.exception, f"{page}: {[e.value for e in at.exception]}"
     if page not in NEEDS_NO_MODEL:
         links = [pl.proto.page for pl in at.get("page_link")]
@@ -132,14 +113,14 @@ def test_every_page_without_a_model_says_what_to_load(page):
 
 def test_models_page_summarises_and_validates(test_ref):
     at = app(test_ref)
-    at.switch_page("pages/models.py").run()
+    at.switch_page(str(ROOT / "pages/models.py")).run()
     assert_clean(at, "models")
     summary = at.dataframe[0].value
     assert list(summary["checkpoint"]) == ["base", *[f"fine-tuned: {t}" for t in TASKS]]
     assert set(summary["format"]) == {"safetensors"} and set(summary["status"]) == {"ok"}
     assert set(summary["blocks"]) == {4}
     assert "All checkpoints match the base" in at.success[0].value
-    assert "Tasks: 3" in at.sidebar.caption[0].value  # app.py wraps the page (ui.state.ensure_app_shell)
+    assert "Tasks: 3" in at.sidebar.caption[0].value  # ui/app.py wraps the page (navigation + sidebar)
 
 
 def test_sidebar_shows_the_active_model_set(test_ref):
@@ -157,7 +138,7 @@ def test_models_page_reports_unreadable_files_as_messages(tmp_path):
         zoo=None, base=str(tmp_path / "base.safetensors"), finetuned=(("a", str(tmp_path / "a.safetensors")),)
     )
     at = app(ref)
-    at.switch_page("pages/models.py").run()
+    at.switch_page(str(ROOT / "pages/models.py")).run()
     assert not at.exception
     status = list(at.dataframe[0].value["status"])
     assert status[0].startswith("cannot read") and "empty" in status[1]
@@ -166,7 +147,7 @@ def test_models_page_reports_unreadable_files_as_messages(tmp_path):
 
 def test_models_page_scans_a_folder_and_loads_it(test_ref, tmp_path):
     at = app()
-    at.switch_page("pages/models.py").run()
+    at.switch_page(str(ROOT / "pages/models.py")).run()
     at.text_input(key="paths_base").input(test_ref.base)
     at.text_area(key="paths_ft").input(str(Path(test_ref.finetuned[0][1]).parent))
     at.button(key="paths_scan").click().run()
@@ -178,7 +159,7 @@ def test_models_page_scans_a_folder_and_loads_it(test_ref, tmp_path):
 
 def test_task_vectors_page_charts_and_widgets(test_ref):
     at = app(test_ref)
-    at.switch_page("pages/task_vectors.py").run()
+    at.switch_page(str(ROOT / "pages/task_vectors.py")).run()
     assert_clean(at, "task vectors")
     assert charts(at) == 3  # open tab "Norms by block": heatmap, profile, block drill-down
     heat = figure(at, 0).data[0]
@@ -209,7 +190,7 @@ def test_task_vectors_page_charts_and_widgets(test_ref):
 
 def test_spectra_page_metrics_layers_and_lr_rules(test_ref):
     at = app(test_ref)
-    at.switch_page("pages/spectra.py").run()
+    at.switch_page(str(ROOT / "pages/spectra.py")).run()
     assert_clean(at, "spectra")
     assert charts(at) == 2  # open tab "α over depth": weights, task vectors
     assert [t.name for t in figure(at, 0).data] == ["base θ₀", "fine-tuned colours", "fine-tuned digits"]
@@ -244,7 +225,7 @@ def test_spectra_page_picks_up_a_merged_model(test_ref):
     at = app(test_ref)
     merged = load_state_dict(test_ref.finetuned[0][1])
     at.session_state["merged_state_dict"] = ("spec-abc", merged)
-    at.switch_page("pages/spectra.py").run()
+    at.switch_page(str(ROOT / "pages/spectra.py")).run()
     assert_clean(at, "spectra with merge")
     names = [t.name for t in figure(at, 0).data]
     assert "merged" in names
@@ -260,5 +241,5 @@ def test_pages_run_on_the_micro_zoo(request):
     )
     at = app(ref)
     for page in MINE:
-        at.switch_page(page).run()
+        at.switch_page(str(ROOT / page)).run()
         assert_clean(at, f"{page} on the micro zoo")

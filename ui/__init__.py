@@ -1,7 +1,7 @@
 """The app's thin Streamlit layer: the page table and shared session state (`ui.state`).
 
 `PAGES` is the one table the navigation is built from: (section, file, title, icon) for every
-planned page, in menu order. app.py shows the pages whose file exists, so pages written later
+planned page, in menu order. ui/app.py shows the pages whose file exists, so pages written later
 appear without touching the shell; tests and the benchmark walk the same table.
 """
 
@@ -28,6 +28,12 @@ PAGES: tuple[tuple[str, str, str, str], ...] = (
 def existing_pages() -> list[tuple[str, str, str, str]]:
     """The rows of PAGES whose file exists (others are still being written)."""
     return [row for row in PAGES if (ROOT / row[1]).is_file()]
+
+
+def page_path(file: str) -> str:
+    """The absolute path of a page file of PAGES ("pages/spectra.py" -> "/…/pages/spectra.py"): what
+    st.Page, st.page_link and st.switch_page take, wherever the entry point lives."""
+    return str(ROOT / file)
 
 
 def url_path(file: str) -> str:

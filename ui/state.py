@@ -31,34 +31,16 @@ SEED_KEY = "seed"
 ERROR_KEY = "model_set_error"
 DEFAULT_ZOO_ENV = "MERGESCOPE_DEFAULT_ZOO"  # e.g. "micro": preselect that zoo when it is built
 DEFAULT_REF_ENV = "MERGESCOPE_DEFAULT_MODEL_SET"  # path of a JSON ModelSetRef to preselect (tests, demos)
-MODELS_PAGE = "pages/models.py"
+MODELS_PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "models.py")  # absolute: st.page_link
 
 
 # ----------------------------------------------------------------------------------- model set
-
-
-def ensure_app_shell() -> None:
-    """Make sure app.py (navigation, sidebar) wraps the page being run.
-
-    With a ``pages/`` folder next to app.py, Streamlit starts in its old multipage mode: until
-    some run calls st.navigation, a request for /spectra runs pages/spectra.py *alone* (no
-    sidebar, default menu). That happens to the first visitor after a server start who opens a
-    page URL directly, and in AppTest after switch_page. Leave that mode and rerun through app.py.
-    """
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:  # a Streamlit without the old mode
-        return
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
 
 
 def current_ref() -> ModelSetRef | None:
     """The active ModelSetRef; when nothing was chosen yet in this session, a default:
     the zoo named by the ``?zoo=`` query parameter or $MERGESCOPE_DEFAULT_ZOO (if there is a build),
     else the ModelSetRef JSON file named by $MERGESCOPE_DEFAULT_MODEL_SET."""
-    ensure_app_shell()
     ref = st.session_state.get(MODEL_SET_KEY)
     if isinstance(ref, dict):
         ref = ModelSetRef.from_dict(ref)
@@ -134,11 +116,48 @@ def _describe(ref: ModelSetRef) -> str:
     return f"{ref.zoo} zoo" if ref.zoo else f"base {ref.base}, {len(ref.finetuned)} fine-tuned"
 
 
+AUTO_CHECK_BYTES = 500 * 2**20  # a set under this size gets the NaN/Inf check without asking
+
+
+def validation_report(ms, *, check_finite: bool = True):
+    """The set's ValidationReport (core.checkpoints.validate_model_set), once per set and depth."""
+    name = "validation_report" if check_finite else "validation_headers"
+    label = "Checking keys, shapes and values" if check_finite else "Reading the checkpoints' headers"
+    return memo(ms, name, lambda cb: ms.validate(check_finite=check_finite, progress=cb), label)
+
+
+def _set_bytes(ms) -> int:
+    total = 0
+    for p in [ms.base_path, *ms.finetuned_paths.values()]:
+        p = Path(p)
+        try:
+            total += sum(f.stat().st_size for f in p.iterdir() if f.is_file()) if p.is_dir() else p.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
 def require_model_set():
-    """The active ModelSet; without one, explain what to load, link the Models page and stop the page."""
+    """The active ModelSet, validated; without one, explain what to load, link the Models page and stop
+    the page. A set that fails validation (however it became active: a link, $MERGESCOPE_DEFAULT_MODEL_SET,
+    files changed on disk) is shown as the grouped report and the page stops: no page computes on it."""
     ms = get_model_set()
     if ms is not None:
-        return ms
+        from ui import errors
+
+        try:
+            report = validation_report(ms, check_finite=_set_bytes(ms) < AUTO_CHECK_BYTES)
+        except Exception as e:  # validate_model_set reports bad files itself; this is the last resort
+            errors.show(e)
+            st.stop()
+        if report.ok:
+            return ms
+        st.error(
+            f"**The active model set ({ms.name}) cannot be used.** Fix the files named below, or load another set."
+        )
+        errors.show_report(report)
+        st.page_link(MODELS_PAGE, label="Go to Models", icon=":material/inventory_2:")
+        st.stop()
     err = st.session_state.get(ERROR_KEY)
     if err:
         st.error(err)

@@ -1,10 +1,16 @@
-"""MergeScope: the Streamlit entry point. Navigation, the shared sidebar and the landing page only."""
+"""MergeScope: the Streamlit entry point (`streamlit run ui/app.py`, what `make run` does).
+
+Navigation, the shared sidebar, the landing page and the error boundary only. The page files live in
+pages/ at the repository root; this entry point sits in ui/ so that Streamlit never sees a pages/ folder
+next to its main script (which would switch it to its legacy multipage mode) - navigation comes only
+from st.navigation over the page table `ui.PAGES`, with absolute st.Page paths (documented API).
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from ui import existing_pages
+from ui import errors, existing_pages, page_path
 from ui import state as S
 
 st.set_page_config(page_title="MergeScope", page_icon=":material/layers:", layout="wide")
@@ -42,7 +48,7 @@ the models and steer each layer's share (*LiNeS*, *Merge lab*), measuring accura
         available = {row[1] for row in existing_pages()}
         for col, (page, label, icon) in zip(cols, [x for x in links if x[0] in available]):
             with col:
-                st.page_link(page, label=label, icon=icon)
+                st.page_link(page_path(page), label=label, icon=icon)
 
 
 def sidebar() -> None:
@@ -64,8 +70,11 @@ def sidebar() -> None:
 
 sections: dict[str, list] = {"": [st.Page(landing, title="Home", icon=":material/home:", default=True)]}
 for section, file, title, icon in existing_pages():
-    sections.setdefault(section, []).append(st.Page(file, title=title, icon=icon))
+    sections.setdefault(section, []).append(st.Page(page_path(file), title=title, icon=icon))
 
 page = st.navigation(sections)
 sidebar()
-page.run()
+try:
+    page.run()
+except Exception as e:  # the error boundary: one clear message, never a traceback on the page
+    errors.show(e)
