@@ -40,6 +40,7 @@ _COMPILED = [(arch, re.compile(p)) for arch, p in BLOCK_PATTERNS.items()]
 
 # The towers, in display order (the first is the default everywhere).
 TOWERS = ("visual", "text")
+TOWER_LABELS = {"visual": "image tower", "text": "text tower"}
 # Tower -> name patterns (open_clip names as core.checkpoints loads them, and raw HF CLIP names).
 TOWER_PATTERNS: dict[str, tuple[str, ...]] = {
     "visual": (
