@@ -160,3 +160,18 @@ def test_resample_curve():
     assert resample_curve([0.7], 3) == [0.7, 0.7, 0.7]
     with pytest.raises(ValueError):
         resample_curve([], 2)
+
+
+def test_merge_with_lines_scales_each_tower_by_its_own_depth():
+    import core
+
+    base = full_clip.open_clip_full()
+    ft = full_clip.fine_tuned(base, 7)
+    merged = core.merge(base, {"a": ft}, "task_arithmetic", lines=(0.3, 0.6))
+    tv = core.task_vector(base, ft)
+    want = lines_scale(tv, 0.3, 0.6)
+    for k in tv:
+        torch.testing.assert_close(merged[k] - base[k], want[k], rtol=0, atol=1e-6, msg=k)
+    # text block 1 of 2 is the text tower's last block: alpha + beta, not the image curve's value at block 1
+    k = "transformer.resblocks.1.mlp.c_fc.weight"
+    torch.testing.assert_close(merged[k] - base[k], tv[k] * 0.9, rtol=0, atol=1e-6)
