@@ -144,12 +144,14 @@ def in_tower(names: Iterable[str] | Mapping[str, object], tower: str) -> list[st
     """The names of `tower`, in their order; [] when the model has no such tower.
 
     A model without tower names is one stack: all its names are the "visual" (default) tower.
-    Shared parameters of a two-tower model (logit_scale) are in neither.
+    Names of no tower (logit_scale, a head) go with the tower of a one-tower model, and with
+    neither tower of a two-tower model.
     """
     _check_tower(tower)
     keys = _keys(names)
     tags = [tower_of(k) for k in keys]
-    if tower == TOWERS[0] and not any(tags):
+    have = set(tags) - {None}
+    if have <= {tower} and (have or tower == TOWERS[0]):
         return keys
     return [k for k, t in zip(keys, tags) if t == tower]
 

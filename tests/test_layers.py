@@ -146,6 +146,9 @@ def test_select_tower_defaults_and_errors():
     assert towers(timm) == () and select_tower(timm, "visual") == timm and num_blocks(timm, tower="visual") == 2
     with pytest.raises(ValueError, match="no text tower"):
         select_tower(timm, "text")
+    # names of no tower go with a one-tower model's tower, with neither tower of a two-tower model
+    assert select_tower(["visual.proj", "logit_scale"], "visual") == ["visual.proj", "logit_scale"]
+    assert "logit_scale" not in select_tower(sd, "visual") + select_tower(sd, "text")
     # a text-only model: its tower is the default
     text_only = [k for k in sd if tower_of(k) == "text"]
     assert default_tower(text_only) == "text" and select_tower(text_only) == text_only
