@@ -89,7 +89,7 @@ def block_label(layer) -> str:
 
 
 def short_name(name: str) -> str:
-    """Compact parameter name for axes: 'visual.transformer.resblocks.3.attn.in_proj_weight' -> 'b3.attn.in_proj_weight'.
+    """Compact parameter name for axes: 'visual.transformer.resblocks.3.attn.in_proj_weight' -> 'b3.attn.in_proj_weight'
 
     Blocks are found by core.layers (any container it knows, either tower); a `[q]`-style suffix is kept.
     """
