@@ -1,7 +1,7 @@
 """The live loop: merge + evaluate fast enough to follow a slider.
 
 What does not change between two slider positions is computed once and kept
-(DESIGN.md, "Live evaluation"):
+(docs/methods/steering.md, "The live loop"):
 
 - the base state dict and the fine-tuned checkpoints (the ModelSet's own cache),
 - the merged direction tau_merged of each (method, direction parameters, tasks),
@@ -14,7 +14,7 @@ What does not change between two slider positions is computed once and kept
 So a move of a LiNeS or lambda slider costs one `apply_direction` (a scaled
 add per tensor) and one forward pass over the evaluation images.
 
-Conventions (METHODS.md): accuracies are fractions in [0, 1]. Normalized
+Conventions (core.select): accuracies are fractions in [0, 1]. Normalized
 accuracy = acc / acc_finetuned (the task's own fine-tuned model). In a
 single-task spec (tasks=(target,)) the other tasks are *control* tasks:
 control_norm = mean over them of acc / acc_zeroshot, and the LiNeS paper's
@@ -42,10 +42,10 @@ from .evaluate import Evaluator
 from .lines import infer_num_blocks, lines_curve
 from .merging import MergedDirection, apply_direction, get_method, merged_direction
 from .runtime.locks import FORWARD_LOCK
-from .select import control_accuracy, mean_accuracy, normalized_accuracy
+from .select import best_index, control_accuracy, mean_accuracy, normalized_accuracy
 from .spec import EvalSpec, MergeSpec
 
-# The single-task LiNeS grid (METHODS.md): alpha in {1.0, 0.9, ..., 0.0}, beta = 1 - alpha.
+# The single-task LiNeS grid (wang-kee/LiNeS, single-task editing): alpha in {1.0, 0.9, ..., 0.0}, beta = 1 - alpha.
 ALPHAS: tuple[float, ...] = tuple(round(1.0 - 0.1 * i, 1) for i in range(11))
 
 
@@ -58,7 +58,7 @@ SUBSAMPLE_CHOICES: tuple[int | None, ...] = (None, 50, 100, 200)
 def default_subsample(ms, large_mb: float = 100.0) -> int | None:
     """Images per task the live pages start with: the whole split for small models (the demo zoo),
     a fixed seeded 100 per task when the base checkpoint is larger than `large_mb` MB
-    (DESIGN.md: on big models evaluate a subsample first, refine on request)."""
+    (on big models: evaluate a subsample first, refine on request)."""
     try:
         size_mb = Path(ms.base_path).stat().st_size / 2**20
     except OSError:
@@ -497,11 +497,13 @@ def comparison_table(
 
 
 def best_alpha(sweep: pd.DataFrame, kind: str = "LiNeS") -> pd.Series:
-    """The sweep row with the highest score 2 target_norm + control_norm (first one on ties)."""
+    """The sweep row with the highest score 2 target_norm + control_norm (first one on ties; the single-task
+    LiNeS criterion, chosen on the sweep's split — val — by core.select.best_index)."""
     rows = sweep[sweep["kind"] == kind]
-    if rows.empty:
-        raise ValueError(f"the sweep has no {kind!r} rows (kinds: {sorted(sweep['kind'].unique())})")
-    return rows.loc[rows["score"].idxmax()]
+    i = None if rows.empty else best_index(rows["score"].tolist())
+    if i is None:
+        raise ValueError(f"the sweep has no {kind!r} rows with a score (kinds: {sorted(sweep['kind'].unique())})")
+    return rows.iloc[i]
 
 
 def manifest_accuracies(manifest: Mapping, split: str = "test") -> dict[str, dict] | None:

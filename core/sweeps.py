@@ -5,7 +5,7 @@ with a `coefficients` parameter (the method's `lambda_grid` by default), or over
 LiNeS (alpha, beta) (alpha may be "auto", the multi-task rule; the method's
 `beta_grid` by default). Every grid point is merged and evaluated on the
 validation split; the point with the highest average normalized accuracy
-(acc / acc_finetuned, METHODS.md) is re-evaluated on the test split. The test
+(acc / acc_finetuned, core.select) is re-evaluated on the test split. The test
 split is never used to choose.
 
 Work runs through an executor (core.executors) as small jobs that describe the
@@ -38,8 +38,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .executors import Cancelled, Executor, LocalExecutor
+from . import select
 from .merging import get_method
+from .runtime.executors import Cancelled, Executor, LocalExecutor
 from .runtime.locks import FORWARD_LOCK
 from .spec import EvalSpec, MergeSpec, ModelSetRef, RunConfig
 
@@ -329,14 +330,9 @@ def reference_table(results: Sequence[dict], tasks: Sequence[str]) -> pd.DataFra
 
 
 def summarize(acc: Mapping[str, float], refs: pd.DataFrame) -> dict:
-    """avg_abs = mean accuracy; avg_norm = mean of acc/acc_finetuned (METHODS.md), over refs' tasks."""
-    ft = dict(zip(refs["task"], refs["finetuned"]))
-    tasks = [t for t in refs["task"] if t in acc]
-    norm = [acc[t] / ft[t] for t in tasks if ft.get(t) and np.isfinite(ft[t])]
-    return {
-        "avg_abs": float(np.mean([acc[t] for t in tasks])) if tasks else float("nan"),
-        "avg_norm": float(np.mean(norm)) if norm else float("nan"),
-    }
+    """avg_abs and avg_norm (core.select.summarize) over the reference table's tasks."""
+    ft = {t: float(v) for t, v in zip(refs["task"], refs["finetuned"])}
+    return select.summarize(acc, ft, tasks=list(refs["task"]))
 
 
 @dataclass
@@ -456,8 +452,8 @@ def run_sweep(
         rows = [_row(p, r, refs_val) for p, r in zip(points, results[len(val_refs) :]) if r is not None]
         frame = pd.DataFrame(rows)
         best: dict = {}
-        if not frame.empty and frame["avg_norm"].notna().any():
-            i = int(frame["avg_norm"].idxmax())  # first of ties: the smallest lambda / alpha-major order
+        i = None if frame.empty else select.best_index(frame["avg_norm"].tolist())
+        if i is not None:  # the first of ties: the smallest lambda / alpha-major order
             best = {**frame.iloc[i].to_dict(), "spec": _evaluated_points(points, results[len(val_refs) :])[i]}
         test: dict = {}
         refs_test = None

@@ -1095,7 +1095,7 @@ def main(argv: list[str] | None = None) -> int:
                 items.append({"zoo": args.zoo, "cache": args.cache, "config": cfg.to_dict(), "log": log, "out": None})
         items[0]["out"] = args.out
         if args.workers:
-            from .executors import LocalExecutor
+            from .runtime.executors import LocalExecutor
 
             def prog(done, total):
                 print(f"\r{done}/{total} runs done", end="", file=sys.stderr, flush=True)

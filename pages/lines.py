@@ -16,14 +16,12 @@ from core.lines import lines_curve
 from core.live import (
     ALPHAS,
     SUBSAMPLE_CHOICES,
-    LiveMerger,
     best_alpha,
     default_subsample,
     single_task_spec,
     uniform_spec,
 )
 from core.plots.merge import block_scale_curve, tradeoff_curve
-from core.spec import EvalSpec
 from ui import state as S
 
 st.title("LiNeS: forget less by scaling shallow layers down")
@@ -54,20 +52,7 @@ with st.expander("Evaluation settings"):
     bf16 = st.toggle("bf16 autocast (about 2x faster on CPU, within ~1 point)", key="lines_bf16")
 
 
-def live_merger(ms, subsample: int | None, bf16: bool) -> LiveMerger:
-    """One LiveMerger per model set and evaluation settings, shared by sessions and pages (ui.state.memo)."""
-    es = EvalSpec(split="test", subsample=subsample, bf16=bf16, seed=S.seed())
-    return S.memo(
-        ms,
-        f"live:{subsample}:{bf16}:{es.seed}",
-        lambda cb: LiveMerger(
-            ms, eval_spec=es, evaluator_for=lambda e: S.get_evaluator(ms, e.split, e.subsample, e.bf16)
-        ),
-        "Preparing the live merger",
-    )
-
-
-live = live_merger(ms, subsample, bf16)
+live = S.live_merger(ms, subsample, bf16)
 target = st.selectbox("Fine-tuned model (target task)", ms.tasks, key="lines_target")
 L = live.num_blocks
 # A full CLIP task vector has two stacks of blocks; LiNeS scales each by its own depth (core.lines).

@@ -11,21 +11,23 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core.errors import MergeScopeError
 from core.layers import TOWER_LABELS, tower_depths
 from core.lines import resample_curve
 from core.live import (
     QUERY_KEYS,
     SUBSAMPLE_CHOICES,
-    LiveMerger,
     comparison_table,
     default_subsample,
     spec_from_query,
     spec_to_query,
 )
-from core.merging import METHODS, Param, get_method
+from core.merging import METHODS, get_method
 from core.plots.merge import accuracy_bars, block_scale_curve
-from core.spec import EvalSpec, MergeSpec, RunConfig
+from core.runtime.paths import allow_any_path, export_dir, resolve_export_path
+from core.spec import MergeSpec, RunConfig
 from ui import state as S
+from ui.widgets import param_widget
 
 st.title("Merge lab")
 st.caption(
@@ -52,20 +54,7 @@ with st.expander("Evaluation settings"):
     bf16 = st.toggle("bf16 autocast (about 2x faster on CPU, within ~1 point)", key="ml_bf16")
 
 
-def live_merger(ms, subsample: int | None, bf16: bool) -> LiveMerger:
-    """One LiveMerger per model set and evaluation settings, shared by sessions and pages (ui.state.memo)."""
-    es = EvalSpec(split="test", subsample=subsample, bf16=bf16, seed=S.seed())
-    return S.memo(
-        ms,
-        f"live:{subsample}:{bf16}:{es.seed}",
-        lambda cb: LiveMerger(
-            ms, eval_spec=es, evaluator_for=lambda e: S.get_evaluator(ms, e.split, e.subsample, e.bf16)
-        ),
-        "Preparing the live merger",
-    )
-
-
-live = live_merger(ms, subsample, bf16)
+live = S.live_merger(ms, subsample, bf16)
 L = live.num_blocks
 # A full CLIP direction has two stacks of blocks; a curve is given for the image tower and carried to the
 # text tower by relative depth (core.lines.tower_curves), which is LiNeS per tower for a LiNeS line.
@@ -106,42 +95,8 @@ if not st.session_state.get("ml_url_loaded"):
             st.warning(f"The link's merge settings could not be read ({e}); starting from the defaults.")
 
 
-# --------------------------------------------------------------------------- generic widgets
 def _value_kw(key: str, default, arg: str = "value") -> dict:
     return {} if key in st.session_state else {arg: default}
-
-
-def numeric_widget(p: Param, label: str, key: str, default):
-    cast = float if p.kind == "float" else int
-    if p.min is not None and p.max is not None and (p.max - p.min) / (p.step or 1) <= 1000:
-        return st.slider(
-            label,
-            cast(p.min),
-            cast(p.max),
-            step=cast(p.step or 1),
-            key=key,
-            help=p.help,
-            **_value_kw(key, cast(default)),
-        )
-    return st.number_input(
-        label, min_value=p.min, max_value=p.max, step=p.step, key=key, help=p.help, **_value_kw(key, default)
-    )
-
-
-def param_widget(p: Param, method: str, tasks: list[str]):
-    """One control for one declared parameter; per_task parameters can be one value or one per task."""
-    key = f"ml_{method}_{p.name}"
-    if p.kind in ("float", "int"):
-        if p.per_task and st.toggle(f"{p.name}: one per task", key=key + "__per_task"):
-            return [numeric_widget(p, f"{p.name} · {t}", f"{key}__{t}", p.default) for t in tasks]
-        return numeric_widget(p, p.name, key, p.default)
-    if p.kind == "choice":
-        return st.selectbox(
-            p.name, p.choices, key=key, help=p.help, **_value_kw(key, p.choices.index(p.default), "index")
-        )
-    if p.kind == "bool":
-        return st.toggle(p.name, key=key, help=p.help, **_value_kw(key, bool(p.default)))
-    raise ValueError(f"the Merge lab has no widget for parameter kind {p.kind!r} ({method}.{p.name})")
 
 
 def reset_curve(curve: list[float], outside: float) -> None:
@@ -196,7 +151,17 @@ def lab_body() -> None:
         if not tasks:
             st.warning("Pick at least one task to merge.")
             return
-        params = {p.name: param_widget(p, method, tasks) for p in m.params}
+        lines_on = bool(st.session_state.get("ml_lines"))
+        params = {
+            p.name: param_widget(
+                p,
+                f"ml_{method}_{p.name}",
+                tasks,
+                disabled=lines_on and p.name == "coefficients",
+                note="not applied with LiNeS on (LiNeS sets every block's scale)" if lines_on else None,
+            )
+            for p in m.params
+        }
         lines = None
         if st.toggle("LiNeS: scale τ_merged by block, λ(ℓ) = α + β·ℓ/(L−1)", key="ml_lines"):
             auto = st.toggle(
@@ -277,9 +242,24 @@ def export(spec: MergeSpec) -> None:
     if mb <= 500:  # larger models: save to a path instead of holding the file in memory for a download
         data = lambda: live.safetensors_bytes(spec, hf_names=hf)  # noqa: E731 - deferred until clicked
         c1.download_button(f"Merged model ({mb:.0f} MB)", data, f"merged-{spec.key()}.safetensors", key="ml_dl_model")
-    path = c2.text_input("…or save to a path", key="ml_save_path", placeholder="/path/to/merged.safetensors")
+    folder = export_dir()
+    anywhere = allow_any_path()
+    path = c2.text_input(
+        "…or save on the server",
+        key="ml_save_path",
+        placeholder=f"merged-{spec.key()}.safetensors",
+        help=f"A file name inside the export folder {folder}"
+        + (" (this server also allows absolute paths)" if anywhere else "")
+        + ". Set MERGESCOPE_EXPORT_DIR to move the folder; MERGESCOPE_ALLOW_ANY_PATH=1 allows any path.",
+    )
+    c2.caption(f"Export folder: `{folder}`")
+    overwrite = c2.checkbox("Overwrite if it exists", key="ml_save_overwrite")
     if c2.button("Save", key="ml_save_btn", disabled=not path):
-        c2.success(f"Saved to {live.save(spec, path, hf_names=hf)}")
+        try:
+            target = resolve_export_path(path, overwrite=overwrite)
+            c2.success(f"Saved to `{live.save(spec, target, hf_names=hf)}`")
+        except MergeScopeError as e:
+            c2.error(str(e))
     table = st.session_state.get("ml_table")
     if table is not None:
         c3.download_button("Results (CSV)", table.to_csv(index=False), f"results-{spec.key()}.csv", key="ml_dl_csv")

@@ -1,7 +1,7 @@
 """Sweeps: choose a merge's coefficients on the validation split, report the choice on test.
 
 A grid over the global λ of a merge method, or over LiNeS (α, β), runs in the
-background (core.sweeps through core.executors) while this page shows progress
+background (core.sweeps through core.runtime.executors) while this page shows progress
 and a Cancel button; the result is drawn, its best point re-evaluated on test,
 and the whole sweep stored in the run log (see Runs). The same sweep runs
 headless with the JSON offered below: `python -m core sweep --config sweep.json`.
@@ -9,15 +9,15 @@ headless with the JSON offered below: `python -m core sweep --config sweep.json`
 
 from __future__ import annotations
 
-import threading
-
 import streamlit as st
 
-from core.executors import Cancelled, get_executor
 from core.merging import METHODS
 from core.plots.sweeps import sweep_figure
+from core.runtime.executors import get_executor
+from core.runtime.jobs import Job
 from core.spec import EvalSpec, MergeSpec
 from core.sweeps import SweepSpec, default_grid, run_sweep
+from ui import jobs
 from ui import state as S
 
 JOB_KEY = "sweep_job"
@@ -45,27 +45,13 @@ def parse_values(text: str, allow_auto: bool = False) -> list:
 
 
 def start(spec: SweepSpec, processes: int, address: str | None) -> None:
-    """Run the sweep in a background thread; the page polls its progress."""
-    job = {"spec": spec, "cancel": threading.Event(), "done": 0, "total": 1, "result": None, "error": None}
+    """Run the sweep as a background job; the page polls its progress."""
 
-    def work():
-        try:
-            with get_executor(address, processes) as ex:
-                job["result"] = run_sweep(
-                    spec,
-                    executor=ex,
-                    model_set=ms,
-                    cancel=job["cancel"],
-                    progress=lambda d, n: job.update(done=d, total=n),
-                )
-        except Cancelled:
-            job["error"] = "cancelled"
-        except Exception as e:  # shown on the page
-            job["error"] = f"{type(e).__name__}: {e}"
+    def work(job: Job):
+        with get_executor(address, processes) as ex:
+            return run_sweep(spec, executor=ex, model_set=ms, cancel=job.cancel, progress=job.progress)
 
-    job["thread"] = threading.Thread(target=work, name="mergescope-sweep", daemon=True)
-    st.session_state[JOB_KEY] = job
-    job["thread"].start()
+    jobs.start(JOB_KEY, Job(work, name="sweep"))
 
 
 methods = [m for m, meta in METHODS.items() if "coefficients" in meta.defaults()]
@@ -93,8 +79,7 @@ st.caption(
     f"{METHODS[method].description} Other parameters of {method} stay at their defaults: {METHODS[method].defaults()}."
 )
 
-job = st.session_state.get(JOB_KEY)
-running = job is not None and job["thread"].is_alive()
+running = jobs.current(JOB_KEY) is not None
 if submitted and not running:
     try:
         grid = (
@@ -112,26 +97,10 @@ if submitted and not running:
         st.session_state.pop(RESULT_KEY, None)
         running = True
 
-
-@st.fragment(run_every=1.0)
-def watch() -> None:
-    j = st.session_state[JOB_KEY]
-    n = max(j["total"], 1)
-    st.progress(min(j["done"] / n, 1.0), text=f"{j['done']}/{n} evaluations ({len(j['spec'].points())} grid points)")
-    if st.button("Cancel", key="sweep_cancel"):
-        j["cancel"].set()
-        st.toast("Cancelling after the evaluations in flight…")
-    if not j["thread"].is_alive():
-        st.rerun()
-
-
-if running:
-    watch()
-elif job is not None and JOB_KEY in st.session_state:
-    if job["error"]:
-        st.error(f"The sweep stopped: {job['error']}")
-    if job["result"] is not None:
-        st.session_state[RESULT_KEY] = job["result"]
+done = jobs.show(JOB_KEY, lambda j: f"{j.done}/{max(j.total, 1)} evaluations", cancel_key="sweep_cancel")
+if done is not None:
+    if done.result is not None:
+        st.session_state[RESULT_KEY] = done.result
     del st.session_state[JOB_KEY]
 
 res = st.session_state.get(RESULT_KEY)

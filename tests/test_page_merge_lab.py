@@ -123,7 +123,8 @@ def test_url_round_trip_reproduces_the_merge(micro_zoo):
     assert r["accuracy"] == _core(micro_zoo, method="ties", lines=(0.4, 0.5))
 
 
-def test_cli_config_and_export(micro_zoo, tmp_path):
+def test_cli_config_and_export(micro_zoo, tmp_path, monkeypatch):
+    monkeypatch.setenv("MERGESCOPE_EXPORT_DIR", str(tmp_path))  # the app writes only into its export folder
     at = _page()
     cfg = RunConfig.from_dict(json.loads(at.code[1].value))
     assert cfg.merge == MergeSpec.make("task_arithmetic") and cfg.model_set.zoo == "micro"
@@ -144,6 +145,25 @@ def test_cli_config_and_export(micro_zoo, tmp_path):
     assert set(table["model"]) == {"zero-shot", "merged", "task arithmetic", "fine-tuned"}
 
 
+def test_saving_is_confined_to_the_export_folder_and_never_overwrites_unasked(micro_zoo, tmp_path, monkeypatch):
+    monkeypatch.setenv("MERGESCOPE_EXPORT_DIR", str(tmp_path / "exports"))
+    monkeypatch.delenv("MERGESCOPE_ALLOW_ANY_PATH", raising=False)
+    at = _page()
+    at.text_input(key="ml_save_path").input(str(tmp_path / "nonexistent" / "dir" / "m.safetensors")).run()
+    at.button(key="ml_save_btn").click().run()
+    assert not at.exception and "outside the export folder" in at.error[0].value
+    assert not (tmp_path / "nonexistent").exists()
+    at.text_input(key="ml_save_path").input("m.safetensors").run()
+    at.button(key="ml_save_btn").click().run()
+    target = (tmp_path / "exports" / "m.safetensors").resolve()
+    assert target.is_file() and str(target) in at.success[0].value
+    at.button(key="ml_save_btn").click().run()
+    assert "already exists" in at.error[0].value
+    at.checkbox(key="ml_save_overwrite").check().run()
+    at.button(key="ml_save_btn").click().run()
+    assert not at.error and str(target) in at.success[0].value
+
+
 def test_lines_curve_shown_is_the_lines_line(micro_zoo):
     at = _page()
     at.toggle(key="ml_lines").set_value(True).run()
@@ -162,3 +182,11 @@ def test_an_impossible_merge_is_explained_not_crashed(micro_zoo):
     at.toggle(key="ml_lines").set_value(True).run()  # the auto alpha divides by ||tau_merged||_1
     assert not at.exception
     assert "cannot be computed" in at.error[0].value and "all zeros" in at.error[0].value
+
+
+def test_controls_that_do_not_apply_are_disabled(micro_zoo):
+    at = _page()
+    assert not at.slider(key="ml_task_arithmetic_coefficients").disabled
+    at.toggle(key="ml_lines").set_value(True).run()
+    assert at.slider(key="ml_task_arithmetic_coefficients").disabled  # LiNeS sets every block's scale
+    assert "not applied with LiNeS" in at.slider(key="ml_task_arithmetic_coefficients").help

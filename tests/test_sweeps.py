@@ -13,8 +13,8 @@ import torch
 
 import core.sweeps as sw
 from core.checkpoints import save_state_dict
-from core.executors import LocalExecutor
 from core.merging import merge
+from core.runtime.executors import LocalExecutor
 from core.runtime.runlog import RunLog
 from core.spec import EvalSpec, MergeSpec, ModelSetRef
 
@@ -219,3 +219,24 @@ def test_lines_sweep_after_a_lambda_sweep_reuses_the_direction_and_gets_auto_alp
     )
     d = sw._direction(ref.to_dict(), ms, MergeSpec.make("ties"))["direction"]
     assert res.frame["alpha"].iloc[0] == pytest.approx(d.auto_alpha())
+
+
+def test_micro_zoo_sweep_on_a_local_ray_matches_the_process_pool(micro_zoo, tmp_path, monkeypatch):
+    """The distributed engine: a local Ray started by the test gives exactly the process pool's numbers."""
+    ray = pytest.importorskip("ray", reason="ray is in requirements-dev.txt; install it")
+    from core.runtime.executors import RayExecutor
+
+    monkeypatch.setenv("MERGESCOPE_CACHE", str(micro_zoo.zoo_dir.parent))  # Ray workers get it at init
+    ref = ModelSetRef(zoo="micro")
+    spec = sw.SweepSpec.make(
+        ref, MergeSpec.make("task_arithmetic"), {"lambda": [0.3, 0.5]}, EvalSpec(subsample=30), test_subsample=30
+    )
+    with LocalExecutor(processes=1) as ex:
+        pooled = sw.run_sweep(spec, executor=ex, log=False)
+    try:
+        on_ray = sw.run_sweep(spec, executor=RayExecutor("local"), log=False)
+    finally:
+        ray.shutdown()
+    cols = ["lambda", *pooled.tasks, "avg_abs", "avg_norm"]
+    assert on_ray.frame[cols].equals(pooled.frame[cols])
+    assert on_ray.test == pooled.test and "Ray" in on_ray.executor

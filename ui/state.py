@@ -244,6 +244,24 @@ def memo(ms, name: str, compute: Callable, label: str | None = None):
     return store[name]
 
 
+def live_merger(ms, subsample: int | None, bf16: bool):
+    """The one `core.live.LiveMerger` per model set and evaluation settings, shared by every session and
+    page (LiNeS, Merge lab): its direction and result caches serve them all. Settings are part of the key,
+    so sessions with different bf16/subsample never share (or change) each other's numbers."""
+    from core.live import LiveMerger
+    from core.spec import EvalSpec
+
+    es = EvalSpec(split="test", subsample=subsample, bf16=bf16, seed=seed())
+    return memo(
+        ms,
+        f"live:{subsample}:{bf16}:{es.seed}",
+        lambda cb: LiveMerger(
+            ms, eval_spec=es, evaluator_for=lambda e: get_evaluator(ms, e.split, e.subsample, e.bf16)
+        ),
+        "Preparing the live merger",
+    )
+
+
 def analysis_keys(ms) -> list[str]:
     """The floating-point keys the fine-tuned checkpoints share with the base (what task vectors cover)."""
 

@@ -193,7 +193,7 @@ def _stderr_progress(done: int, total: int) -> None:
 
 def run_sweep_config(spec, *, processes: int | None = None, ray: str | None = None, log: bool = True, quiet=False):
     """core.sweeps.run_sweep with the executor the flags ask for (the path bench/ uses too)."""
-    from ..executors import get_executor
+    from ..runtime.executors import get_executor
     from ..sweeps import run_sweep
 
     ms = load_model_set(spec.model_set)

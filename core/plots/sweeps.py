@@ -12,19 +12,10 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.plots.style import figure, layout
+
 METRIC_LABELS = {"avg_norm": "avg normalized accuracy (%)", "avg_abs": "avg absolute accuracy (%)"}
 BEST_COLOUR = "#d62728"
-
-
-def _layout(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
-    fig.update_layout(
-        title=title,
-        template="plotly_white",
-        height=height,
-        margin=dict(l=60, r=20, t=60, b=45),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
-    )
-    return fig
 
 
 def _need(frame: pd.DataFrame, cols: Sequence[str], what: str) -> None:
@@ -50,7 +41,7 @@ def lambda_curve(
     as thin lines (legend-toggled, hidden by default), the best λ starred."""
     _need(frame, ["lambda", "avg_norm", "avg_abs"], "lambda_curve")
     f = frame.sort_values("lambda")
-    fig = go.Figure()
+    fig = figure()
     for t in tasks:
         if t in f:
             fig.add_scatter(
@@ -73,7 +64,7 @@ def lambda_curve(
             textposition="top center",
         )
     fig.update_layout(xaxis_title="λ (global scale)", yaxis_title="accuracy on val (%)")
-    return _layout(fig, title)
+    return layout(fig, title)
 
 
 def lines_heatmap(
@@ -109,7 +100,7 @@ def lines_heatmap(
             hovertext=[f"best on val{_test_note(test)}"],
         )
     fig.update_layout(xaxis_title="β (slope over depth)", yaxis_title="α (shallowest scale)", yaxis_type="category")
-    return _layout(fig, title, height=max(260, 60 + 40 * len(grid)))
+    return layout(fig, title, height=max(260, 60 + 40 * len(grid)))
 
 
 def beta_curve(
@@ -120,7 +111,7 @@ def beta_curve(
 ) -> go.Figure:
     """Avg normalized and absolute val accuracy against β, one line pair per α, the best starred."""
     _need(frame, ["alpha", "beta", "avg_norm", "avg_abs"], "beta_curve")
-    fig = go.Figure()
+    fig = figure()
     for alpha, rows in frame.sort_values("beta").groupby("alpha"):
         fig.add_scatter(
             x=rows["beta"], y=rows["avg_norm"] * 100, name=f"normalized, α={alpha:.3g}", mode="lines+markers"
@@ -143,7 +134,7 @@ def beta_curve(
             textposition="top center",
         )
     fig.update_layout(xaxis_title="β", yaxis_title="accuracy on val (%)")
-    return _layout(fig, title)
+    return layout(fig, title)
 
 
 def sweep_figure(frame: pd.DataFrame, best: Mapping | None = None, test: Mapping | None = None, tasks=()) -> go.Figure:

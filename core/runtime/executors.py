@@ -24,10 +24,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
+from .. import errors
+
 Progress = Callable[[int, int], None]
 
 
-class Cancelled(Exception):
+class Cancelled(errors.Cancelled):
     """Raised by Executor.map when the cancel event was set. `results` maps item index -> result
     for the items that completed; `total` is the number of items asked for."""
 
@@ -66,7 +68,7 @@ class Executor:
 
 def _worker_init() -> None:
     # One thread per worker: N single-thread workers beat N workers fighting over cores,
-    # and flush-to-zero avoids the denormal slowdowns seen with small fine-tunes (ZOO-NOTES).
+    # and flush-to-zero avoids the denormal slowdowns measured with small fine-tunes on this project's machines.
     # torch reads OMP_NUM_THREADS when it is first imported, so a fresh (spawned) worker
     # does not pay for importing torch before its first item needs it.
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -183,13 +185,13 @@ class RayExecutor(Executor):
         self.address = address
         self.num_cpus = num_cpus_per_item
         if not ray.is_initialized():
-            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
             env = {"PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
             # Workers resolve zoo model sets and the run log through the same cache paths.
             env.update({k: os.environ[k] for k in ("MERGESCOPE_CACHE",) if k in os.environ})
             runtime_env = {"env_vars": env}
-            if address == "local":
-                ray.init(runtime_env=runtime_env)
+            if address == "local":  # a private Ray on this machine, no dashboard
+                ray.init(runtime_env=runtime_env, include_dashboard=False, num_cpus=os.cpu_count() or 1)
             else:
                 ray.init(address=address, runtime_env=runtime_env)
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1) // max(num_cpus_per_item, 1e-9)))
