@@ -23,6 +23,8 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from .layers import num_blocks
+
 # The zoo's architectures. "mergescope-zoo": 32x32 images, patch 8 (16 tokens + class),
 # width 64, 8 blocks of 2 heads; text tower width 64, 3 blocks, context 16 (open_clip's
 # BPE vocabulary). Width 64 keeps 8 fine-tunes within ~2 min and one evaluation of all
@@ -70,11 +72,8 @@ def register_zoo_configs() -> None:
 # ---------------------------------------------------------------------------
 # Architecture inference.
 def _blocks(keys: Sequence[str], prefix: str) -> int:
-    n = -1
-    for k in keys:
-        if k.startswith(prefix):
-            n = max(n, int(k[len(prefix) :].split(".", 1)[0]))
-    return n + 1
+    """Blocks under one tower's block container `prefix` (e.g. "visual.transformer.resblocks."), by core.layers."""
+    return num_blocks(keys, prefix=prefix)
 
 
 def infer_arch(state_dict: Mapping[str, torch.Tensor]) -> dict:

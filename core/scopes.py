@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.layers import layer_index, param_kind
+from core.layers import layer_index, param_kind, select_tower
 
 Scope = tuple[float, float]  # (mu, sigma)
 
@@ -38,18 +38,22 @@ def _moments(t: torch.Tensor) -> tuple[int, float, float]:
     return n, float(mean), float(((x - mean) ** 2).mean())
 
 
-def weight_scopes(state_dict: Mapping[str, torch.Tensor], *, min_ndim: int = 2) -> pd.DataFrame:
-    """Scope of every floating-point tensor, plus one aggregate row per residual block.
+def weight_scopes(
+    state_dict: Mapping[str, torch.Tensor], *, min_ndim: int = 2, tower: str | None = None
+) -> pd.DataFrame:
+    """Scope of every floating-point tensor of one tower, plus one aggregate row per residual block.
 
     Tensor rows (level "tensor"): name, layer (`core.layers.layer_index`, <NA> outside the
     blocks), kind (`core.layers.param_kind`: attention/mlp/norm/embedding/other), ndim, mean,
     std (population), numel. Block rows (level "block", name "block {i}", kind "block") pool all
     tensors of the block with at least `min_ndim` dimensions (the weight matrices, by default)
-    into the scope of their concatenated entries.
+    into the scope of their concatenated entries. `tower`: "visual" or "text" (None: the image
+    tower, or a model's only tower; `core.layers.select_tower`): blocks are numbered per tower.
     """
     rows = []
     blocks: dict[int, list[tuple[int, float, float]]] = {}
-    for name, t in state_dict.items():
+    for name in select_tower(state_dict, tower):
+        t = state_dict[name]
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             continue
         n, mean, var = _moments(t)

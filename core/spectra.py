@@ -38,7 +38,7 @@ try:  # ships with scikit-learn; without it BLAS keeps its own thread count
 except ImportError:  # pragma: no cover
     threadpool_limits = None
 
-from core.layers import layer_index
+from core.layers import layer_index, select_tower
 
 EVALS_THRESH = 1e-5  # WeightWatcher drops eigenvalues <= this before fitting
 SMALL_N_CUTOFF = 20  # WeightWatcher's WWFit switches to the small-N estimator below this many eigenvalues
@@ -466,16 +466,20 @@ def spectral_table(
     keys: Iterable[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     include_embeddings: bool = False,
+    tower: str | None = None,
 ) -> pd.DataFrame:
-    """One row per analysed weight matrix (see `analysed_matrices`) with its spectral metrics.
+    """One row per analysed weight matrix (see `analysed_matrices`) of one tower with its spectral metrics.
 
     Columns: name, layer (`core.layers.layer_index`, Int64 with <NA> outside the blocks), kind, shape (of
     the analysed tensor), n_eigs (ESD size), alpha, xmin, D, sigma, num_pl_spikes, status
     (WeightWatcher-compatible `fit_powerlaw`), lambda_max (spectral norm squared),
     alpha_weighted = α·log10 λmax, stable_rank = Σλ/λmax, alpha_hill (TempBalance's median Hill).
     `progress(done, total)` is called after each matrix is fitted (eigenvalues are computed
-    a few matrices at a time, so progress moves steadily).
+    a few matrices at a time, so progress moves steadily). `tower`: "visual" or "text" (None: the
+    image tower, or a model's only tower; `core.layers.select_tower`), so a full CLIP's text blocks
+    never share a layer number with its image blocks.
     """
+    keys = select_tower(state_dict if keys is None else list(keys), tower)
     items = analysed_matrices(state_dict, keys=keys, include_embeddings=include_embeddings)
     for name, t in items:
         if not bool(torch.isfinite(t).all()):

@@ -4,6 +4,12 @@ Conventions (mlfoundations/task_vectors): a task vector covers every
 floating-point entry the fine-tuned checkpoint shares with the base; integer
 and boolean buffers are skipped. Statistics are returned as pandas tables, one
 row per parameter or per block, so pages and the CLI draw/export the same data.
+
+Per-block statistics are per tower (core.layers): a full CLIP task vector holds the
+image and the text tower, whose blocks share indices but not depth. Every table
+takes `tower` ("visual" or "text"; None = the default, the image tower or a model's
+only tower) and covers that tower's parameters only; parameters of neither tower
+(logit_scale) are in no table.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .layers import layer_index, param_kind
+from .layers import layer_index, param_kind, select_tower
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -61,13 +67,15 @@ def _flat(tv: StateDict, keys: list[str]) -> torch.Tensor:
     return torch.cat([tv[k].reshape(-1).float() for k in keys]) if keys else torch.zeros(0)
 
 
-def parameter_table(base_sd: StateDict, task_vectors: Mapping[str, StateDict], near_zero: float = 1e-8) -> pd.DataFrame:
-    """One row per (task, parameter): L2 norm of tau, norm relative to the base
-    weights, fraction of entries with |tau| <= near_zero, block index and kind."""
+def parameter_table(
+    base_sd: StateDict, task_vectors: Mapping[str, StateDict], near_zero: float = 1e-8, *, tower: str | None = None
+) -> pd.DataFrame:
+    """One row per (task, parameter of `tower`): L2 norm of tau, norm relative to the base
+    weights, fraction of entries with |tau| <= near_zero, block index (within the tower) and kind."""
     rows = []
     for task, tv in task_vectors.items():
-        for k, v in tv.items():
-            v = v.float()
+        for k in select_tower(tv, tower):
+            v = tv[k].float()
             n = float(torch.linalg.vector_norm(v))
             bn = float(torch.linalg.vector_norm(base_sd[k].float()))
             rows.append(
@@ -90,11 +98,11 @@ def _group_label(layer) -> str:
     return "outside" if layer is None or (isinstance(layer, float) and np.isnan(layer)) else f"block {int(layer)}"
 
 
-def block_table(base_sd: StateDict, task_vectors: Mapping[str, StateDict]) -> pd.DataFrame:
-    """One row per (task, block): norms aggregated over the block's parameters
+def block_table(base_sd: StateDict, task_vectors: Mapping[str, StateDict], *, tower: str | None = None) -> pd.DataFrame:
+    """One row per (task, block of `tower`): norms aggregated over the block's parameters
     (sqrt of the summed squares), relative to the base block's norm.
-    Parameters outside the blocks form one group with layer = -1 ("outside")."""
-    p = parameter_table(base_sd, task_vectors)
+    The tower's parameters outside the blocks form one group with layer = -1 ("outside")."""
+    p = parameter_table(base_sd, task_vectors, tower=tower)
     if p.empty:
         return p
     p = p.assign(layer=p["layer"].fillna(-1).astype(int), sq=p["norm"] ** 2, bsq=p["base_norm"] ** 2)
@@ -104,9 +112,9 @@ def block_table(base_sd: StateDict, task_vectors: Mapping[str, StateDict]) -> pd
     return g.drop(columns=["sq", "bsq"])
 
 
-def kind_table(base_sd: StateDict, task_vectors: Mapping[str, StateDict]) -> pd.DataFrame:
-    """One row per (task, block, kind): norm per parameter type (attention, mlp, norm, embedding)."""
-    p = parameter_table(base_sd, task_vectors)
+def kind_table(base_sd: StateDict, task_vectors: Mapping[str, StateDict], *, tower: str | None = None) -> pd.DataFrame:
+    """One row per (task, block of `tower`, kind): norm per parameter type (attention, mlp, norm, embedding)."""
+    p = parameter_table(base_sd, task_vectors, tower=tower)
     if p.empty:
         return p
     p = p.assign(layer=p["layer"].fillna(-1).astype(int), sq=p["norm"] ** 2, bsq=p["base_norm"] ** 2)
@@ -116,20 +124,22 @@ def kind_table(base_sd: StateDict, task_vectors: Mapping[str, StateDict]) -> pd.
     return g.drop(columns=["sq", "bsq"])
 
 
-def _keys_for(tv: StateDict, layer: int | None | str) -> list[str]:
-    keys = sorted(tv.keys())
+def _keys_for(tv: StateDict, layer: int | None | str, tower: str | None) -> list[str]:
+    keys = sorted(select_tower(tv, tower))
     if layer == "all":
         return keys
     return [k for k in keys if layer_index(k) == layer]
 
 
-def cosine_matrix(task_vectors: Mapping[str, StateDict], layer: int | None | str = "all") -> pd.DataFrame:
-    """Task x task cosine similarity of the flattened task vectors (all keys, or one block;
-    layer=None selects the parameters outside the blocks)."""
+def cosine_matrix(
+    task_vectors: Mapping[str, StateDict], layer: int | None | str = "all", *, tower: str | None = None
+) -> pd.DataFrame:
+    """Task x task cosine similarity of the flattened task vectors over one tower (all its keys,
+    or one of its blocks; layer=None selects its parameters outside the blocks)."""
     names = list(task_vectors)
     if not names:
         return pd.DataFrame()
-    keys = _keys_for(task_vectors[names[0]], layer)
+    keys = _keys_for(task_vectors[names[0]], layer, tower)
     flats = torch.stack([_flat(task_vectors[t], keys) for t in names]) if keys else torch.zeros(len(names), 0)
     norms = torch.linalg.vector_norm(flats, dim=1, keepdim=True).clamp_min(1e-30)
     unit = flats / norms
@@ -137,8 +147,10 @@ def cosine_matrix(task_vectors: Mapping[str, StateDict], layer: int | None | str
     return pd.DataFrame(cos, index=names, columns=names)
 
 
-def sign_conflict_table(task_vectors: Mapping[str, StateDict], eps: float = 0.0) -> pd.DataFrame:
-    """Per block: fraction of entries where the tasks disagree in sign.
+def sign_conflict_table(
+    task_vectors: Mapping[str, StateDict], eps: float = 0.0, *, tower: str | None = None
+) -> pd.DataFrame:
+    """Per block of `tower`: fraction of entries where the tasks disagree in sign.
 
     An entry is in conflict when at least one task has tau > eps and another
     tau < -eps (entries that every task leaves at |tau| <= eps do not count as
@@ -147,7 +159,7 @@ def sign_conflict_table(task_vectors: Mapping[str, StateDict], eps: float = 0.0)
     names = list(task_vectors)
     if not names:
         return pd.DataFrame()
-    keys = sorted(task_vectors[names[0]].keys())
+    keys = sorted(select_tower(task_vectors[names[0]], tower))
     layers = sorted({layer_index(k) for k in keys}, key=lambda x: -1 if x is None else x)
     rows = []
     for layer in layers:

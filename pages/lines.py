@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.layers import TOWER_LABELS, tower_depths
 from core.lines import lines_curve
 from core.live import (
     ALPHAS,
@@ -54,6 +55,8 @@ with st.expander("Evaluation settings"):
 live = S.live_merger(ms, subsample, bf16)
 target = st.selectbox("Fine-tuned model (target task)", ms.tasks, key="lines_target")
 L = live.num_blocks
+# A full CLIP task vector has two stacks of blocks; LiNeS scales each by its own depth (core.lines).
+depths = tower_depths(S.analysis_keys(ms))
 
 
 @st.fragment
@@ -71,8 +74,14 @@ def live_panel() -> None:
         else:
             beta = round(1.0 - alpha, 10)
             st.caption(f"β = 1 − α = {beta:.2f}")
-        curve = lines_curve(alpha, beta, L)
-        st.plotly_chart(block_scale_curve({"LiNeS": curve}, outside={"LiNeS": alpha}), key="lines_curve_fig")
+        tower = (
+            st.radio("Tower", list(depths), horizontal=True, key="lines_tower", format_func=TOWER_LABELS.get)
+            if len(depths) > 1
+            else None
+        )
+        curve = lines_curve(alpha, beta, depths[tower] if tower else L)
+        fig = block_scale_curve({"LiNeS": curve}, outside={"LiNeS": alpha}, tower=tower)
+        st.plotly_chart(fig, key="lines_curve_fig")
     spec = single_task_spec(target, alpha, beta)
     with c2:
         with st.spinner("Merging and evaluating…"):

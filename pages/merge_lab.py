@@ -12,6 +12,8 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import MergeScopeError
+from core.layers import TOWER_LABELS, tower_depths
+from core.lines import resample_curve
 from core.live import (
     QUERY_KEYS,
     SUBSAMPLE_CHOICES,
@@ -54,6 +56,9 @@ with st.expander("Evaluation settings"):
 
 live = S.live_merger(ms, subsample, bf16)
 L = live.num_blocks
+# A full CLIP direction has two stacks of blocks; a curve is given for the image tower and carried to the
+# text tower by relative depth (core.lines.tower_curves), which is LiNeS per tower for a LiNeS line.
+depths = tower_depths(S.analysis_keys(ms))
 
 
 # --------------------------------------------------------------------------- URL -> widgets (once per session)
@@ -176,7 +181,15 @@ def lab_body() -> None:
         if edited is not None:
             spec = MergeSpec.make(method, params, curve=edited[0], outside=edited[1], tasks=subset)
         scales, outside = live.block_scales(spec)
-        st.plotly_chart(block_scale_curve({"merged": scales}, outside={"merged": outside}), key="ml_curve_fig")
+        tower = (
+            st.radio("Tower", list(depths), horizontal=True, key="ml_tower", format_func=TOWER_LABELS.get)
+            if len(depths) > 1
+            else None
+        )
+        if tower is not None and tower != "visual":
+            scales = resample_curve(scales, depths[tower])
+        fig = block_scale_curve({"merged": scales}, outside={"merged": outside}, tower=tower)
+        st.plotly_chart(fig, key="ml_curve_fig")
     sync_url(spec)
     with right:
         results(spec)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core.layers import TOWER_LABELS, towers
 from core.lr_rules import block_mean_alphas, model_balancing_multipliers, tempbalance_multipliers
 from core.plots import analysis as P
 from ui import state as S
@@ -23,7 +24,14 @@ sources = S.spectral_sources(ms)
 models = [w for w in sources if not w.startswith("tv:")]
 tvs = [w for w in sources if w.startswith("tv:")]
 
-base_table = S.cached_spectral_table(ms, "base")
+# A full CLIP has two stacks of blocks: depth is per tower, so pick one (image tower by default).
+tower_names = towers(S.analysis_keys(ms))
+tower = (
+    st.radio("Tower", tower_names, horizontal=True, key="spec_tower", format_func=TOWER_LABELS.get)
+    if len(tower_names) > 1
+    else None
+)
+base_table = S.cached_spectral_table(ms, "base", tower)
 TABS = ["α over depth", "One layer: ESD", "TempBalance learning rates", "Weight scopes"]
 # on_change="rerun": only the open tab is computed and drawn.
 tab_depth, tab_layer, tab_lr, tab_scopes = st.tabs(TABS, key="spec_tab", on_change="rerun")
@@ -43,10 +51,10 @@ def depth_view() -> None:
     kind_arg = None if kind == "mean" else kind
     left, right = st.columns(2)
     with left:
-        tables = {S.source_label(w): S.cached_spectral_table(ms, w) for w in chosen}
+        tables = {S.source_label(w): S.cached_spectral_table(ms, w, tower) for w in chosen}
         st.plotly_chart(P.spectral_depth(tables, metric, kind_arg, title="Weights"), key="spec_depth")
     with right:
-        tv_tables = {S.source_label(w): S.cached_spectral_table(ms, w) for w in chosen_tv}
+        tv_tables = {S.source_label(w): S.cached_spectral_table(ms, w, tower) for w in chosen_tv}
         fig = P.spectral_depth(tv_tables, metric, kind_arg, title="Task vectors τ = θ_ft − θ₀")
         st.plotly_chart(fig, key="spec_depth_tv")
     if "merged" not in models:
@@ -89,7 +97,7 @@ def lr_view() -> None:
     source = c1.selectbox("α from", models, key="spec_lr_source", format_func=S.source_label)
     s1, s2 = c2.slider("TempBalance s1, s2", 0.0, 3.0, (0.5, 1.5), 0.05, key="spec_s1s2")
     s_mb = c3.select_slider("Model Balancing s", [0.25, 0.5, 0.75, 1.0, 1.25], value=0.25, key="spec_mb_s")
-    t = S.cached_spectral_table(ms, source)[["name", "layer", "alpha"]].copy()
+    t = S.cached_spectral_table(ms, source, tower)[["name", "layer", "alpha"]].copy()
     t["tempbalance"] = tempbalance_multipliers(t["alpha"], s1=s1, s2=s2).to_numpy()
     mb = model_balancing_multipliers(block_mean_alphas(t), s=s_mb)
     t["model_balancing"] = pd.to_numeric(t["layer"].map(mb.to_dict()), errors="coerce")
@@ -107,7 +115,7 @@ def scopes_view() -> None:
     relative = st.toggle("Show the difference from the base", value=True, key="spec_scope_relative")
     scopes = {}
     for w in dict.fromkeys(["base", *scope_models] if relative else scope_models):
-        sc = S.cached_scopes(ms, w)
+        sc = S.cached_scopes(ms, w, tower)
         scopes[S.source_label(w)] = sc[(sc["level"] == "tensor") & (sc["ndim"] >= 2)]
     ref = S.source_label("base") if relative else None
     st.plotly_chart(P.weight_scopes_figure(scopes, relative_to=ref), key="spec_scopes")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.layers import TOWER_LABELS, towers
 from core.plots import analysis as P
 from ui import state as S
 
@@ -18,7 +19,14 @@ if not ms.tasks:
     st.warning("This model set has no fine-tuned checkpoints.")
     st.stop()
 
-tables = S.cached_tv_tables(ms)
+# A full CLIP has two stacks of blocks: depth is per tower, so pick one (image tower by default).
+tower_names = towers(S.analysis_keys(ms))
+tower = (
+    st.radio("Tower", tower_names, horizontal=True, key="tv_tower", format_func=TOWER_LABELS.get)
+    if len(tower_names) > 1
+    else None
+)
+tables = S.cached_tv_tables(ms, tower)
 params = tables["parameter"]
 KINDS = {"all": "all parameters", "attention": "attention", "mlp": "MLP", "norm": "norms", "embedding": "embeddings"}
 blocks = sorted(tables["block"]["layer"].unique())
@@ -80,7 +88,7 @@ def agreement_view() -> None:
         if len(ms.tasks) < 2:
             st.info("Cosine similarity needs at least two tasks.")
         else:
-            st.plotly_chart(P.cosine_heatmap(S.cached_cosine(ms, layer)), key="tv_cosine")
+            st.plotly_chart(P.cosine_heatmap(S.cached_cosine(ms, layer, tower)), key="tv_cosine")
             st.caption("Near 0: the tasks changed the weights in unrelated directions (little interference).")
     with right:
         st.subheader("Sign conflicts per block")

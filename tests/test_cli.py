@@ -161,3 +161,37 @@ def test_merge_hf_names_exports_hugging_face_keys(setup):
     back = load_state_dict(tmp / "hf.safetensors")
     want = merge(ms.base(), ms.finetuned_all(), "task_arithmetic", coefficients=0.3)
     assert torch.equal(back[KEY], want[KEY])
+
+
+def test_analyze_tower_selects_the_image_or_text_blocks(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import pandas as pd
+
+    from core.checkpoints import save_state_dict
+
+    spec = importlib.util.spec_from_file_location("full_clip", Path(__file__).parent / "fixtures" / "full_clip.py")
+    full_clip = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(full_clip)
+    base = full_clip.open_clip_full()
+    save_state_dict(base, tmp_path / "base.safetensors")
+    argv = ["analyze", "--base", str(tmp_path / "base.safetensors"), "--finetuned"]
+    for task, seed in (("a", 1), ("b", 2)):
+        save_state_dict(full_clip.fine_tuned(base, seed), tmp_path / f"{task}.safetensors")
+        argv.append(f"{task}={tmp_path / f'{task}.safetensors'}")
+    layers = {}
+    for tower in ("visual", "text"):
+        out = tmp_path / f"{tower}.csv"
+        assert main([*argv, "--what", "norms", "--tower", tower, "--out", str(out)]) == 0
+        layers[tower] = sorted(pd.read_csv(out)["layer"].unique())
+    assert layers == {"visual": [-1, *range(full_clip.VISION_LAYERS)], "text": [-1, *range(full_clip.TEXT_LAYERS)]}
+    assert main([*argv, "--what", "norms", "--out", str(tmp_path / "default.csv")]) == 0  # default: visual
+    assert pd.read_csv(tmp_path / "default.csv").equals(pd.read_csv(tmp_path / "visual.csv"))
+    # a visual-only model set has no text tower to analyse
+    vis = {k: v for k, v in base.items() if k.startswith("visual.")}
+    save_state_dict(vis, tmp_path / "vbase.safetensors")
+    save_state_dict(full_clip.fine_tuned(vis, 3), tmp_path / "va.safetensors")
+    bad = ["analyze", "--base", str(tmp_path / "vbase.safetensors"), "--finetuned", f"a={tmp_path / 'va.safetensors'}"]
+    assert main([*bad, "--what", "spectra", "--tower", "text"]) == 1
+    assert "no text tower" in capsys.readouterr().err

@@ -90,3 +90,27 @@ def test_every_live_evaluation_is_in_the_run_log(page, micro_zoo):
     configs = [RunConfig.from_dict(RunLog().get(int(i))["config"]) for i in runs["id"]]
     assert all(c.model_set.zoo == "micro" and c.eval.split == "test" for c in configs)
     assert any(c.merge.lines is not None and c.merge.lines[0] == 0.65 for c in configs)
+
+
+def test_tower_selector_draws_each_towers_own_line(micro_zoo, tmp_path, monkeypatch):
+    import importlib.util
+    import json
+
+    from core.layers import num_blocks
+    from core.lines import lines_curve
+
+    spec = importlib.util.spec_from_file_location("full_clip", Path(__file__).parent / "fixtures" / "full_clip.py")
+    full_clip = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(full_clip)
+    full_clip.full_zoo_copy(micro_zoo.zoo_dir, tmp_path)
+    monkeypatch.setenv("MERGESCOPE_CACHE", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["model_set_ref"] = ModelSetRef(zoo="micro")
+    at.session_state["lines_sub"] = SUB
+    at.run()
+    at.slider(key="lines_alpha").set_value(0.3).run()
+    assert not at.exception and at.radio(key="lines_tower").value == "visual"
+    for tower in ("visual", "text"):
+        at.radio(key="lines_tower").set_value(tower).run()
+        fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+        assert fig["data"][0]["y"] == pytest.approx(lines_curve(0.3, 0.7, num_blocks(micro_zoo.base(), tower=tower)))

@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.checkpoints import load_state_dict
 from core.evaluate import Evaluator
+from core.layers import num_blocks
 from core.lines import infer_num_blocks, lines_curve
 from core.merging import merge
 from core.spec import MergeSpec, ModelSetRef, RunConfig
@@ -190,3 +191,27 @@ def test_controls_that_do_not_apply_are_disabled(micro_zoo):
     at.toggle(key="ml_lines").set_value(True).run()
     assert at.slider(key="ml_task_arithmetic_coefficients").disabled  # LiNeS sets every block's scale
     assert "not applied with LiNeS" in at.slider(key="ml_task_arithmetic_coefficients").help
+
+
+def test_tower_selector_for_a_zoo_exported_with_both_towers(micro_zoo, tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("full_clip", Path(__file__).parent / "fixtures" / "full_clip.py")
+    full_clip = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(full_clip)
+    full_clip.full_zoo_copy(micro_zoo.zoo_dir, tmp_path)
+    monkeypatch.setenv("MERGESCOPE_CACHE", str(tmp_path))
+    at = _page()
+    assert at.radio(key="ml_tower").value == "visual"
+    at.toggle(key="ml_lines").set_value(True).run()
+    at.toggle(key="ml_alpha_auto").set_value(False).run()
+    at.slider(key="ml_alpha").set_value(0.2).run()
+    at.slider(key="ml_beta").set_value(0.6).run()
+    assert not at.exception
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert fig["data"][0]["y"] == pytest.approx(lines_curve(0.2, 0.6, infer_num_blocks(micro_zoo.base())))
+    at.radio(key="ml_tower").set_value("text").run()
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    n_text = num_blocks(micro_zoo.base(), tower="text")
+    assert fig["data"][0]["y"] == pytest.approx(lines_curve(0.2, 0.6, n_text))
+    assert "text tower" in fig["layout"]["xaxis"]["title"]["text"]

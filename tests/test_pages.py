@@ -243,3 +243,38 @@ def test_pages_run_on_the_micro_zoo(request):
     for page in MINE:
         at.switch_page(str(ROOT / page)).run()
         assert_clean(at, f"{page} on the micro zoo")
+
+
+def test_tower_selector_on_a_full_clip_model_set(tmp_path):
+    """Fine-tunes of a full CLIP (both towers): the analysis pages show one tower at a time, image by default."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("full_clip", Path(__file__).parent / "fixtures" / "full_clip.py")
+    full_clip = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(full_clip)
+    base = full_clip.open_clip_full()
+    save_state_dict(base, tmp_path / "base.safetensors")
+    ft = []
+    for seed, task in enumerate(TASKS[:2], start=1):
+        save_state_dict(full_clip.fine_tuned(base, seed), tmp_path / f"{task}.safetensors")
+        ft.append((task, str(tmp_path / f"{task}.safetensors")))
+    ref = ModelSetRef(zoo=None, base=str(tmp_path / "base.safetensors"), finetuned=tuple(ft))
+    visual = ["outside", *map(str, range(full_clip.VISION_LAYERS))]
+    text = ["outside", *map(str, range(full_clip.TEXT_LAYERS))]
+
+    at = app(ref)
+    at.switch_page(str(ROOT / "pages/task_vectors.py")).run()
+    assert_clean(at, "task vectors, full CLIP")
+    assert at.radio(key="tv_tower").value == "visual"
+    assert list(figure(at, 0).data[0].x) == visual
+    at.radio(key="tv_tower").set_value("text").run()
+    assert_clean(at, "task vectors, text tower")
+    assert list(figure(at, 0).data[0].x) == text
+
+    at.switch_page(str(ROOT / "pages/spectra.py")).run()
+    assert_clean(at, "spectra, full CLIP")
+    xs = list(values(figure(at, 0).data[0].x))
+    assert xs[0] == -1 and max(xs) == full_clip.VISION_LAYERS  # conv1 "in", blocks 0..3, proj "out"
+    at.radio(key="spec_tower").set_value("text").run()
+    assert_clean(at, "spectra, text tower")
+    assert list(values(figure(at, 0).data[0].x)) == [*range(full_clip.TEXT_LAYERS), full_clip.TEXT_LAYERS]

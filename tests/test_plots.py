@@ -1,5 +1,8 @@
 """Figures are pure functions of tables: built here from tiny synthetic task vectors, no Streamlit."""
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -162,3 +165,24 @@ def test_weight_scopes_relative_to_base_draws_differences():
     fig = P.weight_scopes_figure({"base": base, "ft": ft}, relative_to="base")
     assert [t.name for t in fig.data] == ["ft", "ft"]
     assert fig.data[0].y[0] == pytest.approx(0.02) and fig.data[1].y[0] == pytest.approx(0.05)
+
+
+def test_short_name_uses_the_layer_map_for_every_container():
+    assert P.short_name("visual.transformer.resblocks.3.attn.in_proj_weight[q]") == "b3.attn.in_proj_weight[q]"
+    assert P.short_name("transformer.resblocks.1.mlp.c_fc.weight") == "b1.mlp.c_fc.weight"
+    assert P.short_name("vision_model.encoder.layers.7.self_attn.q_proj.weight") == "b7.self_attn.q_proj.weight"
+    assert P.short_name("text_model.encoder.layers.0.mlp.fc1.weight") == "b0.mlp.fc1.weight"
+    assert P.short_name("visual.attnpool.heads.3.weight") == "attnpool.heads.3.weight"  # not a block
+    assert P.short_name("visual.proj") == "proj"
+
+
+def test_text_tower_depth_figure_has_its_own_blocks():
+    spec = importlib.util.spec_from_file_location("full_clip", Path(__file__).parent / "fixtures" / "full_clip.py")
+    full_clip = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(full_clip)
+    sd = full_clip.open_clip_full()
+    fig = P.spectral_depth({"text": spectral_table(sd, tower="text")}, metric="stable_rank")
+    xs = list(fig.data[0].x)
+    assert xs == [*range(full_clip.TEXT_LAYERS), full_clip.TEXT_LAYERS]  # blocks 0..1, then text_projection "out"
+    fig = P.spectral_depth({"visual": spectral_table(sd)}, metric="stable_rank")
+    assert list(fig.data[0].x) == [-1, *range(full_clip.VISION_LAYERS), full_clip.VISION_LAYERS]

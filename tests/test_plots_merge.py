@@ -60,3 +60,9 @@ def test_tradeoff_curve_marks_current_chosen_and_references():
     assert list(lines.text) == ["0.0", "0.5", "1.0"]  # sorted by alpha
     assert list(lines.x) == pytest.approx([60.0, 55.0, 40.0])
     assert fig.data[-1].marker.symbol == "star" and list(fig.data[-1].y) == pytest.approx([70.0])
+
+
+def test_block_scale_curve_names_the_tower():
+    fig = block_scale_curve({"LiNeS": lines_curve(0.2, 0.8, 3)}, tower="text")
+    assert fig.layout.xaxis.title.text == "block ℓ of the text tower"
+    assert block_scale_curve({"LiNeS": [1.0]}).layout.xaxis.title.text == "block ℓ"

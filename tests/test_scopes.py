@@ -1,6 +1,8 @@
 """Weight scopes and the WSA regularizer: hand numbers, signs of gradients, interpolation ends."""
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -123,3 +125,16 @@ def test_loss_barrier_of_a_bump_and_of_a_line():
     assert bump["barrier"] == pytest.approx(0.25) and bump["t_max"] == 0.5
     line = loss_barrier(lambda sd: float(3 * sd["w"][0]), a, b)
     assert line["barrier"] == pytest.approx(0.0, abs=1e-6)  # float32 lerp
+
+
+def test_weight_scopes_blocks_are_per_tower():
+    spec = importlib.util.spec_from_file_location("full_clip", Path(__file__).parent / "fixtures" / "full_clip.py")
+    full_clip = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(full_clip)
+    sd = full_clip.open_clip_full()
+    visual = {k: v for k, v in sd.items() if k.startswith("visual.")}
+    pd.testing.assert_frame_equal(weight_scopes(sd), weight_scopes(visual))  # no text tensor pooled into a block
+    text = weight_scopes(sd, tower="text")
+    blocks = text[text["level"] == "block"]
+    assert list(blocks["layer"]) == list(range(full_clip.TEXT_LAYERS))
+    assert not text["name"].str.startswith("visual.").any()

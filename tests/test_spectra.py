@@ -285,3 +285,23 @@ def test_spectral_table_rows_columns_and_skips():
         analysed_matrices(sd, keys=["nope"])
     only = spectral_table(sd, keys=["visual.proj"])
     assert list(only["name"]) == ["visual.proj"] and only["kind"].iloc[0] == "proj"
+
+
+# ------------------------------------------------------------------ per tower (full CLIP)
+_fc_spec = importlib.util.spec_from_file_location("full_clip", FIXTURES / "full_clip.py")
+full_clip = importlib.util.module_from_spec(_fc_spec)
+_fc_spec.loader.exec_module(full_clip)
+
+
+def test_spectral_table_of_full_clip_is_per_tower():
+    sd = full_clip.open_clip_full()
+    visual = {k: v for k, v in sd.items() if k.startswith("visual.")}
+    full = spectral_table(sd)
+    pd.testing.assert_frame_equal(full, spectral_table(visual))  # the α-over-depth curve does not change
+    pd.testing.assert_frame_equal(spectral_table(sd, tower="visual"), full)
+    text = spectral_table(sd, tower="text")
+    assert not text["name"].str.startswith("visual.").any()
+    assert sorted(text["layer"].dropna().unique()) == list(range(full_clip.TEXT_LAYERS))
+    assert len(text) == full_clip.TEXT_LAYERS * 6 + 1  # q, k, v, out, c_fc, c_proj per block + text_projection
+    with pytest.raises(ValueError, match="no text tower"):
+        spectral_table(visual, tower="text")

@@ -1,4 +1,6 @@
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +93,56 @@ def test_sign_conflicts_per_block():
     row = t[t.layer == 0].iloc[0]
     assert row.conflict_fraction == pytest.approx(0.25)
     assert row.pairwise_conflict == pytest.approx(0.25)
+
+
+# ------------------------------------------------------------------ per tower (full CLIP)
+_spec = importlib.util.spec_from_file_location("full_clip", Path(__file__).parent / "fixtures" / "full_clip.py")
+full_clip = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(full_clip)
+
+
+@pytest.fixture(scope="module")
+def full():
+    """A full open_clip CLIP base, two fine-tunes moving both towers, and the visual-only views of them."""
+    base = full_clip.open_clip_full()
+    tvs = {t: task_vector(base, full_clip.fine_tuned(base, seed)) for t, seed in (("a", 1), ("b", 2))}
+    vis_base = {k: v for k, v in base.items() if k.startswith("visual.")}
+    vis_tvs = {t: {k: v for k, v in tv.items() if k.startswith("visual.")} for t, tv in tvs.items()}
+    return base, tvs, vis_base, vis_tvs
+
+
+def test_visual_tower_tables_of_full_dict_equal_visual_only(full):
+    base, tvs, vis_base, vis_tvs = full
+    for fn in (block_table, kind_table):
+        got, want = fn(base, tvs), fn(vis_base, vis_tvs)
+        assert got.equals(want), fn.__name__
+        assert fn(base, tvs, tower="visual").equals(want)
+    prof = block_table(base, tvs, tower="visual")
+    assert sorted(prof["layer"].unique()) == [-1, *range(full_clip.VISION_LAYERS)]
+    assert cosine_matrix(tvs).equals(cosine_matrix(vis_tvs))
+    assert cosine_matrix(tvs, 0).equals(cosine_matrix(vis_tvs, 0))
+    assert sign_conflict_table(tvs).equals(sign_conflict_table(vis_tvs))
+
+
+def test_no_text_rows_in_visual_blocks(full):
+    base, tvs, *_ = full
+    p = parameter_table(base, tvs)
+    assert p["name"].str.startswith("visual.").all()
+    text = parameter_table(base, tvs, tower="text")
+    assert not text["name"].str.startswith("visual.").any() and "logit_scale" not in set(text["name"])
+    assert set(text.loc[text["layer"].notna(), "name"].str.split(".").str[:2].str.join(".")) == {
+        "transformer.resblocks"
+    }
+    b = block_table(base, tvs, tower="text")
+    assert sorted(b["layer"].unique()) == [-1, *range(full_clip.TEXT_LAYERS)]
+    # the text table's block 0 is the text tower's own block 0
+    sq = sum(float(v.float().norm() ** 2) for k, v in tvs["a"].items() if k.startswith("transformer.resblocks.0."))
+    assert b[(b.task == "a") & (b.layer == 0)]["norm"].iloc[0] == pytest.approx(sq**0.5, rel=1e-6)
+    assert sorted(sign_conflict_table(tvs, tower="text")["layer"]) == [-1, *range(full_clip.TEXT_LAYERS)]
+    assert cosine_matrix(tvs, 1, tower="text").shape == (2, 2)
+
+
+def test_text_tower_of_a_visual_only_model_is_a_clear_error(full):
+    _, _, vis_base, vis_tvs = full
+    with pytest.raises(ValueError, match="no text tower"):
+        block_table(vis_base, vis_tvs, tower="text")

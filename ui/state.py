@@ -311,8 +311,9 @@ def cached_task_vectors(ms) -> dict:
     return memo(ms, "task_vectors", compute, "Loading checkpoints and computing task vectors")
 
 
-def cached_tv_tables(ms) -> dict:
-    """Task-vector statistics: parameter, block, kind and sign-conflict tables (core.task_vectors)."""
+def cached_tv_tables(ms, tower: str | None = None) -> dict:
+    """Task-vector statistics of one tower (None: the default, core.layers.select_tower): parameter,
+    block, kind and sign-conflict tables (core.task_vectors)."""
 
     def compute(cb):
         from core import task_vectors as T
@@ -324,21 +325,27 @@ def cached_tv_tables(ms) -> dict:
             ("parameter", T.parameter_table),
             ("block", T.block_table),
             ("kind", T.kind_table),
-            ("sign_conflict", lambda b, tv: T.sign_conflict_table(tv)),
+            ("sign_conflict", lambda b, tv, tower: T.sign_conflict_table(tv, tower=tower)),
         ]
         for i, (name, fn) in enumerate(steps):
             cb(f"{name} table", i, len(steps))
-            out[name] = fn(base, tvs)
+            out[name] = fn(base, tvs, tower=tower)
         return out
 
-    return memo(ms, "tv_tables", compute, "Task-vector statistics")
+    return memo(ms, "tv_tables" + ("" if tower is None else f":{tower}"), compute, "Task-vector statistics")
 
 
-def cached_cosine(ms, layer: int | None | str = "all"):
-    """Task x task cosine matrix over all parameters ("all"), one block (int) or outside the blocks (None)."""
+def cached_cosine(ms, layer: int | None | str = "all", tower: str | None = None):
+    """Task x task cosine matrix of one tower over all its parameters ("all"), one block (int) or
+    outside the blocks (None)."""
     from core.task_vectors import cosine_matrix
 
-    return memo(ms, f"cosine:{layer}", lambda cb: cosine_matrix(cached_task_vectors(ms), layer), "Cosine similarity")
+    return memo(
+        ms,
+        f"cosine:{layer}" + ("" if tower is None else f":{tower}"),
+        lambda cb: cosine_matrix(cached_task_vectors(ms), layer, tower=tower),
+        "Cosine similarity",
+    )
 
 
 def merged_entry() -> tuple[str, dict] | None:
@@ -384,32 +391,41 @@ def _drop_old_merged(store: dict, prefix: str, keep: str) -> None:
         store.pop(k, None)
 
 
-def cached_spectral_table(ms, which: str):
-    """`core.spectra.spectral_table` of one model ("base", a task, "tv:<task>", "merged"),
-    over the keys the fine-tuned checkpoints cover; computed once per model."""
+def cached_spectral_table(ms, which: str, tower: str | None = None):
+    """`core.spectra.spectral_table` of one model ("base", a task, "tv:<task>", "merged") and one
+    tower, over the keys the fine-tuned checkpoints cover; computed once per model."""
     from core.spectra import spectral_table
 
     name, sd = _resolve(ms, which)
     keys = [k for k in analysis_keys(ms) if k in sd]
     if which == "merged":
-        _drop_old_merged(_store(ms_key(ms)), "spectra:merged:", f"spectra:{name}")
+        _drop_old_merged(
+            _store(ms_key(ms)), "spectra:merged:", f"spectra:{name}" + ("" if tower is None else f":{tower}")
+        )
     return memo(
         ms,
-        f"spectra:{name}",
-        lambda cb: spectral_table(sd, keys=keys, progress=cb),
+        f"spectra:{name}" + ("" if tower is None else f":{tower}"),
+        lambda cb: spectral_table(sd, keys=keys, progress=cb, tower=tower),
         f"Spectra of {source_label(which)} (once per model)",
     )
 
 
-def cached_scopes(ms, which: str):
-    """`core.scopes.weight_scopes` of one model (same `which` as cached_spectral_table)."""
+def cached_scopes(ms, which: str, tower: str | None = None):
+    """`core.scopes.weight_scopes` of one model and tower (same `which` as cached_spectral_table)."""
     from core.scopes import weight_scopes
 
     name, sd = _resolve(ms, which)
     keys = [k for k in analysis_keys(ms) if k in sd]
     if which == "merged":
-        _drop_old_merged(_store(ms_key(ms)), "scopes:merged:", f"scopes:{name}")
-    return memo(ms, f"scopes:{name}", lambda cb: weight_scopes({k: sd[k] for k in keys}), "Weight scopes")
+        _drop_old_merged(
+            _store(ms_key(ms)), "scopes:merged:", f"scopes:{name}" + ("" if tower is None else f":{tower}")
+        )
+    return memo(
+        ms,
+        f"scopes:{name}" + ("" if tower is None else f":{tower}"),
+        lambda cb: weight_scopes({k: sd[k] for k in keys}, tower=tower),
+        "Weight scopes",
+    )
 
 
 def cached_esd(ms, which: str, matrix: str) -> tuple:

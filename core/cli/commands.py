@@ -7,7 +7,7 @@ for sweeps), so any result seen in the UI reproduces from a shell:
     python -m core eval    --config spec.json [--split val|test] [--json]
     python -m core sweep   --config sweep.json [--processes N] [--ray ADDRESS] [--out grid.csv] [--json]
     python -m core analyze (--zoo demo|micro | --base B.safetensors --finetuned task=FT.safetensors ...)
-                           --what norms|spectra|scopes [--out table.csv]
+                           --what norms|spectra|scopes [--tower visual|text] [--out table.csv]
 
 Evaluations and sweeps are appended to the run log (core.runs; --no-log to skip).
 Bad input (missing file, bad JSON, unknown method, parameter or task) prints one
@@ -252,31 +252,39 @@ def _parse_finetuned(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def analyze_table(ms, what: str) -> pd.DataFrame:
-    """norms: per (task, block) task-vector norms; spectra: per (model, matrix) spectral metrics of
-    the base's visual tower and of every task vector; scopes: per (model, tensor/block) weight scopes."""
+def analyze_table(ms, what: str, tower: str = "visual") -> pd.DataFrame:
+    """One tower's per-layer table (blocks are numbered within the tower, core.layers).
+
+    norms: per (task, block) task-vector norms; spectra: per (model, matrix) spectral metrics of
+    the base and of every task vector; scopes: per (model, tensor/block) weight scopes.
+    """
+    if what not in ("norms", "spectra", "scopes"):
+        raise UserError(f"--what must be norms, spectra or scopes, got {what!r}")
+    from ..layers import select_tower
+
+    try:  # the fine-tuned checkpoints decide which towers there are to analyse
+        select_tower(ms.finetuned(ms.tasks[0]), tower)
+    except ValueError as e:
+        raise UserError(f"--tower {tower}: {e}") from e
     if what == "norms":
         from ..task_vectors import block_table
 
-        return block_table(ms.base(), ms.task_vectors())
+        return block_table(ms.base(), ms.task_vectors(), tower=tower)
     if what == "spectra":
         from ..spectra import spectral_table
 
-        base = {k: v for k, v in ms.base().items() if k.startswith("visual.")} or ms.base()
-        parts = [spectral_table(base).assign(model="base")]
+        parts = [spectral_table(ms.base(), tower=tower).assign(model="base")]
         for t in ms.tasks:
-            parts.append(spectral_table(ms.task_vector(t)).assign(model=f"task vector {t}"))
+            parts.append(spectral_table(ms.task_vector(t), tower=tower).assign(model=f"task vector {t}"))
         return pd.concat(parts, ignore_index=True)
-    if what == "scopes":
-        from ..scopes import weight_scopes
+    from ..scopes import weight_scopes
 
-        keys = set(ms.finetuned(ms.tasks[0]))
-        base = {k: v for k, v in ms.base().items() if k in keys}
-        parts = [weight_scopes(base).assign(model="base")]
-        for t in ms.tasks:
-            parts.append(weight_scopes(ms.finetuned(t)).assign(model=t))
-        return pd.concat(parts, ignore_index=True)
-    raise UserError(f"--what must be norms, spectra or scopes, got {what!r}")
+    keys = set(ms.finetuned(ms.tasks[0]))
+    base = {k: v for k, v in ms.base().items() if k in keys}
+    parts = [weight_scopes(base, tower=tower).assign(model="base")]
+    for t in ms.tasks:
+        parts.append(weight_scopes(ms.finetuned(t), tower=tower).assign(model=t))
+    return pd.concat(parts, ignore_index=True)
 
 
 def cmd_analyze(args) -> int:
@@ -289,7 +297,7 @@ def cmd_analyze(args) -> int:
     else:
         raise UserError("analyze needs --zoo demo|micro, or --base PATH and at least one --finetuned task=PATH")
     ms = load_model_set(ref)
-    table = analyze_table(ms, args.what)
+    table = analyze_table(ms, args.what, args.tower)
     if args.out:
         table.to_csv(args.out, index=False)
         print(f"wrote {args.out} ({len(table)} rows)")
@@ -334,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--base", help="base checkpoint (any supported format)")
     a.add_argument("--finetuned", nargs="+", default=[], metavar="TASK=PATH")
     a.add_argument("--what", required=True, choices=("norms", "spectra", "scopes"))
+    a.add_argument(
+        "--tower", choices=("visual", "text"), default="visual", help="which tower's blocks (default: visual)"
+    )
     a.add_argument("--out", help="CSV path (default: print)")
     a.set_defaults(fn=cmd_analyze)
     return p

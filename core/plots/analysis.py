@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.layers import is_output_param
+from core.layers import block_parts, is_output_param
 
 # Plotly's named templates cost tens of ms per figure to validate, and Streamlit's chart theme
 # restyles figures anyway: figures start from the empty template, with a few settings of our own.
@@ -46,7 +46,6 @@ METRIC_LABELS = {
     "alpha_hill": "α (Hill, median xmin)",
     "D": "KS distance D",
 }
-_BLOCK_PREFIXES = ("visual.transformer.resblocks.", "transformer.resblocks.", "encoder.layers.", "blocks.")
 
 
 def _layout(fig: go.Figure, title: str | None, height: int = 380, legend_below: bool = False) -> go.Figure:
@@ -90,11 +89,13 @@ def block_label(layer) -> str:
 
 
 def short_name(name: str) -> str:
-    """Compact parameter name for axes: 'visual.transformer.resblocks.3.attn.in_proj_weight' -> 'b3.attn.in_proj_weight'."""
-    for p in _BLOCK_PREFIXES:
-        if p in name:
-            head, tail = name.split(p, 1)
-            return "b" + tail
+    """Compact parameter name for axes: 'visual.transformer.resblocks.3.attn.in_proj_weight' -> 'b3.attn.in_proj_weight'
+
+    Blocks are found by core.layers (any container it knows, either tower); a `[q]`-style suffix is kept.
+    """
+    parts = block_parts(name)
+    if parts is not None:
+        return f"b{parts[1]}.{parts[2]}"
     return name.removeprefix("visual.")
 
 
@@ -271,9 +272,7 @@ def spectral_depth(
                 hovertemplate=f"{label}<br>%{{y:.3g}}<br>%{{customdata}}<extra></extra>",
             )
         )
-    fig.update_xaxes(
-        title="depth: in (patch embedding) → blocks → out (projection)", **_depth_ticks(nb, has_in, has_out)
-    )
+    fig.update_xaxes(title="depth: in (embeddings) → blocks → out (projection)", **_depth_ticks(nb, has_in, has_out))
     ylabel = METRIC_LABELS.get(metric, metric) + ("" if kind is None else f" — {kind} matrices")
     fig.update_yaxes(title=ylabel, type="log" if metric == "lambda_max" else None)
     if metric == "alpha":

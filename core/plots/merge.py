@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.layers import TOWER_LABELS
+
 # One colour per model kind, the same on every figure.
 MODEL_COLOURS = {
     "zero-shot": "#9aa0a6",
@@ -58,12 +60,14 @@ def block_scale_curve(
     curves: Mapping[str, Sequence[float]],
     outside: Mapping[str, float] | None = None,
     title: str = "Per-block scale λ(ℓ)",
+    tower: str | None = None,
 ) -> go.Figure:
     """Per-block scale curves, block ℓ = 0..L-1 on x.
 
     `curves`: {label: [s_0, ..., s_{L-1}]}, e.g. {"LiNeS": lines_curve(a, b, L)}.
     `outside`: {label: scale of every parameter outside the blocks} (LiNeS: alpha),
     drawn as a dotted horizontal line of the same colour.
+    `tower`: the tower the blocks belong to ("visual"/"text", core.layers), named on the x axis.
     """
     fig = go.Figure()
     palette = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#7f7f7f"]
@@ -86,7 +90,8 @@ def block_scale_curve(
                 line=dict(color=colour, dash="dot", width=1),
                 hovertemplate="outside blocks: %{y:.3f}<extra></extra>",
             )
-    fig.update_layout(xaxis=dict(title="block ℓ", dtick=1), yaxis=dict(title="scale λ(ℓ)", rangemode="tozero"))
+    xtitle = "block ℓ" if tower is None else f"block ℓ of the {TOWER_LABELS.get(tower, tower)}"
+    fig.update_layout(xaxis=dict(title=xtitle, dtick=1), yaxis=dict(title="scale λ(ℓ)", rangemode="tozero"))
     return _layout(fig, title, height=300)
 
 
