@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from core import continual as C
-from core import data as D
+from core.zoo import data as D
 from core.plots import continual as P
 from ui import state as S
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import data as D
+from core.zoo import data as D
 from core.evaluate import Evaluator, subsample_indices
 from core.models import build_model, preprocess, zero_shot_head
 
