@@ -178,7 +178,7 @@ def train_loop(
                     total = total + extra
                     record["extra_loss"] = record.get("extra_loss", 0.0) + float(extra.detach())
         if not torch.isfinite(total):
-            raise FloatingPointError(f"loss became {float(total)} at step {step}; lower the learning rate")
+            raise FloatingPointError(f"loss became {float(total.detach())} at step {step}; lower the learning rate")
         opt.zero_grad(set_to_none=True)
         total.backward()
         if cfg.grad_clip:

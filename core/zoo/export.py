@@ -111,7 +111,7 @@ def export_zoo(
             shutil.copyfile(ms.finetuned_paths[t], work / "finetuned" / f"{t}.safetensors")
             step()
         model = build_model(ms.base())
-        scale = float(model.logit_scale.exp())
+        scale = float(model.logit_scale.detach().exp())
         for t, head in heads_of(model, tasks).items():
             meta = {"task": t, "logit_scale_folded": "true", "logit_scale": repr(scale)}
             save_state_dict(
