@@ -103,7 +103,7 @@ class _After:
         with torch.no_grad():
             self.p.clamp_(max=0.5)  # runs after the optimizer step: the update is visible and clamped
         self.steps.append(step)
-        return {"clamped": float(self.p.max())}
+        return {"clamped": float(self.p.detach().max())}
 
 
 def test_after_step_hook_and_a_custom_lr_schedule():
