@@ -524,8 +524,8 @@ class TaskData:
 @functools.lru_cache(maxsize=32)
 def load_task(name: str, n_train: int, n_test: int, image_size: int = 32) -> TaskData:
     """A demo task's train and test images, preprocessed once per process (cached)."""
-    from .zoo import data as D
     from .models import preprocess
+    from .zoo import data as D
 
     xtr, ytr = D.load_split(name, "train", n=n_train)
     xte, yte = D.load_split(name, "test", n=n_test)

@@ -43,10 +43,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from core.zoo import data as D
 from core.scopes import interpolate, scope_dict, scope_fusion, weight_scopes, wsa_regularizer
 from core.tempbalance import RULES, LayerBalancer, balanced_units, unit_alphas, unit_group_of
 from core.train import TrainConfig, infinite_batches, param_groups, train_loop
+from core.zoo import data as D
 
 LR_RULES = ("uniform", *RULES)
 METHODS = ("uniform", "tempbalance", "model_balancing", "wsa", "tempbalance+wsa", "model_balancing+wsa")
