@@ -524,8 +524,8 @@ class TaskData:
 @functools.lru_cache(maxsize=32)
 def load_task(name: str, n_train: int, n_test: int, image_size: int = 32) -> TaskData:
     """A demo task's train and test images, preprocessed once per process (cached)."""
-    from . import data as D
     from .models import preprocess
+    from .zoo import data as D
 
     xtr, ytr = D.load_split(name, "train", n=n_train)
     xte, yte = D.load_split(name, "test", n=n_test)
@@ -1155,7 +1155,7 @@ def main(argv: list[str] | None = None) -> int:
             batch=args.batch, lr=args.lr, ortho_weight=args.ortho_weight, l2_weight=args.l2_weight,
             lora_rank=args.lora_rank, n_train=args.n_train, n_test=args.n_test, ntk_samples=args.ntk_samples,
         ).with_terms(terms)  # fmt: skip
-        from . import data as D
+        from .zoo import data as D
 
         for t in cfg.tasks:
             D.get_task(t)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import data as data_mod
 from .models import build_model, image_features, image_size_of, load_visual, preprocess, zero_shot_head
+from .zoo import data as data_mod
 
 
 @dataclass

@@ -13,7 +13,7 @@ A method name is a rule, optionally with "+wsa" ("uniform", "tempbalance", "mode
 "wsa" = uniform + WSA, "tempbalance+wsa", "model_balancing+wsa").
 
 Low-data splits: a seeded, class-balanced fraction of the task's training pool (the zoo's
-``n_train`` images of `core.data.load_split(task, "train")`); accuracy on the task's test split
+``n_train`` images of `core.zoo.data.load_split(task, "train")`); accuracy on the task's test split
 (`core.evaluate.Evaluator`, zero-shot head). `shard` takes the next disjoint slice of the same
 seeded order, so two shards of one task never share an image (the WSA view's "two data shards").
 
@@ -43,10 +43,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from core import data as D
 from core.scopes import interpolate, scope_dict, scope_fusion, weight_scopes, wsa_regularizer
 from core.tempbalance import RULES, LayerBalancer, balanced_units, unit_alphas, unit_group_of
 from core.train import TrainConfig, infinite_batches, param_groups, train_loop
+from core.zoo import data as D
 
 LR_RULES = ("uniform", *RULES)
 METHODS = ("uniform", "tempbalance", "model_balancing", "wsa", "tempbalance+wsa", "model_balancing+wsa")

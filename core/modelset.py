@@ -26,7 +26,7 @@ class ModelSet:
     name: str
     base_path: Path
     finetuned_paths: dict[str, Path]
-    # Zoo task names when the set comes with its own evaluation tasks (core.data), else empty.
+    # Zoo task names when the set comes with its own evaluation tasks (core.zoo.data), else empty.
     eval_tasks: list[str] = field(default_factory=list)
     zoo_dir: Path | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)

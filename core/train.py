@@ -1,15 +1,19 @@
 """The one training loop.
 
-Every method that trains - zoo fine-tunes, TempBalance / Model Balancing,
-Weight Scope Alignment, Model Tinting, continual adapters - runs through
-`train_loop`: AdamW (or Adam) over parameter groups, linear warmup + cosine
-decay applied on top of each group's own `base_lr`, optional gradient
-clipping, and hooks.
+Every method that trains - the zoo's pretraining and fine-tunes, TempBalance /
+Model Balancing, Weight Scope Alignment, Model Tinting, continual adapters -
+runs through `train_loop`: AdamW (or Adam) over parameter groups, linear
+warmup + cosine decay applied on top of each group's own `base_lr`, optional
+gradient clipping, and hooks.
 
 Hooks are how methods plug in without forking the loop:
   - `extra_loss(step) -> tensor | None`        added to the task loss (e.g. the WSA regularizer)
   - `before_step(step, optimizer) -> dict|None` may rewrite groups' `base_lr` (TempBalance) and
                                                returns values to record in the history
+  - `after_step(step, optimizer) -> dict|None`  runs after the optimizer step (e.g. the zoo's
+                                               pretraining clamps CLIP's logit scale there)
+The learning-rate schedule is `lr_factor(step, cfg)` unless `train_loop(lr_schedule=...)` gives
+another step -> factor function (the zoo uses `warmup_cosine`, see there why it exists).
 Progress is reported as `progress(step, total, metrics)`; `cancel` is any
 object with `is_set()` (threading.Event), checked every step.
 """
@@ -51,10 +55,27 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / rest)))
 
 
+def warmup_cosine(step: int, steps: int, warmup: float) -> float:
+    """The demo zoo's schedule: linear warmup over max(1, int(steps * warmup)) steps, then cosine to 0.
+
+    The same curve as `lr_factor` with schedule "cosine" except that it always warms up for at least
+    one step, and the cosine's argument is computed as pi * (step - w) / (steps - w) (in `lr_factor`:
+    pi * ((step - w) / (steps - w))), which differs in the last bit at some steps. The zoo's built
+    weights and its shipped pretrained base were made with exactly this arithmetic, so it is kept:
+    switching the zoo to `lr_factor` would change its weights (and would have to change its recipe hash).
+    """
+    w = max(1, int(steps * warmup))
+    if step < w:
+        return (step + 1) / w
+    return 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, steps - w)))
+
+
 class Hook(Protocol):
     def extra_loss(self, step: int) -> torch.Tensor | None: ...
 
     def before_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict | None: ...
+
+    def after_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict | None: ...
 
 
 def param_groups(
@@ -117,8 +138,13 @@ def train_loop(
     hooks: Sequence[Hook] = (),
     progress: Callable[[int, int, dict], None] | None = None,
     cancel=None,
+    lr_schedule: Callable[[int], float] | None = None,
 ) -> TrainResult:
-    """Run cfg.steps optimizer steps. loss_fn(batch) -> (loss, metrics dict of floats)."""
+    """Run cfg.steps optimizer steps. loss_fn(batch) -> (loss, metrics dict of floats).
+
+    `groups` may be a ready optimizer (its groups' `lr` become their `base_lr`); then
+    cfg.optimizer and cfg.lr are not used. `lr_schedule(step)` replaces `lr_factor(step, cfg)`.
+    """
     opt = groups if isinstance(groups, torch.optim.Optimizer) else make_optimizer(groups, cfg)
     for g in opt.param_groups:
         g.setdefault("base_lr", g["lr"])
@@ -135,7 +161,7 @@ def train_loop(
                 out = h.before_step(step, opt)
                 if out:
                     record.update(out)
-        f = lr_factor(step, cfg)
+        f = lr_factor(step, cfg) if lr_schedule is None else lr_schedule(step)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * f
         try:
@@ -152,12 +178,17 @@ def train_loop(
                     total = total + extra
                     record["extra_loss"] = record.get("extra_loss", 0.0) + float(extra.detach())
         if not torch.isfinite(total):
-            raise FloatingPointError(f"loss became {float(total)} at step {step}; lower the learning rate")
+            raise FloatingPointError(f"loss became {float(total.detach())} at step {step}; lower the learning rate")
         opt.zero_grad(set_to_none=True)
         total.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
+        for h in hooks:
+            if hasattr(h, "after_step"):
+                out = h.after_step(step, opt)
+                if out:
+                    record.update(out)
         res.steps_done = step + 1
         if step % max(1, cfg.log_every) == 0 or step == cfg.steps - 1:
             row = {"step": step, "loss": float(loss.detach()), "lr_factor": f, **metrics, **record}

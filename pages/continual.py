@@ -12,8 +12,8 @@ import pandas as pd
 import streamlit as st
 
 from core import continual as C
-from core import data as D
 from core.plots import continual as P
+from core.zoo import data as D
 from ui import state as S
 
 JOB, RUNS = "continual_job", "continual_runs"

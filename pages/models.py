@@ -65,7 +65,7 @@ def _zoo_tab() -> None:
     try:
         from core import zoo
     except ImportError:
-        st.warning("The demo zoo module (core/zoo.py) is not available in this checkout.")
+        st.warning("The demo zoo module (core/zoo/) is not available in this checkout.")
         return
     st.markdown(
         "The **demo zoo**: a small CLIP-style ViT pretrained here on synthetic captioned images, and one "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-# One thread: on a shared machine a 2-thread process stalls at OpenMP barriers (see core.zoo.default_threads).
+# One thread: on a shared machine a 2-thread process stalls at OpenMP barriers (see core.runtime.threads.auto_threads).
 torch.set_num_threads(1)
 torch.set_flush_denormal(True)
 

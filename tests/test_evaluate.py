@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import data as D
 from core.evaluate import Evaluator, subsample_indices
 from core.models import build_model, preprocess, zero_shot_head
+from core.zoo import data as D
 
 
 def test_accuracy_equals_a_slow_reference_loop(micro_zoo):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from core.layers import layer_index
-from core.train import TrainConfig, infinite_batches, lr_factor, param_groups, train_loop
+from core.train import TrainConfig, infinite_batches, lr_factor, param_groups, train_loop, warmup_cosine
 
 
 def test_lr_factor_warmup_then_cosine_to_zero():
@@ -83,3 +83,42 @@ def test_cancel_stops_early_and_nan_loss_is_reported():
         train_loop(
             param_groups([("w", p)], 0.1), lambda b: (p.sum() * float("nan"), {}), iter(range(10)), TrainConfig(steps=2)
         )
+
+
+def test_warmup_cosine_is_the_cosine_schedule_with_at_least_one_warmup_step():
+    for steps, warmup in ((300, 0.1), (120, 0.1), (5000, 0.05)):
+        cfg = TrainConfig(steps=steps, warmup=warmup)
+        assert all(abs(warmup_cosine(s, steps, warmup) - lr_factor(s, cfg)) < 1e-12 for s in range(steps))
+    assert warmup_cosine(0, 10, 0.0) == 1.0 and warmup_cosine(1, 10, 0.0) == 1.0  # one warmup step
+    assert (
+        lr_factor(0, TrainConfig(steps=10, warmup=0.0)) == 1.0 and lr_factor(1, TrainConfig(steps=10, warmup=0.0)) < 1
+    )
+
+
+class _After:
+    def __init__(self, p):
+        self.p, self.steps = p, []
+
+    def after_step(self, step, opt):
+        with torch.no_grad():
+            self.p.clamp_(max=0.5)  # runs after the optimizer step: the update is visible and clamped
+        self.steps.append(step)
+        return {"clamped": float(self.p.detach().max())}
+
+
+def test_after_step_hook_and_a_custom_lr_schedule():
+    p = torch.nn.Parameter(torch.ones(2))
+    h = _After(p)
+    factors = []
+    cfg = TrainConfig(steps=4, lr=0.1, weight_decay=0.0, log_every=1, grad_clip=None)
+    res = train_loop(
+        param_groups([("w", p)], 0.1),
+        lambda b: (-(p.sum()), {}),
+        iter(range(10)),
+        cfg,
+        hooks=[h],
+        lr_schedule=lambda s: factors.append(s) or 0.5,
+    )
+    assert h.steps == [0, 1, 2, 3] and factors == [0, 1, 2, 3]
+    assert [r["lr_factor"] for r in res.history] == [0.5] * 4 and res.history[0]["clamped"] == 0.5
+    assert torch.equal(p.detach(), torch.full((2,), 0.5))

@@ -1,9 +1,11 @@
 import json
+import threading
 
-import numpy as np
+import pytest
 
-from core import data as D
 from core import zoo
+from core.__main__ import main as cli
+from core.errors import Cancelled
 
 
 def test_micro_zoo_finetuned_models_beat_zero_shot_on_their_tasks(micro_zoo):
@@ -27,66 +29,40 @@ def test_micro_zoo_layout_and_manifest(micro_zoo, micro_zoo_dir):
         assert "mean_forgetting" in a and all("control_normalized" in c for c in a["control"].values())
     assert zoo.is_built("micro", cache=micro_zoo_dir.parent)
     assert not zoo.is_built("demo", cache=micro_zoo_dir.parent)
+    assert zoo.manifest("micro", micro_zoo_dir.parent)["recipe_hash"] == zoo.RECIPES["micro"].hash()
 
 
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MERGESCOPE_CACHE", str(tmp_path))
     assert zoo.cache_dir() == tmp_path
+    assert zoo.zoo_path("micro") == tmp_path / "zoo-micro"
 
 
-def test_pretraining_batches_are_deterministic_minimal_pairs_with_captions():
-    a = zoo.pretrain_batch(np.random.default_rng(5), 16, 0.5)
-    b = zoo.pretrain_batch(np.random.default_rng(5), 16, 0.5)
-    assert (a[0] == b[0]).all() and a[1] == b[1]
-    images, captions, scenes, _ = a
-    for i in range(0, 8, 2):  # pairs: same kind, exactly one attribute differs, both captions name it
-        s1, s2 = scenes[i], scenes[i + 1]
-        diff = [k for k in s1["attrs"] if s1["attrs"][k] != s2["attrs"].get(k)]
-        assert s1["kind"] == s2["kind"] and len(diff) <= 1
-        if diff:
-            assert captions[i] != captions[i + 1]
+def test_missing_zoo_names_the_build_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m core zoo build --micro"):
+        zoo.load_model_set("micro", tmp_path)
+    with pytest.raises(ValueError, match="unknown zoo kind"):
+        zoo.zoo_path("huge", tmp_path)
 
 
-def test_captions_name_the_mentioned_attributes():
-    scene = {"kind": "arrow", "attrs": {"direction": 4, "colour": 0, "position": 2}}
-    assert zoo.caption(scene, {"direction", "position"}) == "a arrow pointing left in the top right"
-    assert zoo.caption(scene, {"colour"}, "a photo of ") == "a photo of a red arrow"
-    group = {"kind": "group", "attrs": {"count": 2, "shape": 0, "colour": 1}}
-    assert zoo.caption(group, {"count", "shape"}) == "three circles"
-    assert D.COUNTS[2] == "three"
+def test_a_cancelled_build_leaves_the_cache_as_it_was(tmp_path):
+    ev = threading.Event()
+    ev.set()
+    with pytest.raises(Cancelled):
+        zoo.build_zoo("micro", cache=tmp_path, cancel=ev)
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_recipe_overrides_are_typed_and_checked():
-    r = zoo.recipe_for("micro", {"ft_steps": "7", "ft_lr": "0.01"})
-    assert r.ft_steps == 7 and r.ft_lr == 0.01 and r.hash() != zoo.RECIPES["micro"].hash()
-    try:
-        zoo.recipe_for("micro", {"nope": "1"})
-    except ValueError as e:
-        assert "nope" in str(e)
-    else:
-        raise AssertionError("unknown field accepted")
-
-
-def test_recipe_hash_follows_the_image_generator(monkeypatch):
-    r = zoo.RECIPES["demo"]
-    h, ph = r.hash(), r.pretrain_hash()
-    monkeypatch.setattr(D, "MAIN_OBJECT_SIZE", (12.0, 15.0))
-    assert r.hash() != h and r.pretrain_hash() != ph  # an older generator's zoo or base is never reused
-
-
-def test_shipped_base_matches_the_demo_recipe_and_its_checksum():
-    # The demo build skips pretraining only with this file; a recipe change without a new
-    # `python -m core zoo pretrain` would silently make every fresh clone pretrain for ~18 min.
-    f = zoo.shipped_base(zoo.RECIPES["demo"])
-    assert f is not None and f.stat().st_size < 25 * 2**20
-    info = json.loads((f.parent / "recipe.json").read_text())
-    assert info["pretrain_recipe"]["pretrain_steps"] == zoo.RECIPES["demo"].pretrain_steps
-    assert info["sha256"] == zoo._sha256(f)
-
-
-def test_caption_mention_rate_follows_the_recipe():
-    few = zoo.pretrain_batch(np.random.default_rng(1), 64, 0.0, mention_prob=0.1)[3]
-    many = zoo.pretrain_batch(np.random.default_rng(1), 64, 0.0, mention_prob=0.9)[3]
-    assert sum(map(len, few)) < sum(map(len, many))
-    r = zoo.recipe_for("demo", {"mention_prob": "0.25"})
-    assert r.pretrain_hash() != zoo.RECIPES["demo"].pretrain_hash()  # a base made with other captions is not reused
+def test_zoo_cli_info_build_reuse_and_errors(micro_zoo_dir, capsys):
+    cache = str(micro_zoo_dir.parent)
+    assert cli(["zoo", "info", "--micro", "--cache", cache]) == 0
+    out = capsys.readouterr().out
+    assert "current recipe: yes" in out and "fine-tuned" in out
+    assert cli(["zoo", "build", "--zoo", "micro", "--cache", cache]) == 0
+    assert "already built" in capsys.readouterr().out
+    assert cli(["zoo", "build", "--micro", "--zoo", "demo", "--cache", cache]) == 1
+    assert "contradicts" in capsys.readouterr().err
+    assert cli(["zoo", "build", "--micro", "--cache", cache, "--set", "ft_steps"]) == 1
+    assert "key=value" in capsys.readouterr().err
+    assert cli(["zoo", "build", "--micro", "--cache", cache, "--set", "nope=1"]) == 1
+    assert "unknown recipe fields" in capsys.readouterr().err

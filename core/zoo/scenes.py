@@ -1,29 +1,24 @@
-"""The demo tasks: offline image classification, generated deterministically.
+"""The zoo's scene generator: one deterministic renderer behind every image the zoo sees.
 
 Every image — the zoo's pretraining pairs and every task split — comes from one
 scene generator (`render`): a noisy coloured background, one main object (a
 shape, a digit from scikit-learn's bundled `load_digits`, a letter rendered
 from the DejaVu fonts matplotlib ships, or an arrow), small distractors, colour
-jitter and rotation. Tasks differ in *what is asked* about a scene, not in
-pixel statistics; that is what lets shallow blocks stay general, as in real
-CLIP (see shared/ZOO-NOTES.md, second round).
+jitter and rotation. Tasks (`core.zoo.data`) differ in *what is asked* about a
+scene, not in pixel statistics; that is what lets shallow blocks stay general,
+as in real CLIP.
 
-A scene is a plain dict; `sample_task_scene` draws one for a task and label,
-`sample_scene` draws one for pretraining (with a caption, see core.zoo).
-Splits are separate seeded streams (and separate source images for digits), so
-train/val/test never share an image.
-
-`ImageFolderTask` reads a user's dataset laid out as root/<split>/<class>/*.png.
+A scene is a plain dict; `make_scene` draws one with some attributes fixed and
+the rest random (re-running it from the same generator state with one attribute
+changed gives a minimal pair, which pretraining uses). The attribute
+vocabularies (`ATTRIBUTES`) are the one table used by tasks, captions and the
+pretraining's auxiliary attribute heads.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import zlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,7 +35,6 @@ GROUP_OBJECT_SIZE = (6.0, 8.0)
 GENERATOR_VERSION = 2  # 2: main objects 16-19 px (were 12-15)
 
 SPLITS = ("train", "val", "test")
-DEFAULT_SIZES = {"train": 3000, "val": 250, "test": 250}
 
 # ---------------------------------------------------------------------------
 # Attribute vocabularies: one table, used by tasks, captions and the zoo's
@@ -72,7 +66,7 @@ POSITION_NAMES = list(POSITIONS)
 COUNTS = ["one", "two", "three", "four", "five"]
 KINDS = ["shape", "digit", "letter", "arrow", "group"]
 
-# Attribute -> vocabulary; the order defines the auxiliary heads in core.zoo.
+# Attribute -> vocabulary; the order defines the auxiliary heads in core.zoo.pretrain.
 ATTRIBUTES: dict[str, list[str]] = {
     "shape": SHAPES,
     "colour": COLOUR_NAMES,
@@ -86,99 +80,6 @@ ATTRIBUTES: dict[str, list[str]] = {
 
 # Shape-colour pairs never shown in pretraining (compositional gap for the tasks).
 HELD_OUT_PAIRS = {(0, 1), (1, 3), (2, 5), (3, 7), (4, 0), (5, 2), (6, 4), (7, 6), (0, 6), (3, 2)}
-
-
-# ---------------------------------------------------------------------------
-# Tasks as data.
-@dataclass(frozen=True)
-class TaskSpec:
-    """One classification task: class names, prompt templates (``{c}`` or callables), a description."""
-
-    name: str
-    classnames: list[str]
-    templates: list[str | Callable[[str], str]]
-    description: str
-    attribute: str = ""  # scene attribute holding the label (demo tasks)
-    sizes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SIZES))
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classnames)
-
-    def prompts(self, classname: str) -> list[str]:
-        return [t(classname) if callable(t) else t.format(c=classname) for t in self.templates]
-
-
-_TASKS: dict[str, TaskSpec] = {
-    t.name: t
-    for t in [
-        TaskSpec(
-            "shapes",
-            SHAPES,
-            ["a photo of a {c}.", "a {c}.", "a drawing of a {c}.", "a {c} shape."],
-            "Which shape is the main object (8 shapes, any colour, fill, position; small distractors).",
-            "shape",
-        ),
-        TaskSpec(
-            "colors",
-            COLOUR_NAMES,
-            ["a photo of a {c} object.", "something {c}.", "the big object is {c}.", "a {c} thing."],
-            "Colour of the largest object among smaller distractors (8 colours).",
-            "colour",
-        ),
-        TaskSpec(
-            "digits",
-            [str(i) for i in range(10)],
-            ["a photo of the digit {c}.", "the number {c}.", "a handwritten {c}.", "the digit {c}."],
-            "Handwritten digits from scikit-learn's load_digits (source images split by split).",
-            "digit",
-        ),
-        TaskSpec(
-            "letters",
-            LETTERS,
-            ["a photo of the letter {c}.", "the letter {c}.", "a {c} glyph.", "the character {c}."],
-            "Which letter (10 capitals, four DejaVu typefaces).",
-            "letter",
-        ),
-        TaskSpec(
-            "counts",
-            COUNTS,
-            ["a photo of {c} objects.", "{c} shapes.", "there are {c} things.", "a picture of {c} items."],
-            "How many small objects (1-5).",
-            "count",
-        ),
-        TaskSpec(
-            "position",
-            POSITION_NAMES,
-            ["an object in the {c}.", "a photo with something in the {c}.", "the object is in the {c}.", "{c}."],
-            "Where the main object is (centre or one of four corners).",
-            "position",
-        ),
-        TaskSpec(
-            "arrows",
-            DIRECTIONS,
-            ["an arrow pointing {c}.", "a photo of an arrow pointing {c}.", "the arrow points {c}.", "{c} arrow."],
-            "Direction of an arrow (8 directions).",
-            "direction",
-        ),
-        TaskSpec(
-            "patterns",
-            PATTERNS,
-            ["a {c} shape.", "a photo of a {c} object.", "something {c}.", "a {c} pattern."],
-            "Fill of the main shape: solid, striped, dotted or outlined.",
-            "pattern",
-        ),
-    ]
-}
-TASK_NAMES: list[str] = list(_TASKS)
-
-
-def get_task(name: str) -> TaskSpec:
-    """The `TaskSpec` of a demo task; raises KeyError naming the known tasks."""
-    try:
-        return _TASKS[name]
-    except KeyError:
-        raise KeyError(f"unknown task {name!r}; demo tasks are {TASK_NAMES}") from None
 
 
 # ---------------------------------------------------------------------------
@@ -266,8 +167,10 @@ def _digit_source() -> tuple[np.ndarray, np.ndarray]:
     return d.images.astype(np.float32) / 16.0, d.target.astype(np.int64)
 
 
-def _digit_indices(split: str) -> dict[int, np.ndarray]:
+def digit_indices(split: str) -> dict[int, np.ndarray]:
     """Source digit images of a split, by label: 60% pretrain/train, 20% val, 20% test (by index)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     _, y = _digit_source()
     bucket = np.arange(len(y)) % 5
     sel = {"train": bucket < 3, "val": bucket == 3, "test": bucket == 4}[split]
@@ -384,7 +287,7 @@ def _object(rng: np.random.Generator, kind: str, split: str, size: float, cx: fl
         obj["angle"] = float(rng.uniform(-25, 25))
     elif kind == "digit":
         digit = attrs.get("digit", int(rng.integers(10)))
-        pool = _digit_indices(split)[digit]
+        pool = digit_indices(split)[digit]
         obj["digit"], obj["source"] = digit, int(pool[rng.integers(len(pool))])
         obj["angle"] = float(rng.uniform(-12, 12))
     elif kind == "letter":
@@ -468,110 +371,3 @@ def make_scene(
         "bg": _background(rng, [o["colour"] for o in objects]),
         "noise_seed": noise_seed,
     }
-
-
-# Task -> (scene kind or sampler of kinds, attribute). Kinds None = any single-object kind.
-_TASK_KIND = {
-    "shapes": "shape",
-    "colors": None,
-    "digits": "digit",
-    "letters": "letter",
-    "counts": "group",
-    "position": None,
-    "arrows": "arrow",
-    "patterns": "shape",
-}
-
-
-def sample_task_scene(task: str, label: int, rng: np.random.Generator, split: str) -> dict:
-    """A scene of demo task `task` whose answer is class `label`."""
-    spec = get_task(task)
-    kind = _TASK_KIND[task]
-    if kind is None:
-        kind = ["shape", "digit", "letter", "arrow"][int(rng.integers(4))]
-    return make_scene(rng, split, kind, **{spec.attribute: label})
-
-
-def _stream_seed(*parts) -> list[int]:
-    return [zlib.crc32(str(p).encode()) for p in parts]
-
-
-@functools.lru_cache(maxsize=64)
-def _load_split_cached(name: str, split: str, seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    spec = get_task(name)
-    rng = np.random.default_rng(_stream_seed("task", name, split, seed))
-    labels = np.arange(n) % spec.num_classes
-    rng.shuffle(labels)
-    images = np.stack([render(sample_task_scene(name, int(y), rng, split)) for y in labels])
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    return x, torch.from_numpy(labels.astype(np.int64))
-
-
-def load_split(name: str, split: str, *, seed: int = 0, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images uint8 (N, 3, 32, 32) and labels int64 (N,) of a demo task's split.
-
-    Deterministic in (name, split, seed, n); classes balanced (label i % C,
-    shuffled). Splits use separate random streams and, for digits, separate
-    source images. Tensors are cached; do not modify them in place.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    spec = get_task(name)
-    return _load_split_cached(name, split, seed, int(n if n is not None else spec.sizes[split]))
-
-
-# ---------------------------------------------------------------------------
-# A user's dataset on disk.
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-
-
-class ImageFolderTask:
-    """A classification dataset in ``root/<split>/<class>/*.png|jpg``.
-
-    Class names are the sorted folder names of the first split found (underscores
-    read as spaces in prompts); images are resized to `image_size` (square) and
-    returned like `load_split`.
-    """
-
-    def __init__(self, root: str | Path, image_size: int = IMAGE_SIZE, templates: list[str] | None = None):
-        self.root = Path(root)
-        splits = [s for s in SPLITS if (self.root / s).is_dir()]
-        if not splits:
-            raise FileNotFoundError(f"{self.root}: expected sub-folders {SPLITS} each holding one folder per class")
-        self.splits = splits
-        self.classnames = sorted(p.name for p in (self.root / splits[0]).iterdir() if p.is_dir())
-        if not self.classnames:
-            raise FileNotFoundError(f"{self.root / splits[0]}: no class folders")
-        self.image_size = image_size
-        self.name = self.root.name
-        self.templates = templates or ["a photo of a {c}.", "a {c}."]
-
-    @property
-    def spec(self) -> TaskSpec:
-        names = [c.replace("_", " ") for c in self.classnames]
-        return TaskSpec(self.name, names, list(self.templates), f"ImageFolder {self.root}")
-
-    def files(self, split: str) -> list[tuple[Path, int]]:
-        out = []
-        for label, c in enumerate(self.classnames):
-            d = self.root / split / c
-            if d.is_dir():
-                out += [(p, label) for p in sorted(d.iterdir()) if p.suffix.lower() in _IMAGE_SUFFIXES]
-        return out
-
-    def load_split(self, split: str, *, seed: int = 0, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 (N, 3, S, S) images and int64 labels; `n` takes a seeded subsample."""
-        if split not in self.splits:
-            raise ValueError(f"{self.root}: no {split!r} split (found {self.splits})")
-        files = self.files(split)
-        if n is not None and n < len(files):
-            idx = np.sort(np.random.default_rng(seed).choice(len(files), n, replace=False))
-            files = [files[i] for i in idx]
-        s = self.image_size
-        imgs = [np.asarray(Image.open(p).convert("RGB").resize((s, s), Image.BICUBIC)) for p, _ in files]
-        x = (
-            torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
-            if imgs
-            else torch.zeros(0, 3, s, s, dtype=torch.uint8)
-        )
-        return x, torch.tensor([y for _, y in files], dtype=torch.int64)

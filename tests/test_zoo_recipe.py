@@ -1,0 +1,42 @@
+import pytest
+
+from core.zoo import recipe as R
+from core.zoo import scenes as S
+
+
+def test_recipe_overrides_are_typed_and_checked():
+    r = R.recipe_for("micro", {"ft_steps": "7", "ft_lr": "0.01"})
+    assert r.ft_steps == 7 and r.ft_lr == 0.01 and r.hash() != R.RECIPES["micro"].hash()
+    try:
+        R.recipe_for("micro", {"nope": "1"})
+    except ValueError as e:
+        assert "nope" in str(e)
+    else:
+        raise AssertionError("unknown field accepted")
+
+
+def test_recipes_that_cannot_be_built_are_refused():
+    with pytest.raises(ValueError, match="unknown zoo kind"):
+        R.recipe_for("huge")
+    with pytest.raises(ValueError, match="not a int"):
+        R.recipe_for("micro", {"ft_steps": "many"})
+    with pytest.raises(ValueError, match="need one or more of"):
+        R.recipe_for("micro", {"tasks": "shapes,cats"})
+    with pytest.raises(ValueError, match="at least ft_batch"):
+        R.recipe_for("micro", {"n_train": "8"})
+    assert R.recipe_for("micro", {"tasks": "shapes,colors"}).tasks == ("shapes", "colors")
+
+
+def test_recipe_hash_follows_the_image_generator(monkeypatch):
+    r = R.RECIPES["demo"]
+    h, ph = r.hash(), r.pretrain_hash()
+    monkeypatch.setattr(S, "MAIN_OBJECT_SIZE", (12.0, 15.0))
+    assert r.hash() != h and r.pretrain_hash() != ph  # an older generator's zoo or base is never reused
+
+
+def test_workers_do_not_change_the_hash_but_every_weight_field_does():
+    r = R.RECIPES["micro"]
+    assert R.recipe_for("micro", {"workers": "2"}).hash() == r.hash()
+    for field, value in (("seed", "1"), ("ft_warmup", "0.2"), ("pretrain_steps", "31"), ("aux_weight", "0.1")):
+        assert R.recipe_for("micro", {field: value}).hash() != r.hash(), field
+    assert R.recipe_for("micro", {"ft_lr": "0.01"}).pretrain_hash() == r.pretrain_hash()  # the base does not change
