@@ -15,17 +15,15 @@ from core.errors import MergeScopeError
 from core.layers import TOWER_LABELS, tower_depths
 from core.lines import resample_curve
 from core.live import (
-    QUERY_KEYS,
     SUBSAMPLE_CHOICES,
     comparison_table,
     default_subsample,
-    spec_from_query,
-    spec_to_query,
 )
 from core.merging import METHODS, get_method
 from core.plots.merge import accuracy_bars, block_scale_curve
 from core.runtime.paths import allow_any_path, export_dir, resolve_export_path
 from core.spec import MergeSpec, RunConfig
+from core.urlstate import QUERY_KEYS, spec_from_query, spec_to_query
 from ui import state as S
 from ui.widgets import param_widget
 
