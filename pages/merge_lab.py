@@ -207,6 +207,18 @@ def sync_url(spec: MergeSpec) -> None:
             del st.query_params[k]
 
 
+def describe(spec: MergeSpec) -> str:
+    """What the numbers are for, in words a slider shows: the method, LiNeS α/β or a curve, else λ."""
+    if spec.curve is not None:
+        return f"{spec.method} with a block curve"
+    if spec.lines is not None:
+        a = spec.lines[0]
+        return f"{spec.method} + LiNeS α={'auto' if a == 'auto' else f'{float(a):.2f}'}, β={float(spec.lines[1]):.2f}"
+    c = spec.param_dict.get("coefficients")
+    lam = f"λ={float(c):.2f}" if isinstance(c, int | float) else f"λ per task {c}"
+    return f"{spec.method} {lam}"
+
+
 def results(spec: MergeSpec) -> None:
     with st.spinner("Merging and evaluating…"):
         r = live.evaluate(spec)
@@ -229,7 +241,10 @@ def results(spec: MergeSpec) -> None:
     how = (
         "cached" if r["cached"] else f"merge {r['merge_seconds'] * 1e3:.0f} ms + eval {r['eval_seconds'] * 1e3:.0f} ms"
     )
-    st.caption(f"Test split, {'all' if subsample is None else subsample} images per task; {how}. Spec {spec.key()}.")
+    st.caption(
+        f"Numbers for {describe(spec)} · test split, {'all' if subsample is None else subsample} images per task; "
+        f"{how}. Spec {spec.key()}."
+    )
 
 
 def export(spec: MergeSpec) -> None:
