@@ -299,11 +299,11 @@ def test_merging_identical_finetunes_recovers_the_finetune(seed, n):
 
 
 def test_chunk_boundaries_inside_tensors_change_nothing(monkeypatch):
-    import core.merging as merging
+    import core.merging.streaming as streaming
 
     base, fts = make_models(3, seed=5)
     want = {m: flat(merge(base, fts, m)) for m in ("task_arithmetic", "ties", "consensus")}
-    monkeypatch.setattr(merging, "CHUNK", 7)  # chunks now cut through every tensor
+    monkeypatch.setattr(streaming, "CHUNK", 7)  # chunks now cut through every tensor
     for m, w in want.items():
         assert torch.allclose(flat(merge(base, fts, m)), w, atol=1e-6), m
 
