@@ -5,6 +5,8 @@
     kselect.py    exact k-th value selection over a streamed model (TIES thresholds)
     direction.py  MergedDirection (tau_merged + global lambda) and apply_direction (lambda, LiNeS, curves)
     methods.py    weight_average, task_arithmetic, ties, dare, consensus
+    lowrank.py    merges in singular-vector bases: tsv_m, iso_c, iso_cts, cart
+    entrywise.py  per-entry selection: breadcrumbs, magmax, pcb
     apply.py      merged_direction and merge, the public entry points
 
 `merge` returns theta_0 + lambda * tau_merged (or LiNeS / a per-block curve instead of lambda).
@@ -14,7 +16,16 @@ lazy mappings over files); no method stacks N full models.
 
 from __future__ import annotations
 
-from . import methods  # noqa: F401  (registers the methods, in the order the UI lists them)
+# Importing the method modules registers their methods, in the order the UI lists them.
+from . import methods  # noqa: F401
+
+# isort: split
+from . import lowrank  # noqa: F401
+
+# isort: split
+from . import entrywise  # noqa: F401
+
+# isort: split
 from .apply import as_named_list, merge, merged_direction
 from .direction import MergedDirection, apply_direction
 from .kselect import global_topk_thresholds
