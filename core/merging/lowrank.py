@@ -1,8 +1,11 @@
 """Merges in the singular-vector bases of the task matrices: TSV-M, Iso-C, Iso-CTS, CART.
 
 Each walks the task vectors one key at a time (memory: the N task matrices of one key, like task
-arithmetic), computes its SVDs in float64 with torch.linalg (on the GPU when there is one) and
-writes the merged matrix back in the compute dtype. Tensors that are not matrices are averaged
+arithmetic) and computes its SVDs with torch.linalg (on the GPU when there is one). Truncated SVDs of
+single task matrices run in the compute dtype, as in the official code; the steps whose conditioning
+needs it - polar factors of stacked bases and the flattened spectra of Iso, which lift the poorly
+determined tail singular vectors to the mean singular value - run in float64. The merged matrix is
+written back in the compute dtype. Tensors that are not matrices are averaged
 over the tasks, as in the official code. Every method is a MergedDirection whose global scale is
 `coefficients`: theta = theta_0 + coefficients * tau_merged (LiNeS or a block curve may replace it).
 
@@ -34,9 +37,9 @@ def is_matrix(key: str, shape: Sequence[int]) -> bool:
 
 
 def polar(a: torch.Tensor) -> torch.Tensor:
-    """The orthogonal polar factor U V^T of a (from a = U S V^T): the nearest matrix with orthonormal
-    columns (or rows, for a wide a)."""
-    u, _, vh = torch.linalg.svd(a, full_matrices=False)
+    """The orthogonal polar factor U V^T of a (from a = U S V^T, computed in float64): the nearest
+    matrix with orthonormal columns (or rows, for a wide a)."""
+    u, _, vh = torch.linalg.svd(a.to(SVD_DTYPE), full_matrices=False)
     return u @ vh
 
 
@@ -49,11 +52,11 @@ def running_mean(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _decompose(tvs: TaskVectors, key: str, mats: list[torch.Tensor], fn: Callable[..., torch.Tensor]) -> torch.Tensor:
-    """fn(float64 matrices on the SVD device) -> merged matrix, back in the compute dtype on the CPU."""
+    """fn(matrices on the SVD device) -> merged matrix, back in the compute dtype on the CPU."""
     if tvs.allow_nonfinite and not all(bool(torch.isfinite(m).all()) for m in mats):
         return torch.full(tvs.shapes[key], float("nan"), dtype=tvs.dtype)
     dev = svd_device()
-    out = fn([m.to(dev, SVD_DTYPE) for m in mats])
+    out = fn([m.to(dev) for m in mats])
     return out.to("cpu", tvs.dtype)
 
 
@@ -86,7 +89,7 @@ def tsv_matrix(mats: list[torch.Tensor], sv_reduction: float) -> torch.Tensor:
     # The official code writes the blocks into zero-padded min(m, n)-wide buffers; the padding only
     # meets zero singular values, so the compact stacks give the same product.
     u_perp, v_perp = polar(torch.cat(us, dim=1)), polar(torch.cat(vs, dim=0))
-    return (u_perp * torch.cat(ss)) @ v_perp
+    return (u_perp * torch.cat(ss).to(SVD_DTYPE)) @ v_perp
 
 
 @merge_method(
@@ -126,8 +129,8 @@ def tsv_m(tvs: TaskVectors, sv_reduction: float | None = None, coefficients: flo
 
 # --------------------------------------------------------------------------- Iso-C / Iso-CTS
 def iso_c_matrix(mats: list[torch.Tensor]) -> torch.Tensor:
-    """sum_t tau_t with every singular value replaced by their mean."""
-    u, s, vh = torch.linalg.svd(torch.stack(mats).sum(dim=0), full_matrices=False)
+    """sum_t tau_t with every singular value replaced by their mean (float64)."""
+    u, s, vh = torch.linalg.svd(torch.stack(mats).sum(dim=0).to(SVD_DTYPE), full_matrices=False)
     return s.mean() * (u @ vh)
 
 
@@ -171,17 +174,18 @@ def iso_cts_matrix(mats: list[torch.Tensor], common_space_fraction: float, key: 
             f"iso_cts: common_space_fraction={common_space_fraction} leaves no common space for {key!r} "
             f"(min dimension {min(mats[0].shape)}, {n} tasks); use a larger fraction"
         )
-    u, s, vh = torch.linalg.svd(torch.stack(mats).sum(dim=0), full_matrices=False)
+    u, s, vh = torch.linalg.svd(torch.stack(mats).sum(dim=0).to(SVD_DTYPE), full_matrices=False)
     uc, sc, vc = u[:, :common], s[:common], vh[:common, :]
     us, ss, vs = [], [], []
-    for m in mats:
-        ut, st, vt = torch.linalg.svd(m - uc @ (uc.T @ m), full_matrices=False)
+    for m in mats:  # each task's own directions, outside the common space (its SVD in the compute dtype)
+        m64 = m.to(SVD_DTYPE)
+        ut, st, vt = torch.linalg.svd((m64 - uc @ (uc.T @ m64)).to(m.dtype), full_matrices=False)
         us.append(ut[:, :per_task])
         ss.append(st[:per_task])
         vs.append(vt[:per_task, :])
-    u_all = polar(torch.cat([*us, uc], dim=1))
-    v_all = polar(torch.cat([*vs, vc], dim=0))
-    return torch.cat([*ss, sc]).mean() * (u_all @ v_all)
+    u_all = polar(torch.cat([u_.to(SVD_DTYPE) for u_ in (*us, uc)], dim=1))
+    v_all = polar(torch.cat([v_.to(SVD_DTYPE) for v_ in (*vs, vc)], dim=0))
+    return torch.cat([s_.to(SVD_DTYPE) for s_ in (*ss, sc)]).mean() * (u_all @ v_all)
 
 
 @merge_method(
