@@ -108,6 +108,9 @@ def _value_kw(key: str, default, arg: str = "value") -> dict:
 
 def numeric_widget(p: Param, label: str, key: str, default):
     cast = float if p.kind == "float" else int
+    if default is None:  # "automatic" (e.g. tsv_m's sv_reduction = 1/T): an empty box means None
+        kw = _value_kw(key, None)
+        return st.number_input(label, min_value=p.min, max_value=p.max, step=p.step, key=key, help=p.help, **kw)
     if p.min is not None and p.max is not None and (p.max - p.min) / (p.step or 1) <= 1000:
         return st.slider(
             label,
