@@ -1,4 +1,4 @@
-"""Merge methods: hand-computed cases, a flat reference written from METHODS.md
+"""Merge methods: hand-computed cases, a flat reference written from the official code
 (the official code's semantics: global top-k trim over the whole flattened task
 vector, mass sign election with the majority-sign fallback, disjoint mean), and
 property tests."""
@@ -51,7 +51,7 @@ def flat(sd, keys=None):
 
 
 def reference_ties(base, fts, k=0.2, lam=1.0, agg="mean"):
-    """Straight from METHODS.md on the stacked, flattened [N, d] matrix."""
+    """Straight from nik-dim/tall_masks ties_utils.py semantics, on the stacked, flattened [N, d] matrix."""
     fb = flat(base)
     tv = torch.stack([flat(f) for f in fts]) - fb
     d = tv.shape[1]
