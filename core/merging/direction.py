@@ -62,6 +62,14 @@ def l1(t: torch.Tensor) -> float:
     return float(t.abs().sum())
 
 
+def total(tensors) -> torch.Tensor:
+    """sum_t tensors[t], added in task order into one new tensor (no [T, ...] stack)."""
+    out = tensors[0].clone()
+    for t in tensors[1:]:
+        out += t
+    return out
+
+
 def weighted(tvs: torch.Tensor, per_task: list[float] | None) -> torch.Tensor:
     """[N, width] task vectors scaled row by row (None: unchanged)."""
     if per_task is None:

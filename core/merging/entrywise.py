@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .direction import MergedDirection, global_scale, l1
+from .direction import MergedDirection, global_scale, l1, total
 from .kselect import kth_smallest
 from .registry import Param, merge_method
 from .streaming import FlatWriter, TaskVectors
@@ -62,7 +62,7 @@ def breadcrumbs(tvs: TaskVectors, density: float = 0.2, gamma: float = 0.1, coef
     out, summed = {}, 0.0
     for key in tvs.keys:
         ts = tvs.get(key)
-        summed += l1(torch.stack(ts).sum(dim=0))
+        summed += l1(total(ts))
         acc = breadcrumbs_mask(ts[0], float(density), float(gamma))
         for t in ts[1:]:
             acc = acc + breadcrumbs_mask(t, float(density), float(gamma))
@@ -85,7 +85,7 @@ def magmax(tvs: TaskVectors, coefficients: float = 0.5) -> MergedDirection:
     out, summed = {}, 0.0
     for key in tvs.keys:
         ts = tvs.get(key)
-        summed += l1(torch.stack(ts).sum(dim=0))
+        summed += l1(total(ts))
         best = ts[0]
         for t in ts[1:]:
             best = torch.where(t.abs() >= best.abs(), t, best)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .direction import MergedDirection, global_scale, l1
+from .direction import MergedDirection, global_scale, l1, total
 from .registry import Param, merge_method
 from .streaming import TaskVectors
 
@@ -64,7 +64,7 @@ def _direction(tvs: TaskVectors, merge_key: Callable[[str, list[torch.Tensor]], 
     out, summed = {}, 0.0
     for key in tvs.keys:
         ts = tvs.get(key)
-        summed += l1(torch.stack(ts).sum(dim=0))
+        summed += l1(total(ts))
         out[key] = merge_key(key, ts)
     return MergedDirection(out, scale, summed, len(tvs), info or {})
 
@@ -130,7 +130,7 @@ def tsv_m(tvs: TaskVectors, sv_reduction: float | None = None, coefficients: flo
 # --------------------------------------------------------------------------- Iso-C / Iso-CTS
 def iso_c_matrix(mats: list[torch.Tensor]) -> torch.Tensor:
     """sum_t tau_t with every singular value replaced by their mean (float64)."""
-    u, s, vh = torch.linalg.svd(torch.stack(mats).sum(dim=0).to(SVD_DTYPE), full_matrices=False)
+    u, s, vh = torch.linalg.svd(total(mats).to(SVD_DTYPE), full_matrices=False)
     return s.mean() * (u @ vh)
 
 
@@ -174,7 +174,7 @@ def iso_cts_matrix(mats: list[torch.Tensor], common_space_fraction: float, key: 
             f"iso_cts: common_space_fraction={common_space_fraction} leaves no common space for {key!r} "
             f"(min dimension {min(mats[0].shape)}, {n} tasks); use a larger fraction"
         )
-    u, s, vh = torch.linalg.svd(torch.stack(mats).sum(dim=0).to(SVD_DTYPE), full_matrices=False)
+    u, s, vh = torch.linalg.svd(total(mats).to(SVD_DTYPE), full_matrices=False)
     uc, sc, vc = u[:, :common], s[:common], vh[:common, :]
     us, ss, vs = [], [], []
     for m in mats:  # each task's own directions, outside the common space (its SVD in the compute dtype)
@@ -237,7 +237,7 @@ def cart_rank(dim: int, rank_ratio: float) -> int:
 
 def cart_matrix(mats: list[torch.Tensor], rank_ratio: float, prior: float) -> torch.Tensor:
     """mean tau + prior * sum_t SVD_k(tau_t - mean tau) = (theta_avg - theta_0) + prior * sum_t SVD_k(theta_t - theta_avg)."""
-    mean = torch.stack(mats).sum(dim=0) / len(mats)
+    mean = total(mats) / len(mats)
     low = torch.zeros_like(mean)
     for m in mats:
         u, s, vh = torch.linalg.svd(m - mean, full_matrices=False)
