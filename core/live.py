@@ -123,8 +123,10 @@ class LiveMerger:
         max_results: int = 512,
         max_direction_mb: float = 1024.0,
         on_evaluated: Callable[[MergeSpec, EvalSpec, dict], None] | None = None,
+        allow_nonfinite: bool = False,
     ):
         self.ms = ms
+        self.allow_nonfinite = allow_nonfinite  # else NaN/Inf inputs raise core.errors.NonFiniteError
         self.eval_spec = eval_spec or EvalSpec(bf16=bool(getattr(evaluator, "bf16", False)))
         self._evaluator_for = evaluator_for or self._default_evaluator
         self._evaluators: dict[str, Evaluator] = {}
@@ -186,7 +188,7 @@ class LiveMerger:
                 return self._directions[key]
             tasks = self._merge_tasks(spec)
             fts = {t: self.ms.finetuned(t) for t in tasks}
-            d = merged_direction(self.base(), fts, spec.method, **spec.param_dict)
+            d = merged_direction(self.base(), fts, spec.method, allow_nonfinite=self.allow_nonfinite, **spec.param_dict)
             self.stats["direction_builds"] += 1
             entry = (d, {})
             self._directions[key] = entry
