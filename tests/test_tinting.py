@@ -8,22 +8,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.tinting import (
+from core.labs.tinting.baselines import comparison_table
+from core.labs.tinting.config import TintConfig
+from core.labs.tinting.data import pseudo_label_agreement
+from core.labs.tinting.export import export_tinted, read_tinted
+from core.labs.tinting.model import (
     HEAD,
-    TintConfig,
     TintedMerge,
-    comparison_table,
     confidence_filter,
-    export_tinted,
     keep_mask,
     layer_keys,
-    pseudo_label_agreement,
     pseudo_label_loss,
-    read_tinted,
-    step_batches,
-    tint,
     tint_layer_choices,
 )
+from core.labs.tinting.run import step_batches, tint
 
 TASKS = ["a", "b"]
 
@@ -107,7 +105,7 @@ def test_lambda_one_and_zero_reproduce_finetuned_and_base(synthetic):
     with torch.no_grad():
         m.lambdas_raw.zero_()
         m.lambdas_raw[:, 1] = 1.0
-    merged = m.merged_state_dict()
+    merged = m.visual_state_dict()
     for k in m.keys[:5]:
         torch.testing.assert_close(merged[k], fts["b"][k], rtol=0, atol=1e-6)
 
@@ -183,7 +181,7 @@ def test_export_roundtrip(synthetic, tmp_path):
     visual, tints, man = read_tinted(p)
     assert man["layer"] == HEAD and man["tasks"] == TASKS and man["config"]["steps"] == 3
     torch.testing.assert_close(tints["a"]["weight"], m.head("a")[0].detach())
-    torch.testing.assert_close(visual[m.keys[0]], m.merged_state_dict()[m.keys[0]])
+    torch.testing.assert_close(visual[m.keys[0]], m.visual_state_dict()[m.keys[0]])
     json.dumps(man)
 
 
@@ -204,7 +202,7 @@ def test_comparison_table_normalizes_by_individual():
 # --------------------------------------------------------------------------- the micro zoo
 def test_a_few_steps_on_the_micro_zoo_raise_pseudo_label_agreement(micro_zoo):
     ms = micro_zoo
-    from core.tinting import build, prepare_data, tint_tasks
+    from core.labs.tinting.data import build, prepare_data, tint_tasks
 
     cfg = TintConfig(steps=8, batch=32, eval_every=4, seed=0)
     tasks = tint_tasks(ms)
