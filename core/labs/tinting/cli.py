@@ -62,16 +62,27 @@ def parser() -> argparse.ArgumentParser:
 _CLI_CACHE: dict[tuple, Any] = {}
 
 
+def model_set(zoo: str, cache=None):
+    """The zoo's model set, loaded once per process (its state dicts stay cached in it)."""
+    from ...zoo import load_model_set
+
+    if (zoo, cache) not in _CLI_CACHE:
+        _CLI_CACHE[(zoo, cache)] = load_model_set(zoo, cache)
+    return _CLI_CACHE[(zoo, cache)]
+
+
+def clear_prepared() -> None:
+    """Forget the prepared images and pseudo-labels (the next `run_item` prepares them again)."""
+    for k in [k for k in _CLI_CACHE if len(k) > 2]:
+        del _CLI_CACHE[k]
+
+
 def run_item(item: Mapping, progress: Progress | None = None) -> dict:
     """One CLI run, in this process or an executor's worker (the model set and the prepared
     images are kept per process). item: {"zoo", "cache", "config": TintConfig dict, "log": bool,
     "out": export path or None}. Returns the run's summary (no tensors)."""
-    from ...zoo import load_model_set
-
     key = (item["zoo"], item.get("cache"))
-    if key not in _CLI_CACHE:
-        _CLI_CACHE[key] = load_model_set(item["zoo"], item.get("cache"))
-    ms = _CLI_CACHE[key]
+    ms = model_set(*key)
     cfg = TintConfig.from_dict(item["config"])
     tasks = tint_tasks(ms, cfg.tasks)
     data = {}
@@ -140,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args) -> int:
     torch.set_num_threads(args.threads or auto_threads())
     torch.set_flush_denormal(True)
-    from ...zoo import is_built, load_model_set, manifest
+    from ...zoo import is_built, manifest
 
     if not is_built(args.zoo, args.cache):
         try:
@@ -153,7 +164,7 @@ def run(args) -> int:
             f"warning: this {args.zoo} zoo was built with another recipe than the current one: {recipe}",
             file=sys.stderr,
         )
-    ms = _CLI_CACHE[(args.zoo, args.cache)] = load_model_set(args.zoo, args.cache)
+    ms = model_set(args.zoo, args.cache)
     log = not args.no_log
     t0 = time.perf_counter()
     summaries: list[dict] = []

@@ -97,8 +97,16 @@ def task_logits(model: TintedMerge, data: Mapping[str, TaskImages], batch_size: 
 
 def evaluate_tinted(model: TintedMerge, data: Mapping[str, TaskImages], batch_size: int = 1024) -> dict[str, float]:
     """Accuracy per task, each task with its own tint (ground-truth labels of `data`)."""
+    return scores(model, data, batch_size)[0]
+
+
+def scores(
+    model: TintedMerge, data: Mapping[str, TaskImages], batch_size: int = 1024
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(accuracy, mean prediction entropy) per task from one pass over `data` (each task with its own tint)."""
     logits = task_logits(model, data, batch_size)
-    return {t: float((lg.argmax(-1) == data[t].labels).float().mean()) for t, lg in logits.items()}
+    acc = {t: float((lg.argmax(-1) == data[t].labels).float().mean()) for t, lg in logits.items()}
+    return acc, {t: float(softmax_entropy(lg).mean()) for t, lg in logits.items()}
 
 
 def pseudo_label_agreement(model: TintedMerge, data: Mapping[str, TaskImages]) -> dict[str, float]:

@@ -34,10 +34,10 @@ from .config import ADAMERGING, TintConfig
 from .data import (
     TaskImages,
     build,
-    evaluate_tinted,
     prediction_entropy,
     prepare_data,
     pseudo_label_agreement,
+    scores,
     tint_tasks,
 )
 from .model import TintedMerge, entropy_loss, pseudo_label_loss
@@ -87,8 +87,9 @@ class StepBoundaryCancel:
 @dataclass
 class TintResult:
     """history: one row per outer step (step, loss, kept, agreement = batch means over tasks; AdaMerging's
-    loss is the mean prediction entropy); evals: one row per evaluation (step, task, accuracy, on the test
-    split); accuracy: the final test accuracy per task, each with its own tint."""
+    loss is the mean prediction entropy); evals: one row per evaluation and task (step, task, accuracy,
+    entropy = mean prediction entropy, on the test split); accuracy: the final test accuracy per task,
+    each with its own tint."""
 
     config: TintConfig
     model: TintedMerge
@@ -247,8 +248,8 @@ def tint(
     evals: list[dict] = []
 
     def evaluate(step: int) -> dict[str, float]:
-        acc = evaluate_tinted(model, eval_data)
-        evals.extend({"step": step, "task": t, "accuracy": a} for t, a in acc.items())
+        acc, ent = scores(model, eval_data)
+        evals.extend({"step": step, "task": t, "accuracy": a, "entropy": ent[t]} for t, a in acc.items())
         return acc
 
     def tint_loss(batch):
