@@ -162,12 +162,13 @@ c1, c2, c3 = st.columns(3)
 c1.metric("Trained parameters", f"{m.num_trainable():,}")
 c2.metric("Fraction of the visual encoder", f"{m.num_trainable() / m.num_encoder_params():.2%}")
 c3.metric("Wall time", f"{res.seconds:.0f} s", f"{res.steps_done} steps")
+tints = (
+    f"{m.num_trainable() - m.lambdas_raw.numel():,} parameters ({m.layer}, one copy per task)"
+    if m.tinted
+    else "none (AdaMerging: frozen zero-shot heads)"
+)
 st.caption(
-    f"λ: {m.lambdas_raw.numel():,} coefficients ({len(m.keys)} tensors × {len(m.tasks)} tasks); tints: "(
-        f"{m.num_trainable() - m.lambdas_raw.numel():,} parameters ({m.layer}, one copy per task)"
-        if m.tinted
-        else "none (AdaMerging: frozen zero-shot heads)"
-    )
+    f"λ: {m.lambdas_raw.numel():,} coefficients ({len(m.keys)} tensors × {len(m.tasks)} tasks); tints: {tints}"
     + (f"; run {res.run_id} in the run log" if res.run_id is not None else "")
 )
 by = st.radio("λ heatmap rows", ["block", "tensor"], horizontal=True, key="tint_lambda_by")
