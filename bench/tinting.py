@@ -153,6 +153,7 @@ def time_cli(zoo: str, cache, cfg) -> dict:
 
 
 def job_vs_cli(args) -> int:
+    import numpy as np
     import torch
 
     from core.labs.tinting import cli
@@ -170,9 +171,14 @@ def job_vs_cli(args) -> int:
     print(f"\n## {cfg.label()}, {args.steps} steps on the {args.zoo} zoo: TintJob (page) vs run_item (CLI)\n")
     print(f"load average before: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cpus")
     rows = []
-    for _ in range(args.reps):
-        rows.append(("CLI run_item", time_cli(args.zoo, args.cache, cfg)))
-        rows.append(("TintJob" + (" + page polling" if args.poll else ""), time_job(ms, cfg, None, args.poll)))
+    job_name = "TintJob" + (" + page polling" if args.poll else "")
+    for rep in range(args.reps):  # alternate the order: the load of a shared machine drifts
+        pair = [
+            ("CLI run_item", lambda: time_cli(args.zoo, args.cache, cfg)),
+            (job_name, lambda: time_job(ms, cfg, None, args.poll)),
+        ]
+        for name, fn in pair if rep % 2 == 0 else pair[::-1]:
+            rows.append((name, fn()))
         if args.job_threads:
             rows.append((f"TintJob, {args.job_threads} threads", time_job(ms, cfg, args.job_threads, args.poll)))
     print("| path | threads | wall s | first progress s | first step s |")
@@ -182,7 +188,7 @@ def job_vs_cli(args) -> int:
         print(f"| {name} | {r['threads']} | {r['seconds']:.2f} | {r['first']:.2f} | {fs} |")
     cli_s = sorted(r["seconds"] for n, r in rows if n == "CLI run_item")
     job_s = sorted(r["seconds"] for n, r in rows if n.startswith("TintJob") and "threads" not in n)
-    ratio = job_s[len(job_s) // 2] / cli_s[len(cli_s) // 2]
+    ratio = float(np.median(job_s) / np.median(cli_s))
     first = max(r["first"] for n, r in rows if n.startswith("TintJob") and "threads" not in n)
     print(
         f"\njob / CLI wall-time ratio (medians): {ratio:.2f} (target <= 1.3); "

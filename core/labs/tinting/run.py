@@ -180,7 +180,6 @@ def tint(
     resume: int | None = None,
     data: Mapping[str, TaskImages] | None = None,
     eval_data: Mapping[str, TaskImages] | None = None,
-    model: TintedMerge | None = None,
 ) -> TintResult:
     """Run Model Tinting (or layer-wise AdaMerging, cfg.method) on a model set with task data.
 
@@ -192,8 +191,7 @@ def tint(
     `core.runtime.runlog.resolve_run_log`); the run is logged as kind "tint" with its config, and
     its metrics name the saved state (`state_path`). resume: a run id of that log - its config is
     used (with cfg.steps when cfg is given) and training continues from its saved λ, tints and
-    Adam state. data / eval_data: prepared images (`prepare_data`) to reuse; model: a fresh
-    `build(ms, cfg)` to train (saves rebuilding it).
+    Adam state. data / eval_data: prepared images (`prepare_data`) to reuse.
     """
     t_start = time.perf_counter()
     torch.set_flush_denormal(True)  # per thread: a job's worker thread needs it too
@@ -210,11 +208,7 @@ def tint(
 
     stage("building the merged model")
     torch.manual_seed(cfg.seed)
-    model = model if model is not None else build(ms, cfg, tasks)
-    if model.tasks != tasks or model.layer != cfg.tint_layer:
-        raise ValueError(
-            f"the given model tints {model.layer!r} on {model.tasks}; this run needs {cfg.tint_layer!r} on {tasks}"
-        )
+    model = build(ms, cfg, tasks)
     if data is None:
         data = prepare_data(ms, tasks, cfg.data, lambda i, n: stage(f"expert pseudo-labels ({cfg.data}) {i}/{n}"))
     if eval_data is None:
