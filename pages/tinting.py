@@ -87,7 +87,7 @@ with st.form("tint_form"):
         horizontal=True,
         key="tint_data",
     )
-    start = st.form_submit_button("Run Tinting", type="primary", disabled=running)
+    start = st.form_submit_button("Run", type="primary", disabled=running)
 if data == "test":
     st.info(
         "**Transductive:** training sees each task's *test* images — never their labels; the targets come "
