@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from core import data as D
-from core.evaluate import Evaluator, subsample_indices
+from core.datasets.sources import subsample_indices
+from core.evaluate import Evaluator
 from core.models import build_model, preprocess, zero_shot_head
 
 

@@ -1,0 +1,142 @@
+"""Model set JSON: reading, clear errors, spec refs, and the exported demo zoo evaluating exactly like the zoo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from core import ModelSet
+from core import data as zoo_data
+from core.checkpoints import save_state_dict
+from core.errors import ModelSetError
+from core.evaluate import Evaluator
+from core.merging import merge
+from core.models import build_model, zero_shot_head
+from core.spec import ModelSetRef, RunConfig
+
+
+def export_zoo(ms, out, splits=("val", "test")):
+    """A minimal exporter with the layout of `python -m core export` (used until that command lands
+    here): base, visual-only fine-tunes, PNG folders per split and class, the zoo's exact heads."""
+    out.mkdir(parents=True)
+    save_state_dict(ms.base(), out / "base.safetensors")
+    model = build_model(ms.base())
+    tasks = {}
+    for t in ms.eval_tasks:
+        spec = zoo_data.get_task(t)
+        if t in ms.tasks:
+            save_state_dict(ms.finetuned(t), out / "finetuned" / f"{t}.safetensors")
+        for split in splits:
+            x, y = zoo_data.load_split(t, split)
+            for i, (img, label) in enumerate(zip(x, y)):
+                d = out / "data" / t / split / spec.classnames[int(label)].replace(" ", "_")
+                d.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img.permute(1, 2, 0).numpy()).save(d / f"{i}.png")
+        (out / "heads").mkdir(exist_ok=True)
+        head = zero_shot_head(model, spec.classnames, spec.templates)
+        save_file({"head": head.contiguous()}, str(out / "heads" / f"{t}.safetensors"))
+        tasks[t] = {"data": f"data/{t}", "head": f"heads/{t}.safetensors", "classnames": list(spec.classnames)}
+    doc = {
+        "base": "base.safetensors",
+        "finetuned": {t: f"finetuned/{t}.safetensors" for t in ms.tasks},
+        "tasks": tasks,
+        "arch": None,
+    }
+    (out / "modelset.json").write_text(json.dumps(doc, indent=1))
+    return out / "modelset.json"
+
+
+@pytest.fixture
+def cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("MERGESCOPE_CACHE", str(tmp_path / "cache"))
+
+
+def test_exported_zoo_moved_elsewhere_evaluates_exactly_like_the_zoo(micro_zoo, tmp_path, cache_in_tmp):
+    export_zoo(micro_zoo, tmp_path / "export")
+    moved = tmp_path / "elsewhere" / "zoo-copy"
+    moved.parent.mkdir()
+    shutil.move(tmp_path / "export", moved)
+    ms = ModelSet.from_json(moved / "modelset.json")
+    assert ms.eval_tasks == micro_zoo.eval_tasks and ms.tasks == micro_zoo.tasks
+    assert ms.base_path == moved / "base.safetensors"
+    for split in ("test", "val"):
+        zoo = Evaluator.for_model_set(micro_zoo, split)
+        ours = Evaluator.for_model_set(ms, split)
+        assert ours.model is not zoo.model
+        assert ours.num_images() == zoo.num_images()
+        for t in ms.eval_tasks:
+            assert isinstance(ours.tasks[t].pixels.numpy(), np.ndarray)
+            assert ours.tasks[t].head_source.endswith(f"{t}.safetensors")
+        assert ours.accuracy() == zoo.accuracy(), split  # zero-shot
+        for t in ms.tasks:
+            assert ours.accuracy(ms.finetuned(t)) == zoo.accuracy(micro_zoo.finetuned(t)), (split, t)
+        ta = merge(micro_zoo.base(), micro_zoo.finetuned_all(), "task_arithmetic", coefficients=0.3)
+        ta2 = merge(ms.base(), ms.finetuned_all(), "task_arithmetic", coefficients=0.3)
+        assert ours.accuracy(ta2) == zoo.accuracy(ta)
+
+
+def test_from_json_resolves_paths_and_reports_every_bad_entry(tmp_path):
+    (tmp_path / "ck").mkdir()
+    base = tmp_path / "ck" / "base.safetensors"
+    save_file({"w": torch.zeros(1)}, str(base))
+    save_file({"w": torch.ones(1)}, str(tmp_path / "ck" / "a.safetensors"))
+    (tmp_path / "data" / "a" / "test" / "x").mkdir(parents=True)
+    doc = {
+        "base": "ck/base.safetensors",
+        "finetuned": {"a": "ck/a.safetensors"},
+        "tasks": {"a": {"data": "data/a", "templates": ["a {c}."]}, "b": {"classnames": ["p", "q"]}},
+    }
+    (tmp_path / "modelset.json").write_text(json.dumps(doc))
+    ms = ModelSet.from_json(tmp_path)  # a folder holding modelset.json
+    assert ms.base_path == base and ms.finetuned_paths["a"] == tmp_path / "ck" / "a.safetensors"
+    assert ms.eval_tasks == ["a"] and ms.task_configs["a"].templates == ("a {c}.",)
+    assert ms.source == tmp_path / "modelset.json"
+    assert ModelSet.from_json({**doc, "tasks": {}}, root=tmp_path).eval_tasks == []
+    assert ModelSet.from_json({"base": str(base)}).tasks == []  # analysis-only sets need no tasks
+    fp = ms.fingerprint()
+    doc2 = {**doc, "tasks": {**doc["tasks"], "a": {"data": "data/a", "templates": ["b {c}."]}}}
+    assert ModelSet.from_json(doc2, root=tmp_path).fingerprint() != fp  # templates change the numbers
+    bad = [
+        ({"finetuned": {}}, 'missing "base"'),
+        ({**doc, "base": "ck/nope.safetensors"}, "base checkpoint .*nope.safetensors does not exist"),
+        ({**doc, "finetuned": {"a": "ck/zz.pt"}}, "finetuned.a checkpoint"),
+        ({**doc, "tasks": {"a": {"data": "data/zz"}}}, "tasks.a.data .* does not exist"),
+        ({**doc, "tasks": {"a": {"data": "data/a", "heads": "x"}}}, "unknown key"),
+        ({**doc, "tasks": {"a": {"data": "data/a", "templates": ["no field"]}}}, "must contain"),
+        ({**doc, "tasks": {"a": {"classnames": "abc"}}}, "list of strings"),
+        ({**doc, "extra": 1}, "unknown key"),
+        ({**doc, "arch": 3}, "arch must be"),
+    ]
+    for d, match in bad:
+        with pytest.raises(ModelSetError, match=match):
+            ModelSet.from_json(d, root=tmp_path)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ModelSetError, match="not valid JSON"):
+        ModelSet.from_json(tmp_path / "broken.json")
+    with pytest.raises(ModelSetError, match="does not exist"):
+        ModelSet.from_json(tmp_path / "none.json")
+
+
+def test_spec_takes_the_model_set_by_path_or_inline_and_old_refs_are_unchanged(tmp_path, monkeypatch):
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "base.safetensors"))
+    (tmp_path / "modelset.json").write_text(json.dumps({"base": "base.safetensors"}))
+    by_path = RunConfig.from_dict({"model_set": {"path": str(tmp_path / "modelset.json")}})
+    assert by_path.model_set.to_dict() == {"path": str(tmp_path / "modelset.json")}
+    assert by_path.model_set.load().base_path == tmp_path / "base.safetensors"
+    inline = {"base": "base.safetensors", "finetuned": {}, "tasks": {}, "arch": None}
+    rc = RunConfig.from_dict({"model_set": inline})
+    assert rc.model_set.inline is not None and rc.model_set.to_dict() == inline
+    assert RunConfig.from_dict(json.loads(rc.to_json())) == rc
+    monkeypatch.chdir(tmp_path)  # inline paths resolve against the current directory
+    assert rc.model_set.load().base_path == tmp_path / "base.safetensors"
+    old = {"zoo": None, "base": "/x/b.safetensors", "finetuned": {"a": "/x/a.safetensors"}}
+    assert ModelSetRef.from_dict(old).to_dict() == old
+    assert ModelSetRef.from_dict({"zoo": "demo"}).to_dict() == {"zoo": "demo", "base": None, "finetuned": {}}
+    with pytest.raises(ValueError, match="no other key"):
+        ModelSetRef.from_dict({"path": "x.json", "base": "b"})
