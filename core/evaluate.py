@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from .datasets.imagecache import transform_for
 from .datasets.sources import Progress, TaskSource, model_set_sources
 from .errors import Cancelled, ModelSetError
-from .heads import Head, check_head, has_text_tower
-from .models import build_model, image_size_of, load_visual, preprocess, zero_shot_head
+from .heads import check_head, has_text_tower, resolve_head
+from .models import build_model, image_size_of, load_visual, preprocess
 
 MEMORY_BUDGET_MB = 512  # float32 input + activations of one batch
 MAX_BATCH = 1024
@@ -174,13 +174,18 @@ class Evaluator:
                 src = TaskSource(images, labels, spec.classnames, spec.templates)
             if src.head is not None:
                 head = check_head(src.head, name, src.num_classes or src.head.num_classes, embed_dim)
-            elif not text:
-                raise ModelSetError(
-                    f"task {name!r}: the base checkpoint has no text tower, so no zero-shot head can be built; "
-                    'give the task a "head" file ([classes, embed_dim] tensor)'
-                )
             else:
-                head = Head(zero_shot_head(self.model, src.classnames, src.templates), None, "zero-shot")
+                head = resolve_head(
+                    name,
+                    self.model,
+                    base_has_text=text,
+                    num_classes=src.num_classes if src.num_classes is not None else -1,
+                    classnames=src.classnames,
+                    templates=src.templates,
+                )
+            if len(src.labels) and int(src.labels.max()) >= head.num_classes:
+                top = int(src.labels.max())
+                raise ModelSetError(f"task {name!r}: labels go up to {top} but the head has {head.num_classes} classes")
             heads[name] = (src, head)
         self.device = resolve_device(device)
         self.model.to(self.device)

@@ -111,7 +111,9 @@ def resolve_head(
             f"task {task!r}: the base checkpoint has no text tower, so no zero-shot head can be built; "
             f'give the task a "head" file ([classes, embed_dim] tensor)'
         )
-    if classnames is None or len(classnames) != num_classes:
+    if classnames is None:
+        raise ModelSetError(f"task {task!r}: no class names to build a zero-shot head from; give classnames or a head")
+    if len(classnames) != num_classes:
         raise ModelSetError(f"task {task!r}: need {num_classes} class names to build a zero-shot head")
     tmpl = list(templates) if templates else templates_for(task)
     w = zero_shot_head(model, list(classnames), tmpl)

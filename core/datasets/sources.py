@@ -59,11 +59,11 @@ class TaskSource:
             self.index = torch.from_numpy(self.index.astype(np.int64))
         if self.pixels.dtype != torch.uint8:
             raise TypeError(f"task pixels must be uint8 (N, 3, H, W), got {self.pixels.dtype}")
-        if self.num_classes is None:
-            if self.head is not None:
-                self.num_classes = self.head.num_classes
-            elif self.classnames is not None:
+        if self.num_classes is None:  # the data's classes: its class names, else the head's rows
+            if self.classnames is not None:
                 self.num_classes = len(self.classnames)
+            elif self.head is not None:
+                self.num_classes = self.head.num_classes
 
 
 def zoo_source(name: str, split: str, subsample: int | None, seed: int) -> TaskSource:
