@@ -140,3 +140,54 @@ def test_spec_takes_the_model_set_by_path_or_inline_and_old_refs_are_unchanged(t
     assert ModelSetRef.from_dict({"zoo": "demo"}).to_dict() == {"zoo": "demo", "base": None, "finetuned": {}}
     with pytest.raises(ValueError, match="no other key"):
         ModelSetRef.from_dict({"path": "x.json", "base": "b"})
+
+
+def tiny_model_set(root, corrupt=False):
+    """A random micro-architecture base, two perturbed visual fine-tunes, generated PNG folders."""
+    torch.manual_seed(0)
+    base = build_model(arch="mergescope-micro").state_dict()
+    save_state_dict(base, root / "ck" / "base.safetensors")
+    rng = np.random.default_rng(0)
+    tasks = {}
+    for t in ["alpha", "beta"]:
+        ft = {k: v + 0.01 * torch.randn_like(v) for k, v in base.items() if k.startswith("visual.")}
+        save_state_dict(ft, root / "ck" / f"{t}.safetensors")
+        for split in ("val", "test"):
+            for c in ("red", "blue"):
+                d = root / "data" / t / split / c
+                d.mkdir(parents=True)
+                for i in range(5):
+                    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+        tasks[t] = {"data": f"data/{t}", "templates": ["a {c} thing."]}
+    if corrupt:
+        (root / "data" / "alpha" / "test" / "red" / "9.png").write_bytes(b"\x89PNG broken")
+    doc = {"base": "ck/base.safetensors", "finetuned": {t: f"ck/{t}.safetensors" for t in tasks}, "tasks": tasks}
+    (root / "modelset.json").write_text(json.dumps(doc))
+    return root / "modelset.json"
+
+
+def test_cli_eval_and_analyze_read_a_model_set_json(tmp_path, monkeypatch, capsys, cache_in_tmp):
+    from core.cli.commands import main
+
+    monkeypatch.setenv("MERGESCOPE_RUNLOG", str(tmp_path / "runs.sqlite"))
+    path = tiny_model_set(tmp_path / "set", corrupt=True)
+    spec = {"model_set": {"path": str(path)}, "merge": {"method": "task_arithmetic"}, "eval": {"split": "test"}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    assert main(["eval", "--config", str(tmp_path / "spec.json"), "--json", "--no-log"]) == 0
+    cap = capsys.readouterr()
+    j = json.loads(cap.out)
+    assert {"accuracy", "avg_abs", "avg_norm", "references", "split", "n_images"} <= set(j)
+    assert j["n_images"] == {"alpha": 10, "beta": 10}  # the corrupt file is skipped, not counted
+    assert "1 unreadable image(s) skipped" in cap.err and "9.png" in cap.err
+    refs = {r["task"]: r for r in j["references"]}
+    assert refs["alpha"]["n_images"] == 10 and 0 <= refs["beta"]["zero_shot"] <= 1
+    ms = ModelSet.from_json(path)
+    ev = Evaluator.for_model_set(ms, "test")
+    ta = merge(ms.base(), ms.finetuned_all(), "task_arithmetic")
+    assert j["accuracy"] == ev.accuracy(ta)
+    assert main(["analyze", "--model-set", str(path.parent), "--what", "norms", "--out", str(tmp_path / "n.csv")]) == 0
+    assert (tmp_path / "n.csv").read_text().count("alpha") > 0
+    bad = {**spec, "model_set": {"path": str(tmp_path / "missing.json")}}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    assert main(["eval", "--config", str(tmp_path / "bad.json")]) == 1
+    assert "missing.json does not exist" in capsys.readouterr().err
