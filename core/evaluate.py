@@ -108,6 +108,7 @@ class TaskData:
     skipped: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     head_source: str = ""
+    release: Callable[[], None] | None = None  # after a batch: unmap the cache pages it read
 
     def batch(self, positions: torch.Tensor) -> torch.Tensor:
         """float32 normalized images at `positions` (into `index`): one batch, made on the fly."""
@@ -203,6 +204,7 @@ class Evaluator:
                 tuple(src.skipped),
                 tuple(src.notes),
                 head.source,
+                src.release,
             )
         self.base_visual = {
             k: v.detach().clone() for k, v in self.model.state_dict().items() if k.startswith("visual.")
@@ -354,6 +356,8 @@ class Evaluator:
                 for t, pos in batch:
                     on_features(t, pos, f[i : i + len(pos)])
                     i += len(pos)
+                    if self.tasks[t].release is not None:
+                        self.tasks[t].release()
 
     def _logits(self, task: str, f: torch.Tensor) -> torch.Tensor:
         d = self.tasks[task]

@@ -179,11 +179,13 @@ class ModelSet:
         return d
 
     def build_arch(self) -> str | dict | None:
-        """The architecture to build the base with: `arch`, else a HF ``config.json`` next to the base."""
+        """The architecture to build the base with: `arch`, else a HF ``config.json`` (with a
+        "vision_config") in the base's folder or next to the base file."""
         if self.arch is not None:
             return self.arch
-        cfg = Path(self.base_path) / "config.json" if Path(self.base_path).is_dir() else None
-        if cfg is not None and cfg.exists():
+        base = Path(self.base_path)
+        cfg = base / "config.json" if base.is_dir() else base.parent / "config.json"
+        if cfg.exists():
             d = json.loads(cfg.read_text())
             if "vision_config" in d:
                 return d

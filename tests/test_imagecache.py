@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import open_clip
 import pytest
@@ -76,3 +78,27 @@ def test_transform_follows_the_model_and_a_hf_preprocessor_config():
     hf = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], "resample": 2}
     t2 = transform_for(m, hf)
     assert t2.mean == (0.5, 0.5, 0.5) and t2.std == (0.25, 0.25, 0.25) and t2.interpolation == "bilinear"
+
+
+def _resident_kb(path) -> int:
+    """Resident kB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_a_pass_over_the_cache_does_not_stay_resident(tmp_path):
+    paths = [write_image(tmp_path / f"{i}.png", i, (64, 64)) for i in range(40)]
+    got = cached_images(paths, ImageTransform(64))
+    file = got.path / "pixels.u8"
+    assert int(np.asarray(got.pixels).sum()) > 0  # touch every page
+    assert _resident_kb(file) >= 40 * 3 * 64 * 64 // 1024 - 8
+    got.release()
+    assert _resident_kb(file) == 0
+    assert int(np.asarray(got.pixels[3]).sum()) > 0  # still readable: pages fault back in from the file

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import sys
@@ -121,6 +122,15 @@ def transform_for(model, preprocessor_config: dict | None = None) -> ImageTransf
     return t
 
 
+def drop_resident(pixels) -> None:
+    """Unmap the pages of a memory-mapped array from this process (they stay in the OS page cache
+    and fault back in on the next read): a pass over a big cache then costs one batch of resident
+    memory, not the whole file. A no-op for in-memory arrays."""
+    mm = getattr(pixels, "_mmap", None)  # numpy.memmap's mmap object
+    if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
 @dataclass
 class CachedImages:
     """A memory-mapped (N, 3, S, S) uint8 array; `bad`: (index, path, reason) of unreadable files."""
@@ -128,6 +138,10 @@ class CachedImages:
     pixels: np.ndarray
     bad: list[tuple[int, str, str]]
     path: Path
+
+    def release(self) -> None:
+        """Drop this cache's pages from the process's resident memory (see `drop_resident`)."""
+        drop_resident(self.pixels)
 
     @property
     def valid(self) -> np.ndarray:
@@ -216,6 +230,7 @@ def cached_images(
                 for start in range(0, n, chunk):
                     results = list(pool.map(one, range(start, min(n, start + chunk))))
                     bad += [r for r in results if r is not None]
+                    drop_resident(out)  # written pages live on in the page cache, not in our RSS
                     done = min(n, start + chunk)
                     if bar is not None:
                         bar.update(done - bar.n)

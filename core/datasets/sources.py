@@ -46,6 +46,7 @@ class TaskSource:
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     num_classes: int | None = None
+    release: Callable[[], None] | None = None  # drops a memory-mapped cache's resident pages
 
     def __post_init__(self):
         if isinstance(self.pixels, np.ndarray):
@@ -107,6 +108,7 @@ def user_source(
         skipped,
         notes,
         ds.num_classes,
+        cached.release,
     )
 
 
