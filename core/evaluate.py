@@ -20,7 +20,6 @@ another session's numbers. The accuracy summaries (normalized, control) live in 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,68 +28,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .anytime import Estimate, stratified_order
 from .datasets.imagecache import transform_for
 from .datasets.sources import Progress, TaskSource, model_set_sources
 from .errors import Cancelled, ModelSetError
 from .heads import check_head, has_text_tower, resolve_head
 from .models import build_model, image_size_of, load_visual, preprocess
 
-MEMORY_BUDGET_MB = 512  # float32 input + activations of one batch
+MEMORY_BUDGET_MB = 256  # float32 input + activations of one batch
 MAX_BATCH = 1024
-Z95 = 1.959963984540054
-
-
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval (95% by default) for k successes in n trials; (0, 1) when n == 0."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def stratified_order(labels: np.ndarray, seed: int = 0) -> np.ndarray:
-    """A seeded order of positions whose every prefix holds each class in proportion: class c's j-th
-    (shuffled) image gets the key (j + u_c) / n_c, u_c uniform, and positions are sorted by key."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    keys = np.empty(len(labels))
-    for c in np.unique(labels):
-        pos = np.flatnonzero(labels == c)
-        perm = rng.permutation(pos)
-        keys[perm] = (np.arange(len(pos)) + rng.random()) / len(pos)
-    return np.argsort(keys, kind="stable")
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """Accuracy of one task so far: `correct` of `n` evaluated images out of `total`."""
-
-    correct: int
-    n: int
-    total: int
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.n if self.n else float("nan")
-
-    @property
-    def done(self) -> bool:
-        return self.n >= self.total
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        """95% Wilson interval; exact (a point) once every image of the split is evaluated."""
-        if self.done and self.n:
-            return self.accuracy, self.accuracy
-        return wilson_interval(self.correct, self.n)
-
-    @property
-    def half_width(self) -> float:
-        lo, hi = self.interval
-        return (hi - lo) / 2
+FIRST_ROUND_SECONDS = 1.0  # anytime rounds: aim for first numbers within about this long
 
 
 @dataclass
@@ -206,13 +153,19 @@ class Evaluator:
                 head.source,
                 src.release,
             )
-        self.base_visual = {
-            k: v.detach().clone() for k, v in self.model.state_dict().items() if k.startswith("visual.")
-        }
+        # The base's visual weights, to restore between evaluations: the caller's (read-only) tensors
+        # where they fit as they are, copies otherwise (HF names, other dtypes).
+        self.base_visual = {}
+        for k, v in self.model.state_dict().items():
+            if k.startswith("visual."):
+                src = base_state_dict.get(k)
+                fits = src is not None and src.shape == v.shape and src.dtype == v.dtype and src.device == v.device
+                self.base_visual[k] = src if fits and torch.equal(src, v) else v.detach().clone()
         self.bf16 = bf16
         self.fp16 = fp16
         self.batch_size = int(batch_size) if batch_size else auto_batch_size(self.model)
         self._orders: dict[tuple[str, int], np.ndarray] = {}
+        self._speed: dict[str, float] = {}  # images/s of the last pass per precision (shared by views)
         # Shared by every view of this evaluator: which weights are in the (shared) model now.
         self._model_state: dict[str, object] = {"loaded": None}
 
@@ -344,20 +297,37 @@ class Evaluator:
     ) -> None:
         """Run the model over `positions` (per task, into its index) batch by batch; calls
         `on_features(task, positions, normalized float32 features)`. Checks `cancel` between batches."""
-        with torch.inference_mode():
+        t0, seen = time.perf_counter(), 0
+        # One autocast region for the whole pass: the bf16/fp16 weight copies are cast once, not per batch.
+        with torch.inference_mode(), self._autocast():
             for batch in self._plan(positions):
                 if _cancelled(cancel):
                     raise Cancelled("evaluation cancelled")
                 x = torch.cat([self.tasks[t].batch(pos) for t, pos in batch]).to(self.device, non_blocking=True)
-                with self._autocast():
-                    f = self.model.encode_image(x)
-                f = F.normalize(f.float(), dim=-1)
-                i = 0
-                for t, pos in batch:
-                    on_features(t, pos, f[i : i + len(pos)])
-                    i += len(pos)
-                    if self.tasks[t].release is not None:
-                        self.tasks[t].release()
+                f = self.model.encode_image(x)
+                seen += len(x)
+                with torch.autocast(self.device.type, enabled=False):  # heads and argmax in float32
+                    f = F.normalize(f.float(), dim=-1)
+                    self._post(batch, f, on_features)
+        if seen:
+            self._speed[self.precision] = seen / max(time.perf_counter() - t0, 1e-9)
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp16" if self.fp16 else "fp32"
+
+    def images_per_second(self) -> float | None:
+        """The speed of the last pass at this view's precision (None before any)."""
+        return self._speed.get(self.precision)
+
+    def _post(self, batch, f: torch.Tensor, on_features) -> None:
+        """Hand each task's slice of the batch's features on, then unmap the cache pages it read."""
+        i = 0
+        for t, pos in batch:
+            on_features(t, pos, f[i : i + len(pos)])
+            i += len(pos)
+            if self.tasks[t].release is not None:
+                self.tasks[t].release()
 
     def _logits(self, task: str, f: torch.Tensor) -> torch.Tensor:
         d = self.tasks[task]
@@ -434,13 +404,14 @@ class Evaluator:
         state_dict: Mapping[str, torch.Tensor] | None = None,
         tasks: Iterable[str] | None = None,
         *,
-        first: int = 8,
+        first: int | None = None,
         growth: float = 2.0,
         seed: int = 0,
         cancel=None,
     ) -> Iterator[dict[str, Estimate]]:
         """Anytime accuracy: round r evaluates the next ``first * growth**r`` images of every task in its
-        stratified order and yields {task: Estimate(correct, n, total)} (cumulative; `Estimate.interval`
+        stratified order (`first` None: as many as the last pass's speed evaluates in
+        `FIRST_ROUND_SECONDS`, at least 2 per task; 8 before any pass) and yields {task: Estimate(correct, n, total)} (cumulative; `Estimate.interval`
         is the 95% Wilson interval). Stops after the round that covers every image, or quietly between
         batches once `cancel` is set. Other callers may use the shared model between rounds: the
         weights are re-loaded when needed (hold `core.runtime.locks.FORWARD_LOCK` around each step)."""
@@ -448,6 +419,9 @@ class Evaluator:
         right = {t: 0 for t in tasks}
         done = {t: 0 for t in tasks}
         total = {t: len(self.tasks[t].labels) for t in tasks}
+        if first is None:
+            speed = self.images_per_second()
+            first = 8 if speed is None else max(2, int(speed * FIRST_ROUND_SECONDS / max(1, len(tasks))))
         step = max(1, int(first))
 
         def count(t, pos, f):
@@ -488,26 +462,3 @@ def _cancelled(cancel) -> bool:
     if hasattr(cancel, "is_set"):
         return bool(cancel.is_set())
     return bool(cancel())
-
-
-def estimates_table(estimates: Mapping[str, Estimate]) -> list[dict]:
-    """Rows {task, accuracy, correct, n, total, low, high} for display or JSON."""
-    rows = []
-    for t, e in estimates.items():
-        lo, hi = e.interval
-        rows.append(
-            {"task": t, "accuracy": e.accuracy, "correct": e.correct, "n": e.n, "total": e.total, "low": lo, "high": hi}
-        )
-    return rows
-
-
-__all__ = [
-    "Estimate",
-    "Evaluator",
-    "TaskData",
-    "auto_batch_size",
-    "estimates_table",
-    "resolve_device",
-    "stratified_order",
-    "wilson_interval",
-]

@@ -1,11 +1,20 @@
+import json
+
+import numpy as np
+import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+import core.evaluate as E
 from core import data as D
+from core.checkpoints import save_state_dict
 from core.datasets.sources import subsample_indices
+from core.errors import Cancelled
 from core.evaluate import Evaluator
 from core.models import build_model, preprocess, zero_shot_head
+from core.modelset import ModelSet
 
 
 def test_accuracy_equals_a_slow_reference_loop(micro_zoo):
@@ -73,17 +82,6 @@ def test_sessions_keep_their_own_bf16_and_subsample(micro_zoo):
 
 
 # --------------------------------------------------------------------------- real architectures, user data
-import json  # noqa: E402
-
-import numpy as np  # noqa: E402
-import open_clip  # noqa: E402
-from PIL import Image  # noqa: E402
-
-import core.evaluate as E  # noqa: E402
-from core.checkpoints import save_state_dict  # noqa: E402
-from core.errors import Cancelled  # noqa: E402
-from core.evaluate import Estimate, stratified_order, wilson_interval  # noqa: E402
-from core.modelset import ModelSet  # noqa: E402
 
 
 @pytest.fixture
@@ -197,24 +195,6 @@ def test_float32_images_exist_only_one_batch_at_a_time(micro_zoo, monkeypatch):
     monkeypatch.undo()
     small = E.auto_batch_size(build_model(arch="ViT-B-32"), budget_mb=64)
     assert 1 <= small < E.auto_batch_size(build_model(arch="ViT-B-32"), budget_mb=512) <= E.MAX_BATCH
-
-
-def test_wilson_interval_known_values():
-    lo, hi = wilson_interval(5, 10)
-    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
-    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(0, 10)[1] == pytest.approx(0.2775, abs=1e-4)
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-    assert Estimate(7, 20, 20).interval == (0.35, 0.35)  # every image seen: exact
-
-
-def test_stratified_order_prefixes_keep_class_proportions():
-    labels = np.repeat([0, 1, 2], [60, 30, 10])
-    order = stratified_order(labels, seed=1)
-    assert sorted(order.tolist()) == list(range(100))
-    for k in (10, 20, 50):
-        counts = np.bincount(labels[order[:k]], minlength=3)
-        assert np.all(np.abs(counts - k * np.array([0.6, 0.3, 0.1])) <= 1.0), (k, counts)
-    assert not np.array_equal(order, stratified_order(labels, seed=2))
 
 
 def test_rounds_converge_to_the_exact_accuracy_and_cancel_stops_them(micro_zoo):
