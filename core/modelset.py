@@ -192,10 +192,17 @@ class ModelSet:
         return None
 
     def preprocessor_config(self) -> dict | None:
-        """A HF ``preprocessor_config.json`` next to the base (image size, mean/std, resampling), if any."""
+        """The base's preprocessing from a HF ``preprocessor_config.json`` (mean/std, resampling) or an
+        open_clip hub ``open_clip_config.json`` ("preprocess_cfg") in its folder, if any."""
         base = Path(self.base_path)
-        p = base / "preprocessor_config.json" if base.is_dir() else base.parent / "preprocessor_config.json"
-        return json.loads(p.read_text()) if p.exists() else None
+        folder = base if base.is_dir() else base.parent
+        if (folder / "preprocessor_config.json").exists():
+            return json.loads((folder / "preprocessor_config.json").read_text())
+        if (folder / "open_clip_config.json").exists():
+            pc = json.loads((folder / "open_clip_config.json").read_text()).get("preprocess_cfg") or {}
+            keys = {"mean": "image_mean", "std": "image_std", "interpolation": "interpolation"}
+            return {new: pc[old] for old, new in keys.items() if old in pc} or None
+        return None
 
     @property
     def tasks(self) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +109,6 @@ class EvalSpec:
         d = dict(d)
         if d.get("tasks") is not None:
             d["tasks"] = tuple(d["tasks"])
-        unknown = set(d) - {f.name for f in fields(EvalSpec)}
-        if unknown:
-            raise ValueError(f"eval has unknown key(s) {sorted(unknown)}; allowed {[f.name for f in fields(EvalSpec)]}")
         return EvalSpec(**d)
 
 

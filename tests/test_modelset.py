@@ -18,6 +18,7 @@ from core.errors import ModelSetError
 from core.evaluate import Evaluator
 from core.merging import merge
 from core.models import build_model, zero_shot_head
+from core.runtime.runlog import RunLog
 from core.spec import ModelSetRef, RunConfig
 
 
@@ -185,9 +186,26 @@ def test_cli_eval_and_analyze_read_a_model_set_json(tmp_path, monkeypatch, capsy
     ev = Evaluator.for_model_set(ms, "test")
     ta = merge(ms.base(), ms.finetuned_all(), "task_arithmetic")
     assert j["accuracy"] == ev.accuracy(ta)
+    assert main(["eval", "--config", str(tmp_path / "spec.json")]) == 0  # logged: the set as it resolved
+    capsys.readouterr()
+    logged = json.loads(RunLog().list(kind="eval")["metrics"].iloc[0])
+    assert logged["model_set"]["base"] == str(tmp_path / "set" / "ck" / "base.safetensors")
+    assert logged["model_set"]["tasks"]["alpha"]["data"] == str(tmp_path / "set" / "data" / "alpha")
     assert main(["analyze", "--model-set", str(path.parent), "--what", "norms", "--out", str(tmp_path / "n.csv")]) == 0
     assert (tmp_path / "n.csv").read_text().count("alpha") > 0
     bad = {**spec, "model_set": {"path": str(tmp_path / "missing.json")}}
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     assert main(["eval", "--config", str(tmp_path / "bad.json")]) == 1
     assert "missing.json does not exist" in capsys.readouterr().err
+
+
+def test_preprocessing_comes_from_the_checkpoint_folder(tmp_path):
+    from core.datasets import transform_for
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "open_clip_model.safetensors"))
+    cfg = {"model_cfg": {}, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(cfg))
+    ms = ModelSet.from_json({"base": str(tmp_path / "open_clip_model.safetensors")})
+    t = transform_for(build_model(arch="mergescope-micro"), ms.preprocessor_config())
+    assert t.mean == (0.5, 0.5, 0.5) and t.std == (0.5, 0.5, 0.5) and t.size == 32
+    assert ms.build_arch() is None  # no HF config.json: shapes decide

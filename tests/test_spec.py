@@ -45,7 +45,7 @@ def test_eval_spec_device_and_fp16_are_optional_and_leave_old_dicts_unchanged():
     gpu = EvalSpec(device="cuda:1", fp16=True)
     assert gpu.to_dict()["device"] == "cuda:1" and EvalSpec.from_dict(gpu.to_dict()) == gpu
     assert EvalSpec().device == "auto"
-    with pytest.raises(ValueError, match="unknown key"):
+    with pytest.raises(TypeError, match="gpu"):
         EvalSpec.from_dict({"split": "val", "gpu": True})
 
 

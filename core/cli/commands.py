@@ -155,6 +155,9 @@ def evaluate_config(config: RunConfig, *, ms=None, executor=None) -> dict:
         "lines_alpha": r["alpha"],
         "table": table[["task", "accuracy", "normalized", "zero_shot", "finetuned", "n_images"]],
         "fingerprint": ms.fingerprint(),
+        "model_set": ms.to_json_dict()
+        if getattr(ms, "zoo_dir", None) is None and hasattr(ms, "to_json_dict")
+        else None,
     }
 
 
@@ -202,7 +205,10 @@ def cmd_eval(args) -> int:
     if not args.no_log:
         from ..runtime.runlog import RunLog
 
-        run_id = RunLog().log("eval", config.to_dict(), metrics, res["fingerprint"], seed=config.eval.seed)
+        logged = dict(metrics)
+        if res.get("model_set") is not None:  # a model set JSON: log what it resolved to, not only its path
+            logged["model_set"] = res["model_set"]
+        run_id = RunLog().log("eval", config.to_dict(), logged, res["fingerprint"], seed=config.eval.seed)
     if args.json:
         print(json.dumps({**metrics, "run_id": run_id}, indent=2, sort_keys=True))
     else:

@@ -116,7 +116,7 @@ def transform_for(model, preprocessor_config: dict | None = None) -> ImageTransf
             size,
             tuple(float(v) for v in pc.get("image_mean", t.mean)),
             tuple(float(v) for v in pc.get("image_std", t.std)),
-            _HF_RESAMPLE.get(pc.get("resample"), t.interpolation),
+            pc.get("interpolation") or _HF_RESAMPLE.get(pc.get("resample"), t.interpolation),
             t.resize_mode,
         )
     return t
