@@ -167,7 +167,10 @@ class Evaluator:
         self._orders: dict[tuple[str, int], np.ndarray] = {}
         self._speed: dict[str, float] = {}  # images/s of the last pass per precision (shared by views)
         # Shared by every view of this evaluator: which weights are in the (shared) model now.
-        self._model_state: dict[str, object] = {"loaded": None}
+        self._model_state: dict[str, object] = {"loaded": None, "version": 0}
+        # CPU bf16/fp16: a low-precision copy of the visual tower (pure bf16 matmuls use AMX / AVX-512
+        # BF16; CPU autocast re-casts activations around every op and was slower than fp32 here).
+        self._low: dict[torch.dtype, dict] = {}
 
     def with_settings(
         self, *, bf16: bool | None = None, fp16: bool | None = None, batch_size: int | None = None
@@ -256,6 +259,7 @@ class Evaluator:
             if self._model_state["loaded"] != "base":
                 load_visual(self.model, self.base_visual)
                 self._model_state["loaded"] = "base"
+                self._model_state["version"] += 1
             return
         n_visual = sum(k.startswith("visual.") for k in state_dict)
         if n_visual < len(self.base_visual):  # partial dict: the rest comes from the base
@@ -263,6 +267,7 @@ class Evaluator:
         if n_visual:
             load_visual(self.model, state_dict)
         self._model_state["loaded"] = id(state_dict)
+        self._model_state["version"] += 1
 
     def _ensure_loaded(self, state_dict) -> None:
         want = "base" if state_dict is None else id(state_dict)
@@ -270,8 +275,27 @@ class Evaluator:
             self.load(state_dict)
 
     def _autocast(self):
+        """Autocast on a GPU for bf16 / fp16; on the CPU a low-precision tower is used instead (`_tower`)."""
         dtype = torch.bfloat16 if self.bf16 else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype, enabled=bool(self.bf16 or self.fp16))
+        on = bool(self.bf16 or self.fp16) and self.device.type != "cpu"
+        return torch.autocast(self.device.type, dtype=dtype, enabled=on)
+
+    @torch.no_grad()
+    def _tower(self) -> tuple[torch.nn.Module, torch.dtype]:
+        """The visual tower to run and its input dtype: the model's own in fp32 (and on a GPU), else a
+        bf16 / fp16 copy shared by every view, refreshed when the model's weights changed."""
+        if not (self.bf16 or self.fp16) or self.device.type != "cpu":
+            return self.model.visual, torch.float32
+        dtype = torch.bfloat16 if self.bf16 else torch.float16
+        low = self._low.get(dtype)
+        if low is None:
+            low = {"tower": copy.deepcopy(self.model.visual).to(dtype), "version": None}
+            self._low[dtype] = low
+        if low["version"] != self._model_state["version"]:
+            for a, b in zip(low["tower"].state_dict().values(), self.model.visual.state_dict().values()):
+                a.copy_(b)
+            low["version"] = self._model_state["version"]
+        return low["tower"], dtype
 
     def _plan(self, positions: Mapping[str, torch.Tensor]) -> Iterator[list[tuple[str, torch.Tensor]]]:
         """Batches of at most `batch_size` images running across tasks in order: [(task, positions)]."""
@@ -298,13 +322,14 @@ class Evaluator:
         """Run the model over `positions` (per task, into its index) batch by batch; calls
         `on_features(task, positions, normalized float32 features)`. Checks `cancel` between batches."""
         t0, seen = time.perf_counter(), 0
-        # One autocast region for the whole pass: the bf16/fp16 weight copies are cast once, not per batch.
+        tower, dtype = self._tower()
+        # One autocast region for the whole pass (GPU): the weight copies are cast once, not per batch.
         with torch.inference_mode(), self._autocast():
             for batch in self._plan(positions):
                 if _cancelled(cancel):
                     raise Cancelled("evaluation cancelled")
-                x = torch.cat([self.tasks[t].batch(pos) for t, pos in batch]).to(self.device, non_blocking=True)
-                f = self.model.encode_image(x)
+                x = torch.cat([self.tasks[t].batch(pos) for t, pos in batch])
+                f = tower(x.to(self.device, dtype, non_blocking=True))
                 seen += len(x)
                 with torch.autocast(self.device.type, enabled=False):  # heads and argmax in float32
                     f = F.normalize(f.float(), dim=-1)

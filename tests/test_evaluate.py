@@ -221,3 +221,15 @@ def test_rounds_converge_to_the_exact_accuracy_and_cancel_stops_them(micro_zoo):
     assert list(ev.rounds(ft, first=4, cancel=stop)) == []
     with pytest.raises(Cancelled):
         ev.accuracy(ft, cancel=lambda: True)
+
+
+def test_cpu_bf16_tower_follows_the_weights_loaded_by_any_view(micro_zoo):
+    ev = Evaluator.for_model_set(micro_zoo, "test", subsample=40)
+    bf = ev.with_settings(bf16=True)
+    a, b = micro_zoo.finetuned(micro_zoo.tasks[0]), micro_zoo.finetuned(micro_zoo.tasks[1])
+    acc_a = bf.accuracy(a)
+    fp32_b = ev.accuracy(b)  # the fp32 view moves the shared model
+    assert bf.accuracy(a) == acc_a
+    acc_b = bf.accuracy(b)
+    assert acc_b != acc_a  # a stale low-precision copy would still hold a's weights
+    assert all(abs(acc_b[t] - fp32_b[t]) <= 0.1 for t in fp32_b)
