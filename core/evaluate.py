@@ -4,8 +4,9 @@
 each task's uint8 pixels (the demo zoo's in memory, a user's data memory-mapped from the on-disk
 image cache, `core.datasets.imagecache`), labels and heads — and `accuracy(state_dict)` copies a
 (merged or fine-tuned) visual tower into the model in place and streams the images through it in
-batches under `torch.inference_mode` (bf16 / fp16 autocast optional). Normalization happens per
-batch: the only float32 image buffer is one batch, sized from a memory budget (`auto_batch_size`).
+batches under `torch.inference_mode`. bf16 / fp16 are opt-in: autocast on a GPU, a low-precision
+copy of the visual tower on the CPU (`_tower`). Normalization happens per batch: the only float32
+image buffer is one batch, sized from a memory budget (`auto_batch_size`).
 
 Anytime results: `rounds(state_dict)` evaluates a seeded, class-stratified order of each task's
 images in growing rounds and yields per task (correct, n) with a 95% Wilson interval
