@@ -12,7 +12,7 @@ from core.errors import ModelSetError
 from core.evaluate import Evaluator
 from core.heads import Head, check_head, has_text_tower, load_head, resolve_head
 from core.models import build_model, zero_shot_head
-from core.templates import GENERIC_TEMPLATES, known_templates, templates_for
+from core.templates import GENERIC_TEMPLATES
 
 
 class ClassificationHead(torch.nn.Linear):
@@ -88,11 +88,3 @@ def test_zero_shot_head_from_class_names_and_task_named_templates():
     torch.testing.assert_close(h2.weight, zero_shot_head(model, ["x", "y"], GENERIC_TEMPLATES, cache=False))
     with pytest.raises(ModelSetError, match="no text tower"):
         resolve_head("t", model, base_has_text=False, num_classes=2, classnames=["x", "y"])
-
-
-def test_templates_are_found_by_dataset_name():
-    assert known_templates("MNISTVal") == ['a photo of the number: "{c}".']
-    assert known_templates("stanford_cars")[3] == "i love my {c}!"
-    assert len(known_templates("RESISC45")) == 18 and "aerial view of the {c}." in known_templates("resisc45")
-    assert len(known_templates("ImageNet")) == 80 and all("{c}" in t for t in known_templates("imagenet"))
-    assert known_templates("my_data") is None and templates_for("my_data") == GENERIC_TEMPLATES
