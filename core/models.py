@@ -270,14 +270,21 @@ def build_model(
 
 # ---------------------------------------------------------------------------
 # Preprocessing, features and zero-shot heads.
-def preprocess(images: torch.Tensor, image_size: int | None = None) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32 normalized with CLIP's mean/std, resized to `image_size` if needed."""
+def preprocess(
+    images: torch.Tensor,
+    image_size: int | None = None,
+    *,
+    mean: Sequence[float] = IMAGE_MEAN,
+    std: Sequence[float] = IMAGE_STD,
+) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32 normalized with `mean`/`std` (CLIP's by default), resized to
+    `image_size` if needed. The evaluator calls it per batch: callers never hold a split as float32."""
     x = images.float().div_(255)
     if image_size is not None and x.shape[-1] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bicubic", antialias=True, align_corners=False)
-    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - m) / s
 
 
 def image_size_of(model: open_clip.CLIP) -> int:

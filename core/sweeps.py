@@ -252,7 +252,9 @@ def make_evaluator(ms, es: EvalSpec):
     """The evaluator of a job; tests replace this (serial runs) to avoid building models."""
     from .evaluate import Evaluator
 
-    return Evaluator.for_model_set(ms, split=es.split, subsample=es.subsample, bf16=es.bf16, seed=es.seed)
+    return Evaluator.for_model_set(
+        ms, split=es.split, subsample=es.subsample, bf16=es.bf16, seed=es.seed, fp16=es.fp16, device=es.device
+    )
 
 
 def evaluate_job(job: EvalJob) -> dict:

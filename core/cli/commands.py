@@ -7,8 +7,12 @@ for sweeps), so any result seen in the UI reproduces from a shell:
     python -m core eval    --config spec.json [--split val|test] [--json] [--allow-nonfinite]
     python -m core sweep   --config sweep.json [--processes N] [--ray ADDRESS] [--out grid.csv] [--json]
                            [--allow-nonfinite]
-    python -m core analyze (--zoo demo|micro | --base B.safetensors --finetuned task=FT.safetensors ...)
+    python -m core analyze (--zoo demo|micro | --model-set DIR/modelset.json
+                            | --base B.safetensors --finetuned task=FT.safetensors ...)
                            --what norms|spectra|scopes [--tower visual|text] [--out table.csv]
+
+A spec's "model_set" is the demo zoo ({"zoo": "demo"}), a model set JSON ({"path": "DIR/modelset.json"}),
+or the model set object inline (see core.modelset.ModelSet.from_json and docs/methods/evaluation.md).
 
 Evaluations and sweeps are appended to the run log (core.runs; --no-log to skip).
 Bad input (missing file, bad JSON, unknown method, parameter or task) prints one
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import ModelSetError
 from ..spec import EvalSpec, MergeSpec, ModelSetRef, RunConfig
 from .options import UserError, guarded, message
 
@@ -75,7 +80,7 @@ def load_model_set(ref: ModelSetRef):
 
     try:
         ms = model_set_for(ref)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ModelSetError) as e:
         raise UserError(str(e)) from e
     for p in [ms.base_path, *ms.finetuned_paths.values()]:
         if not Path(p).exists():
@@ -143,15 +148,34 @@ def evaluate_config(config: RunConfig, *, ms=None, executor=None, allow_nonfinit
     r = rows[0]
     table = refs.assign(accuracy=refs["task"].map(r["accuracy"]))
     table["normalized"] = table["accuracy"] / table["finetuned"]
+    n_images, notes = _images_and_notes(ms, config.eval, list(table["task"]))
+    table["n_images"] = table["task"].map(n_images)
     return {
+        "n_images": n_images,
+        "notes": notes,
         "split": config.eval.split,
         "accuracy": r["accuracy"],
         "avg_abs": r["avg_abs"],
         "avg_norm": r["avg_norm"],
         "lines_alpha": r["alpha"],
-        "table": table[["task", "accuracy", "normalized", "zero_shot", "finetuned"]],
+        "table": table[["task", "accuracy", "normalized", "zero_shot", "finetuned", "n_images"]],
         "fingerprint": ms.fingerprint(),
+        "model_set": ms.to_json_dict()
+        if getattr(ms, "zoo_dir", None) is None and hasattr(ms, "to_json_dict")
+        else None,
     }
+
+
+def _images_and_notes(ms, es: EvalSpec, tasks: list[str]) -> tuple[dict, dict[str, list[str]]]:
+    """How many images each task's accuracy rests on, and what the data readers reported (the same
+    cached evaluator the evaluation used: no second pass over the data)."""
+    from ..sweeps import make_evaluator
+
+    ev = make_evaluator(ms, es)
+    if not hasattr(ev, "num_images"):  # a stand-in evaluator (tests) that does not count
+        return {t: None for t in tasks}, {}
+    counts, notes = ev.num_images(), ev.notes()
+    return {t: int(counts[t]) for t in tasks}, {t: notes[t] for t in tasks if t in notes}
 
 
 def format_eval_table(res: dict) -> str:
@@ -162,6 +186,7 @@ def format_eval_table(res: dict) -> str:
         "normalized": res["avg_norm"],
         "zero_shot": t["zero_shot"].mean(),
         "finetuned": t["finetuned"].mean(),
+        "n_images": t["n_images"].sum(min_count=1),
     }
     t = pd.concat([t, pd.DataFrame([avg])], ignore_index=True)
     return t.to_string(index=False, float_format=lambda v: f"{v:.4f}")
@@ -176,13 +201,19 @@ def cmd_eval(args) -> int:
     if config.eval.split not in ("val", "test"):
         raise UserError(f"eval.split must be 'val' or 'test', got {config.eval.split!r}")
     res = evaluate_config(config, allow_nonfinite=args.allow_nonfinite)
-    metrics = {k: res[k] for k in ("split", "accuracy", "avg_abs", "avg_norm", "lines_alpha")}
-    metrics["references"] = res["table"][["task", "zero_shot", "finetuned"]].to_dict(orient="records")
+    metrics = {k: res[k] for k in ("split", "accuracy", "avg_abs", "avg_norm", "lines_alpha", "n_images")}
+    metrics["references"] = res["table"][["task", "zero_shot", "finetuned", "n_images"]].to_dict(orient="records")
+    for task, lines in res["notes"].items():
+        for line in lines:
+            print(f"note: {task}: {line}", file=sys.stderr)
     run_id = None
     if not args.no_log:
         from ..runtime.runlog import RunLog
 
-        run_id = RunLog().log("eval", config.to_dict(), metrics, res["fingerprint"], seed=config.eval.seed)
+        logged = dict(metrics)
+        if res.get("model_set") is not None:  # a model set JSON: log what it resolved to, not only its path
+            logged["model_set"] = res["model_set"]
+        run_id = RunLog().log("eval", config.to_dict(), logged, res["fingerprint"], seed=config.eval.seed)
     if args.json:
         print(json.dumps({**metrics, "run_id": run_id}, indent=2, sort_keys=True))
     else:
@@ -309,15 +340,22 @@ def analyze_table(ms, what: str, tower: str = "visual") -> pd.DataFrame:
 
 
 def cmd_analyze(args) -> int:
-    if args.zoo and (args.base or args.finetuned):
-        raise UserError("give either --zoo or --base/--finetuned, not both")
+    given = [bool(args.zoo), bool(args.model_set), bool(args.base or args.finetuned)]
+    if sum(given) > 1:
+        raise UserError("give one of --zoo, --model-set or --base/--finetuned")
     if args.zoo:
         ref = ModelSetRef(zoo=args.zoo)
+    elif args.model_set:
+        ref = ModelSetRef(zoo=None, path=args.model_set)
     elif args.base and args.finetuned:
         ref = ModelSetRef(zoo=None, base=args.base, finetuned=tuple(sorted(_parse_finetuned(args.finetuned).items())))
     else:
-        raise UserError("analyze needs --zoo demo|micro, or --base PATH and at least one --finetuned task=PATH")
+        raise UserError(
+            "analyze needs --zoo demo|micro, --model-set modelset.json, or --base PATH and --finetuned task=PATH ..."
+        )
     ms = load_model_set(ref)
+    if not ms.tasks:
+        raise UserError(f"model set {ms.name!r} has no fine-tuned checkpoints to analyze")
     table = analyze_table(ms, args.what, args.tower)
     if args.out:
         table.to_csv(args.out, index=False)
@@ -371,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("analyze", help="per-layer tables: task-vector norms, spectra, scopes")
     a.add_argument("--zoo", choices=("demo", "micro"))
+    a.add_argument("--model-set", metavar="JSON", help="a model set JSON (or a folder holding modelset.json)")
     a.add_argument("--base", help="base checkpoint (any supported format)")
     a.add_argument("--finetuned", nargs="+", default=[], metavar="TASK=PATH")
     a.add_argument("--what", required=True, choices=("norms", "spectra", "scopes"))
