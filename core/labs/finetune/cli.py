@@ -117,11 +117,10 @@ def load_zoo(kind: str, cache):
     return load_model_set(kind, cache)
 
 
-def run(args) -> int:
-    log = not args.no_log
-    ms = load_zoo(args.zoo, args.cache)
+def common_settings(args, ms) -> dict:
+    """The LabConfig fields every run of the command shares (flags, else the model set's recipe)."""
     d = recipe_defaults(ms)
-    common = {
+    return {
         "steps": args.steps,
         "batch_size": args.batch,
         "lr": args.lr or d["lr"],
@@ -133,6 +132,23 @@ def run(args) -> int:
         "s2": args.s2,
         "s": args.s,
     }
+
+
+def grid_from_args(args, ms) -> list[LabConfig]:
+    """The grid's configs of the parsed flags (what the command runs without --wsa)."""
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        parse_method(m)
+    common = common_settings(args, ms)
+    return grid_configs(
+        args.task, _floats(args.fractions), methods, range(args.seeds), wsa_weight=args.weight, **common
+    )
+
+
+def run(args) -> int:
+    log = not args.no_log
+    ms = load_zoo(args.zoo, args.cache)
+    common = common_settings(args, ms)
     t0 = time.perf_counter()
     if args.wsa:
         tasks = [t for t in args.tasks.split(",") if t]
@@ -153,12 +169,7 @@ def run(args) -> int:
         if args.out:
             res.summary.to_csv(args.out, index=False)
         return 0
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    for m in methods:
-        parse_method(m)
-    configs = grid_configs(
-        args.task, _floats(args.fractions), methods, range(args.seeds), wsa_weight=args.weight, **common
-    )
+    configs = grid_from_args(args, ms)
     print(
         f"{len(configs)} fine-tunes on {args.task} ({args.zoo} zoo): {args.steps} steps x batch {args.batch}, "
         f"lr {common['lr']:g}, workers {args.workers}",

@@ -21,7 +21,9 @@ class LabJob(Job):
     rows: one `LabResult.row()` per finished grid run; results: the finished `LabResult`s;
     current: the running fine-tune's config, step, history rows and hooks (its LayerBalancer's
     multipliers, its ScopeAlignment); result: the grid's DataFrame or the WSAResult; error: the
-    exception text if it failed. threads: torch threads while it runs (default 1, as the CLI's).
+    exception text if it failed; first_step: seconds from the start to the first training step.
+    threads: torch threads while it runs (default 1, as the CLI's: with the process default of one
+    thread per core a run next to the Streamlit server stalls at OpenMP barriers on a busy machine).
     Keyword arguments go to `run_grid` / `wsa_experiment` (run_log included).
     """
 
@@ -40,6 +42,7 @@ class LabJob(Job):
         self.rows: list[dict] = []
         self.results: list[LabResult] = []
         self.current: dict = {}
+        self.first_step: float | None = None
         if autostart:
             self.start()
 
@@ -47,6 +50,8 @@ class LabJob(Job):
         self.current = {**hooks, "history": []}
 
     def _step(self, step: int, total: int, row: dict) -> None:
+        if self.first_step is None:
+            self.first_step = self.elapsed
         cur = self.current
         cur["step"], cur["steps"] = step, total
         cur.setdefault("history", []).append(dict(row))
