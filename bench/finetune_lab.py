@@ -86,7 +86,7 @@ def job_vs_cli(args) -> int:
             while job.running:  # the page's fragment: every second, the live loss and multipliers
                 job.join(1.0)
                 cur = job.current or {}
-                h = pd.DataFrame(cur.get("history", []))
+                h = pd.DataFrame(list(cur.get("history", [])))  # a snapshot: the job appends while we read
                 P.loss_curves({"now": h})
                 bal = cur.get("balancer")
                 if bal is not None and bal.history:

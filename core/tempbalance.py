@@ -181,15 +181,17 @@ class LayerBalancer:
         for g in optimizer.param_groups:
             g.setdefault("reference_lr", g["base_lr"])
             g["base_lr"] = g["reference_lr"] * float(mult.get(g.get("group"), 1.0))
-        for unit, layer, a in alphas[["unit", "layer", "alpha"]].itertuples(index=False):
-            self.history.append(
-                {"step": step, "unit": unit, "layer": layer, "alpha": a, "multiplier": float(mult[unit])}
-            )
+        rows = [
+            {"step": step, "unit": unit, "layer": layer, "alpha": a, "multiplier": float(mult[unit])}
+            for unit, layer, a in alphas[["unit", "layer", "alpha"]].itertuples(index=False)
+        ]
+        self.history.extend(rows)  # one update at once: a live view reading `table()` never sees half of one
         return {"lr_mult_min": float(mult.min()), "lr_mult_max": float(mult.max())}
 
     def table(self) -> pd.DataFrame:
         """Every update: step, unit, layer (Int64), alpha, multiplier."""
-        t = pd.DataFrame(self.history, columns=["step", "unit", "layer", "alpha", "multiplier"])
+        rows = list(self.history)  # a snapshot: the training thread may append while a page reads
+        t = pd.DataFrame(rows, columns=["step", "unit", "layer", "alpha", "multiplier"])
         t["layer"] = t["layer"].astype("Int64")
         return t
 

@@ -80,7 +80,7 @@ def live(job: LabJob | None, what: str) -> None:
         st.caption("Preparing the data and the model (the first run in a session also loads the libraries)…")
     if job.running and cur:
         cfg = cur.get("config")
-        h = pd.DataFrame(cur.get("history", []))
+        h = pd.DataFrame(list(cur.get("history", [])))  # a snapshot: the job appends while we read
         c1, c2 = st.columns(2)
         c1.plotly_chart(
             P.loss_curves({"now": h}, title=f"{cfg.method}, fraction {cfg.fraction:g}, seed {cfg.seed}"),
