@@ -173,3 +173,35 @@ def test_cli_prints_the_accuracy_table(lab, capsys):
     rc = main(argv)
     out = capsys.readouterr().out
     assert rc == 0 and "| fraction | train images | uniform lr | Model Balancing |" in out
+
+
+def test_task_arithmetic_merge_picks_lambda_by_normalized_val_accuracy(monkeypatch):
+    """λ = 1.0 has the higher mean absolute val accuracy, λ = 0.5 the higher normalized one: the
+    selector (core.select.choose_on_val) must pick 0.5, and report it on test."""
+    from core.labs.finetune import wsa
+
+    # accuracy of task A reads the merged weight's first entry, task B's the second
+    table = {"A": {0.5: 0.9, 1.0: 1.0}, "B": {0.5: 0.2, 1.0: 0.15}}
+    own = {"A": 1.0, "B": 0.2}  # each fine-tune on its own task (its entry is 1.0; the other is 0)
+
+    class FakeEvaluator:
+        def __init__(self, split):
+            self.split = split
+
+        def accuracy(self, sd, tasks):
+            w = sd["visual.w"]
+            out = {}
+            for t in tasks:
+                v = round(float(w[0 if t == "A" else 1]), 2)
+                out[t] = own[t] if (float(w[0]), float(w[1])) in ((1.0, 0.0), (0.0, 1.0)) else table[t][v]
+            return out
+
+    monkeypatch.setattr(wsa, "evaluator", lambda ms, tasks, split="test": FakeEvaluator(split))
+    ms = SimpleNamespace(base=lambda: {"visual.w": torch.zeros(2)})
+    sds = [{"visual.w": torch.tensor([1.0, 0.0])}, {"visual.w": torch.tensor([0.0, 1.0])}]
+    out = wsa.task_arithmetic_merge(ms, sds, ["A", "B"], lambdas=(0.5, 1.0))
+    assert out["lambda"] == 0.5
+    assert out["val_normalized"] == pytest.approx((0.9 / 1.0 + 0.2 / 0.2) / 2)
+    assert out["mean_accuracy"] == pytest.approx(0.55) and out["accuracy"] == {"A": 0.9, "B": 0.2}
+    with pytest.raises(ValueError, match="sd_tasks"):
+        wsa.task_arithmetic_merge(ms, sds, ["A", "B", "C"])
