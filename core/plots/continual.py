@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.plots.style import layout
+from core.plots.style import figure, layout
 
 RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f"]
 
@@ -27,7 +27,7 @@ def _cells(values: np.ndarray, fmt: str) -> list[list[str]]:
 def accuracy_heatmap(acc: pd.DataFrame, title: str = "Accuracy matrix A[i, j]") -> go.Figure:
     """Rows: the task evaluated; columns: after training task j. Empty cells: not seen yet."""
     z = acc.to_numpy(dtype=float) * 100
-    fig = go.Figure(
+    fig = figure(
         go.Heatmap(
             z=z,
             x=list(acc.columns),
@@ -48,7 +48,7 @@ def accuracy_heatmap(acc: pd.DataFrame, title: str = "Accuracy matrix A[i, j]") 
 
 def forgetting_bars(forgetting: Mapping[str, pd.Series], title: str = "Forgetting per task") -> go.Figure:
     """Grouped bars: one group per task, one bar per run (max earlier accuracy − final, in points)."""
-    fig = go.Figure()
+    fig = figure()
     for k, (label, s) in enumerate(forgetting.items()):
         s = s.dropna()
         fig.add_bar(x=list(s.index), y=(s * 100).tolist(), name=label, marker_color=RUN_COLOURS[k % len(RUN_COLOURS)])
@@ -83,7 +83,7 @@ def angle_heatmap(
 ) -> go.Figure:
     """Task x task mean principal angle in degrees (90 = orthogonal subspaces)."""
     z = angles.to_numpy(dtype=float)
-    fig = go.Figure(
+    fig = figure(
         go.Heatmap(
             z=z,
             x=list(angles.columns),
@@ -105,7 +105,7 @@ def angle_stages(
     summaries: Mapping[str, pd.DataFrame], title: str = "Task-level feature orthogonality over training"
 ) -> go.Figure:
     """Mean inter-task principal angle among the seen tasks after each task, one line per run."""
-    fig = go.Figure()
+    fig = figure()
     for k, (label, df) in enumerate(summaries.items()):
         d = df.dropna(subset=["mean_angle"])
         fig.add_scatter(
@@ -123,7 +123,7 @@ def angle_stages(
 def ntk_block_heatmap(blocks: pd.DataFrame, title: str = "Empirical NTK: RMS entry of each task block") -> go.Figure:
     """Task x task RMS entry of K = J Jᵀ (intra-task blocks on the diagonal)."""
     z = blocks.to_numpy(dtype=float)
-    fig = go.Figure(
+    fig = figure(
         go.Heatmap(
             z=z,
             x=list(blocks.columns),
@@ -164,7 +164,7 @@ def ntk_stages(frames: Mapping[str, pd.DataFrame], title: str = "NTK across task
 
 def training_curves(history: pd.DataFrame, title: str = "Training losses") -> go.Figure:
     """Loss per logged step, the stages laid end to end (task boundaries marked); extra terms dotted."""
-    fig = go.Figure()
+    fig = figure()
     if len(history):
         steps_per = history.groupby("stage")["step"].max() + 1
         offset = steps_per.cumsum().shift(fill_value=0)

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.plots.analysis import short_name
-from core.plots.style import layout
+from core.plots.style import figure, layout
 
 METHOD_COLOURS = {
     "uniform": "#7f7f7f",
@@ -32,7 +32,7 @@ VARIANT_COLOURS = {"without WSA": "#7f7f7f", "with WSA": "#54a24b"}
 
 def loss_curves(histories: Mapping[str, pd.DataFrame], y: str = "loss", title: str | None = None) -> go.Figure:
     """One line per run: `y` (default the training loss) against the step."""
-    fig = go.Figure()
+    fig = figure()
     for label, h in histories.items():
         if h is None or len(h) == 0 or y not in h:
             continue
@@ -51,7 +51,7 @@ def accuracy_vs_fraction(
     `labels`: method -> display name (default: the method). The zero-shot accuracy is the dotted line.
     """
     labels = labels or {}
-    fig = go.Figure()
+    fig = figure()
     if summary.empty:
         return layout(fig, title)
     for method, sub in summary.groupby("method", sort=False):
@@ -83,7 +83,7 @@ def accuracy_vs_fraction(
 
 def alpha_before_after(before: pd.DataFrame, after: pd.DataFrame, title: str | None = None) -> go.Figure:
     """α per weight matrix (input -> output) of the pretrained and the fine-tuned model."""
-    fig = go.Figure()
+    fig = figure()
     for label, t, colour in (("before (pretrained)", before, "#9ecae9"), ("after fine-tuning", after, "#4c78a8")):
         fig.add_trace(
             go.Scatter(
@@ -105,7 +105,7 @@ def multiplier_heatmap(mult: pd.DataFrame, value: str = "multiplier", title: str
     Rows: weight matrices in parameter order (input at the top); columns: the steps at which
     the balancer recomputed. Multipliers use a diverging scale centred on 1 (red = faster).
     """
-    fig = go.Figure()
+    fig = figure()
     if mult.empty:
         return layout(fig, title)
     units = list(dict.fromkeys(mult["unit"]))
@@ -130,7 +130,7 @@ def multiplier_heatmap(mult: pd.DataFrame, value: str = "multiplier", title: str
 
 def current_multipliers(mult: pd.DataFrame, title: str | None = None) -> go.Figure:
     """Bars of the latest multipliers per weight matrix (the live view during a run)."""
-    fig = go.Figure()
+    fig = figure()
     if not mult.empty:
         last = mult[mult["step"] == mult["step"].max()]
         fig.add_trace(
@@ -189,7 +189,7 @@ def barrier_curves(curves: pd.DataFrame, title: str | None = None) -> go.Figure:
 
 def wsa_merge_bars(summary: pd.DataFrame, title: str | None = None) -> go.Figure:
     """The two fine-tunes, their midpoint (t = 0.5) and their task-arithmetic merge, with and without WSA."""
-    fig = go.Figure()
+    fig = figure()
     cols = [
         ("accuracy_A", "model A"),
         ("accuracy_B", "model B"),
