@@ -72,6 +72,7 @@ def job_vs_cli(args) -> int:
     for rep in range(args.repeats):
         for path in ("cli", "job") if rep % 2 == 0 else ("job", "cli"):
             load = os.getloadavg()[0]
+            cpu0 = time.process_time()  # this process's CPU seconds (all threads): the work, whatever the load
             if path == "cli":
                 t0 = time.perf_counter()
                 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -79,7 +80,14 @@ def job_vs_cli(args) -> int:
                 if rc:
                     print(f"the CLI failed (exit {rc})")
                     return rc
-                rows.append({"path": "cli", "seconds": time.perf_counter() - t0, "load": load})
+                rows.append(
+                    {
+                        "path": "cli",
+                        "seconds": time.perf_counter() - t0,
+                        "cpu": time.process_time() - cpu0,
+                        "load": load,
+                    }
+                )
                 continue
             job = LabJob("grid", ms, configs=configs, run_log=False, threads=job_threads or None)
             polls = 0
@@ -99,6 +107,7 @@ def job_vs_cli(args) -> int:
                 {
                     "path": "job",
                     "seconds": job.elapsed,
+                    "cpu": time.process_time() - cpu0,
                     "load": load,
                     "first_progress": job.first_progress,
                     "first_step": job.first_step,
@@ -108,9 +117,11 @@ def job_vs_cli(args) -> int:
     t = pd.DataFrame(rows)
     print(t.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     cli_s, job_s = t[t.path == "cli"]["seconds"].mean(), t[t.path == "job"]["seconds"].mean()
+    cli_c, job_c = t[t.path == "cli"]["cpu"].mean(), t[t.path == "job"]["cpu"].mean()
     j = t[t.path == "job"]
     print(
-        f"\nmean wall time: CLI {cli_s:.1f} s, job {job_s:.1f} s; job / CLI = {job_s / cli_s:.2f} (target <= 1.3); "
+        f"\nmean wall time: CLI {cli_s:.1f} s, job {job_s:.1f} s; job / CLI = {job_s / cli_s:.2f} (target <= 1.3; "
+        f"CPU {cli_c:.1f} s vs {job_c:.1f} s: {job_c / cli_c:.2f}); "
         f"first progress {j['first_progress'].max():.3f} s, first training step {j['first_step'].max():.2f} s "
         f"(worst of {len(j)}); load average now {', '.join(f'{v:.1f}' for v in os.getloadavg())} on "
         f"{os.cpu_count()} cores"
