@@ -128,6 +128,7 @@ SHIPPED_BASE = ROOT / "core" / "assets" / "zoo-base" / "base.safetensors"
 
 def job_vs_cli(args) -> int:
     """The same small config through `ContinualJob` (polled like the page) and the CLI function, alternating."""
+    import numpy as np
     import pandas as pd
 
     from core.labs.continual import cli
@@ -185,11 +186,14 @@ def job_vs_cli(args) -> int:
                 )
                 continue
             job = ContinualJob(source, cfg, run_log=False, threads=job_threads or None)
-            polls = 0
-            while job.running:  # the page's fragment: every second, the live heatmap
+            polls, stamp = 0, None
+            while job.running:  # the page's fragment: every second; the live heatmap when a task is done
                 job.join(1.0)
-                cols = [f"after {t}" for t in cfg.tasks]
-                P.accuracy_heatmap(pd.DataFrame(job.acc, index=list(cfg.tasks), columns=cols), "Accuracy so far")
+                if stamp != int(np.isfinite(job.acc).sum()):
+                    stamp = int(np.isfinite(job.acc).sum())
+                    cols = [f"after {t}" for t in cfg.tasks]
+                    fig = P.accuracy_heatmap(pd.DataFrame(job.acc, index=list(cfg.tasks), columns=cols), "so far")
+                fig.to_json()  # what st.plotly_chart sends on every refresh
                 polls += 1
             if job.error:
                 print(f"the job failed: {job.error}")

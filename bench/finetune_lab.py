@@ -95,10 +95,10 @@ def job_vs_cli(args) -> int:
                 job.join(1.0)
                 cur = job.current or {}
                 h = pd.DataFrame(list(cur.get("history", [])))  # a snapshot: the job appends while we read
-                P.loss_curves({"now": h})
+                P.loss_curves({"now": h}).to_json()  # built and sent on every refresh, as the page does
                 bal = cur.get("balancer")
                 if bal is not None and bal.history:
-                    P.current_multipliers(bal.table())
+                    P.current_multipliers(bal.table()).to_json()
                 polls += 1
             if job.error:
                 print(f"the job failed: {job.error}")

@@ -8,6 +8,7 @@ the run log, and any logged runs can be compared side by side.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -99,11 +100,15 @@ def live_panel() -> None:
     if job.running:
         if st.button("Cancel", key="cl_cancel"):
             job.cancel.set()
-        cols = [f"after {t}" for t in job.cfg.tasks]
-        st.plotly_chart(
-            P.accuracy_heatmap(pd.DataFrame(job.acc, index=list(job.cfg.tasks), columns=cols), "Accuracy so far"),
-            key="cl_live_acc",
-        )
+        # The matrix changes once per task: build its figure only then, not on every 1-s refresh.
+        acc = job.acc
+        stamp = (id(job), int(np.isfinite(acc).sum()))
+        live = st.session_state.get("_cl_live_fig")
+        if live is None or live[0] != stamp:
+            cols = [f"after {t}" for t in job.cfg.tasks]
+            frame = pd.DataFrame(acc, index=list(job.cfg.tasks), columns=cols)
+            live = st.session_state["_cl_live_fig"] = (stamp, P.accuracy_heatmap(frame, "Accuracy so far"))
+        st.plotly_chart(live[1], key="cl_live_acc")
     if job.error:
         st.error(f"The run failed: {job.error}")
     if not job.running and job.result is not None and st.session_state.get("_cl_seen") != id(job):
