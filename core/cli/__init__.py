@@ -14,6 +14,6 @@ COMMANDS = {
     "sweep": ("core.cli.commands", "grid over lambda or LiNeS (alpha, beta) on validation, best point on test"),
     "analyze": ("core.cli.commands", "per-layer tables: task-vector norms, spectra, scopes (CSV)"),
     "tint": ("core.labs.tinting.cli", "Model Tinting (or layer-wise AdaMerging) on a model set"),
-    "finetune": ("core.finetune_lab", "fine-tune lab: uniform lr / TempBalance / Model Balancing / WSA"),
-    "continual": ("core.continual", "continual learning with adapters (NTK-CL terms)"),
+    "finetune": ("core.labs.finetune.cli", "fine-tune lab: uniform lr / TempBalance / Model Balancing / WSA"),
+    "continual": ("core.labs.continual.cli", "continual learning with adapters (NTK-CL terms)"),
 }
