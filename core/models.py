@@ -28,7 +28,7 @@ from .layers import num_blocks
 # The zoo's architectures. "mergescope-zoo": 32x32 images, patch 8 (16 tokens + class),
 # width 64, 8 blocks of 2 heads; text tower width 64, 3 blocks, context 16 (open_clip's
 # BPE vocabulary). Width 64 keeps 8 fine-tunes within ~2 min and one evaluation of all
-# test sets within ~0.3 s on 2 idle cores (ZOO-NOTES speeds); "mergescope-zoo-w96" is the
+# test sets within ~0.3 s on 2 idle cores (docs/methods/zoo.md); "mergescope-zoo-w96" is the
 # wider variant. "mergescope-micro": the same shape of thing, tiny, for tests.
 ZOO_CONFIGS: dict[str, dict] = {
     "mergescope-zoo": {
@@ -316,7 +316,7 @@ def zero_shot_head(
     *,
     cache: bool = True,
 ) -> torch.Tensor:
-    """Zero-shot classification head (C, D), as in task arithmetic (METHODS.md).
+    """Zero-shot classification head (C, D), as in task arithmetic (mlfoundations/task_vectors; docs/methods/steering.md).
 
     For each class every template is encoded by the text tower and L2-normalized;
     their mean is normalized again; rows are multiplied by exp(logit_scale).

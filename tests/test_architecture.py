@@ -35,7 +35,13 @@ def _resolve(module: str, is_pkg: bool, level: int, name: str | None) -> str:
 def imports(module: str, path: Path, *, top_level_only: bool) -> list[tuple[str, list[str]]]:
     """(imported module, names) for each import in `path` (module-level ones only when asked)."""
     tree = ast.parse(path.read_text())
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    typing_only = {  # `if TYPE_CHECKING:` imports exist for annotations only, never at run time
+        id(sub)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING"
+        for sub in ast.walk(node)
+    }
+    nodes = [n for n in (tree.body if top_level_only else ast.walk(tree)) if id(n) not in typing_only]
     out = []
     for node in nodes:
         if isinstance(node, ast.ImportFrom):
@@ -45,7 +51,7 @@ def imports(module: str, path: Path, *, top_level_only: bool) -> list[tuple[str,
             out.extend((a.name, []) for a in node.names)
         elif top_level_only and isinstance(node, ast.If | ast.Try):  # guarded top-level imports
             for sub in ast.walk(node):
-                if isinstance(sub, ast.ImportFrom):
+                if isinstance(sub, ast.ImportFrom) and id(sub) not in typing_only:
                     target = _resolve(module, path.name == "__init__.py", sub.level, sub.module)
                     out.append((target, [a.name for a in sub.names]))
     return out
