@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pandas as pd
 import streamlit as st
 
 from core.checkpoints import DIRECTORY_WEIGHT_FILES, SUPPORTED_SUFFIXES
+from core.datasets.check import check_tasks
+from core.runtime.paths import export_dir
 from core.spec import ModelSetRef
 from ui import errors
 from ui import state as S
@@ -33,11 +36,16 @@ def _accept(ref: ModelSetRef, what: str) -> None:
     except Exception as e:  # validate_model_set reports bad files itself; this is the last resort
         st.session_state[REFUSED_KEY] = (what, f"Checking {what} failed ({type(e).__name__}: {e})")
         st.rerun()
-    if report.ok:
-        S.set_model_set(ref)
-        st.session_state[VALIDATED_KEY] = S.ms_key(ms)
-    else:
+    if not report.ok:
         st.session_state[REFUSED_KEY] = (what, report)
+        st.rerun()
+    bad = [c for c in check_tasks(ms) if not c.ok]  # data splits, heads vs classes, zero-shot possible
+    if bad:
+        lines = "\n".join(f"- {c.message}" for c in bad)
+        st.session_state[REFUSED_KEY] = (what, f"**Not loaded: {what}.** Task problems:\n{lines}")
+        st.rerun()
+    S.set_model_set(ref)
+    st.session_state[VALIDATED_KEY] = S.ms_key(ms)
     st.rerun()
 
 
@@ -125,6 +133,73 @@ def _checkpoint_files(folder: Path) -> list[Path]:
 
 def _task_name(path: Path) -> str:
     return path.name if path.is_dir() else path.stem
+
+
+MODELSET_ROWS = pd.DataFrame(
+    {"task": [""], "finetuned": [""], "data": [""], "head": [""], "classnames": [""]}, dtype="string"
+)
+
+
+def _modelset_dict(base: str, rows: pd.DataFrame) -> dict:
+    """The modelset.json object from the form (absolute paths as typed; blank cells left out)."""
+    finetuned, tasks = {}, {}
+    for r in rows.fillna("").astype(str).to_dict("records"):
+        task = r["task"].strip()
+        if not task:
+            continue
+        if r["finetuned"].strip():
+            finetuned[task] = r["finetuned"].strip()
+        t = {}
+        for k in ("data", "head"):
+            if r[k].strip():
+                t[k] = r[k].strip()
+        if r["classnames"].strip():
+            t["classnames"] = [c.strip() for c in r["classnames"].split(",") if c.strip()]
+        if t:
+            tasks[task] = t
+    out = {"base": base.strip(), "finetuned": finetuned}
+    if tasks:
+        out["tasks"] = tasks
+    return out
+
+
+def _modelset_tab() -> None:
+    st.markdown(
+        "**Your own models on your own data.** A `modelset.json` names the base, one fine-tuned checkpoint per "
+        "task and, per task, an image folder (`root/<split>/<class>/*.png`) or a CSV (`path,label[,split]`) "
+        "and optionally a head file or class names. Paths are relative to the JSON file. "
+        "`python -m core export --zoo demo --out DIR` writes a complete example."
+    )
+    path = st.text_input("modelset.json on the server", key="ms_json_path", placeholder="/data/vit-b32/modelset.json")
+    if st.button("Use this model set", key="ms_json_use", disabled=not path.strip(), type="primary"):
+        p = Path(path.strip()).expanduser()
+        if not p.is_file():
+            st.session_state[REFUSED_KEY] = (str(p), f"**Not loaded:** {p} is not a file on the server.")
+            st.rerun()
+        _accept(ModelSetRef(zoo=None, path=str(p)), f"the model set {p}")
+    with st.expander("…or write one here"):
+        base = st.text_input("Base checkpoint (path on the server)", key="ms_base")
+        rows = st.data_editor(
+            MODELSET_ROWS,
+            num_rows="dynamic",
+            key="ms_rows",
+            column_config={
+                "finetuned": st.column_config.TextColumn("fine-tuned checkpoint"),
+                "data": st.column_config.TextColumn("data folder or CSV"),
+                "head": st.column_config.TextColumn("head file (optional)"),
+                "classnames": st.column_config.TextColumn("class names (optional, comma-separated)"),
+            },
+        )
+        obj = _modelset_dict(base, rows)
+        name = st.text_input("Save as", "my-model-set", key="ms_name")
+        target = export_dir() / "modelsets" / f"{name.strip() or 'my-model-set'}.json"
+        st.caption(f"Saved to `{target}` (the export folder), then validated and loaded.")
+        c1, c2 = st.columns(2)
+        c2.download_button("Download modelset.json", json.dumps(obj, indent=2), "modelset.json", key="ms_download")
+        if c1.button("Save and use", key="ms_save", disabled=not (obj["base"] and obj["finetuned"])):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(obj, indent=2))
+            _accept(ModelSetRef(zoo=None, path=str(target)), f"the model set {target}")
 
 
 def _paths_tab() -> None:
@@ -230,6 +305,21 @@ def _summary(ms) -> None:
             }
         )
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="models_summary")
+    checks = check_tasks(ms)
+    if checks:
+        st.markdown("**Tasks with data** (evaluated on every live page)")
+        st.dataframe(
+            pd.DataFrame(
+                [{"task": c.task, "status": "ok" if c.ok else "problem", "details": c.message} for c in checks]
+            ),
+            hide_index=True,
+            key="models_tasks",
+        )
+    elif not ms.eval_tasks:
+        st.info(
+            "This model set has no task data: analysis (Task vectors, Spectra) and export work; to evaluate "
+            "merges live, give each task an image folder or CSV in a modelset.json (tab 'Your model set')."
+        )
     total = sum(S.checkpoint_summary(p).get("file_size", 0) for p in [ms.base_path, *ms.finetuned_paths.values()])
     full = total < S.AUTO_CHECK_BYTES or st.session_state.get(VALIDATED_KEY) == S.ms_key(ms)
     if not full and st.button("Check values for NaN/Inf", key="models_check_values"):
@@ -261,9 +351,13 @@ elif st.session_state.get(S.ERROR_KEY):
 
 st.subheader("Load a model set" if ms is None else "Load another model set")
 _show_refusal()
-zoo_tab, paths_tab, upload_tab = st.tabs(["Demo zoo", "Files on the server", "Upload"])
+zoo_tab, json_tab, paths_tab, upload_tab = st.tabs(
+    ["Demo zoo", "Your model set (JSON)", "Files on the server", "Upload"]
+)
 with zoo_tab:
     _zoo_tab()
+with json_tab:
+    _modelset_tab()
 with paths_tab:
     _paths_tab()
 with upload_tab:
