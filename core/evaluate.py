@@ -5,7 +5,7 @@ each task's uint8 pixels (the demo zoo's in memory, a user's data memory-mapped 
 image cache, `core.datasets.imagecache`), labels and heads — and `accuracy(state_dict)` copies a
 (merged or fine-tuned) visual tower into the model in place and streams the images through it in
 batches under `torch.inference_mode`. bf16 / fp16 are opt-in: autocast on a GPU, a low-precision
-copy of the visual tower on the CPU (`_tower`). Normalization happens per batch: the only float32
+copy of the visual tower on the CPU (`_target`). Normalization happens per batch: the only float32
 image buffer is one batch, sized from a memory budget (`auto_batch_size`).
 
 Anytime results: `rounds(state_dict)` evaluates a seeded, class-stratified order of each task's
@@ -168,7 +168,7 @@ class Evaluator:
         self._orders: dict[tuple[str, int], np.ndarray] = {}
         self._speed: dict[str, float] = {}  # images/s of the last pass per precision (shared by views)
         # Shared by every view of this evaluator: which weights are in the (shared) model now.
-        self._model_state: dict[str, object] = {"loaded": None, "version": 0}
+        self._model_state: dict[str, object] = {"loaded": None}
         # CPU bf16/fp16: a low-precision copy of the visual tower (pure bf16 matmuls use AMX / AVX-512
         # BF16; CPU autocast re-casts activations around every op and was slower than fp32 here).
         self._low: dict[torch.dtype, dict] = {}
@@ -255,48 +255,51 @@ class Evaluator:
         return {t: list(d.notes) for t, d in self.tasks.items() if d.notes}
 
     def load(self, state_dict: Mapping[str, torch.Tensor] | None) -> None:
-        """Put base visual weights overlaid with `state_dict`'s ``visual.*`` entries into the model."""
+        """Put base visual weights overlaid with `state_dict`'s ``visual.*`` entries into the model
+        (into the low-precision tower for a CPU bf16 / fp16 view: one converting copy per move)."""
+        target, state = self._target()
         if state_dict is None:
-            if self._model_state["loaded"] != "base":
-                load_visual(self.model, self.base_visual)
-                self._model_state["loaded"] = "base"
-                self._model_state["version"] += 1
+            if state["loaded"] != "base":
+                load_visual(target, self.base_visual)
+                state["loaded"] = "base"
             return
         n_visual = sum(k.startswith("visual.") for k in state_dict)
         if n_visual < len(self.base_visual):  # partial dict: the rest comes from the base
-            load_visual(self.model, self.base_visual)
+            load_visual(target, self.base_visual)
         if n_visual:
-            load_visual(self.model, state_dict)
-        self._model_state["loaded"] = id(state_dict)
-        self._model_state["version"] += 1
+            load_visual(target, state_dict)
+        state["loaded"] = id(state_dict)
 
     def _ensure_loaded(self, state_dict) -> None:
         want = "base" if state_dict is None else id(state_dict)
-        if self._model_state["loaded"] != want:
+        if self._target()[1]["loaded"] != want:
             self.load(state_dict)
 
     def _autocast(self):
-        """Autocast on a GPU for bf16 / fp16; on the CPU a low-precision tower is used instead (`_tower`)."""
+        """Autocast on a GPU for bf16 / fp16; on the CPU a low-precision tower is used instead (`_target`)."""
         dtype = torch.bfloat16 if self.bf16 else torch.float16
         on = bool(self.bf16 or self.fp16) and self.device.type != "cpu"
         return torch.autocast(self.device.type, dtype=dtype, enabled=on)
 
     @torch.no_grad()
-    def _tower(self) -> tuple[torch.nn.Module, torch.dtype]:
-        """The visual tower to run and its input dtype: the model's own in fp32 (and on a GPU), else a
-        bf16 / fp16 copy shared by every view, refreshed when the model's weights changed."""
+    def _target(self) -> tuple[torch.nn.Module, dict]:
+        """(module whose ``visual`` runs, its "which weights are loaded" record): the shared model, or on
+        the CPU for bf16 / fp16 a low-precision copy of its visual tower shared by every such view."""
         if not (self.bf16 or self.fp16) or self.device.type != "cpu":
-            return self.model.visual, torch.float32
+            return self.model, self._model_state
         dtype = torch.bfloat16 if self.bf16 else torch.float16
         low = self._low.get(dtype)
         if low is None:
-            low = {"tower": copy.deepcopy(self.model.visual).to(dtype), "version": None}
+            shell = torch.nn.Module()
+            shell.visual = copy.deepcopy(self.model.visual).to(dtype)
+            low = {"shell": shell, "loaded": self._model_state["loaded"]}  # it holds what the model holds
             self._low[dtype] = low
-        if low["version"] != self._model_state["version"]:
-            for a, b in zip(low["tower"].state_dict().values(), self.model.visual.state_dict().values()):
-                a.copy_(b)
-            low["version"] = self._model_state["version"]
-        return low["tower"], dtype
+        return low["shell"], low
+
+    def _tower(self) -> tuple[torch.nn.Module, torch.dtype]:
+        """The visual tower to run and its input dtype."""
+        visual = self._target()[0].visual
+        return visual, next(visual.parameters()).dtype
 
     def _plan(self, positions: Mapping[str, torch.Tensor]) -> Iterator[list[tuple[str, torch.Tensor]]]:
         """Batches of at most `batch_size` images running across tasks in order: [(task, positions)]."""
