@@ -31,7 +31,7 @@ PAGES = [("home", "")] + [(url_path(f), url_path(f)) for _, f, _, _ in existing_
 TOLERANCE_PX = 1.0
 
 # Returns one problem string per defect found in the charts that are visible now.
-GEOMETRY_JS = """(tol) => {
+GEOMETRY_JS = r"""(tol) => {
   const problems = [];
   const box = (el) => { const r = el.getBoundingClientRect(); return {l: r.left, r: r.right, t: r.top, b: r.bottom,
                                                                       w: r.width, h: r.height}; };

@@ -112,6 +112,20 @@ def _depth_ticks(num_blocks: int, has_in: bool, has_out: bool) -> dict:
 # ----------------------------------------------------------------------------------- task vectors
 
 
+def norm_grid(table: pd.DataFrame, value: str = "norm", tasks: Sequence[str] | None = None) -> pd.DataFrame:
+    """Tasks x blocks table of `value` from `block_table`/`kind_table` rows (columns task, layer, value):
+    the numbers of `norm_heatmap`. Columns are block labels in depth order ("outside" first), rows
+    follow `tasks` (default: order of appearance)."""
+    missing = {"task", "layer", value} - set(table.columns)
+    if missing:
+        raise ValueError(f"norm_grid needs columns task, layer, {value}; missing {sorted(missing)}")
+    t = table.assign(block=table["layer"].map(block_label))
+    cols = [block_label(v) for v in sorted(t["layer"].unique())]
+    grid = t.pivot_table(index="task", columns="block", values=value, aggfunc="first", sort=False)
+    tasks = [x for x in tasks if x in set(t["task"])] if tasks is not None else list(dict.fromkeys(t["task"]))
+    return grid.reindex(index=tasks, columns=cols).rename_axis(index="task", columns="block")
+
+
 def norm_heatmap(
     table: pd.DataFrame, value: str = "norm", title: str | None = None, tasks: Sequence[str] | None = None
 ) -> go.Figure:
@@ -121,12 +135,8 @@ def norm_heatmap(
     block and value; clicking a cell selects that block (x = block label). Rows follow `tasks`
     (default: order of appearance).
     """
-    t = table.assign(block=table["layer"].map(block_label))
-    layers = sorted(t["layer"].unique())
-    cols = [block_label(v) for v in layers]
-    grid = t.pivot_table(index="task", columns="block", values=value, aggfunc="first", sort=False)
-    tasks = [x for x in tasks if x in set(t["task"])] if tasks is not None else list(dict.fromkeys(t["task"]))
-    grid = grid.reindex(index=tasks, columns=cols)
+    grid = norm_grid(table, value, tasks)
+    tasks, cols = list(grid.index), list(grid.columns)
     fig = figure(
         go.Heatmap(
             z=grid.to_numpy(dtype=float),
@@ -219,6 +229,33 @@ def parameter_bars(table: pd.DataFrame, value: str = "norm", title: str | None =
 # ----------------------------------------------------------------------------------- spectra
 
 
+def depth_means(table: pd.DataFrame, metric: str = "alpha", kind: str | None = None) -> pd.DataFrame:
+    """Mean of `metric` per depth position of a `spectral_table` (finite values only), indexed by depth
+    (-1 = "in", blocks 0..L-1, L = "out"), with the matrices averaged in `names` (<br>-joined, first 8).
+    With `kind` only the matrices of that kind count."""
+    if metric not in table.columns:
+        raise ValueError(f"no column {metric!r} in the spectral table; columns: {list(table.columns)}")
+    t = depth_sorted(table)
+    if kind is not None:
+        t = t[t["kind"] == kind]
+    t = t[np.isfinite(pd.to_numeric(t[metric], errors="coerce"))]
+    return t.groupby("depth", sort=True).agg(
+        value=(metric, "mean"), names=("name", lambda s: "<br>".join(short_name(n) for n in list(s)[:8]))
+    )
+
+
+def depth_grid(tables: Mapping[str, pd.DataFrame], metric: str = "alpha", kind: str | None = None) -> pd.DataFrame:
+    """Models x depth table of the mean `metric` (label -> `spectral_table`): the numbers of `spectral_depth`.
+    Columns: "in", "0", ..., "out" in depth order; a model without that position has NaN there."""
+    rows = {label: depth_means(table, metric, kind)["value"] for label, table in tables.items()}
+    grid = pd.DataFrame(rows).T.sort_index(axis=1) if rows else pd.DataFrame()
+    if grid.empty:
+        return grid
+    nb = max(int(pd.to_numeric(t["layer"], errors="coerce").max()) + 1 for t in tables.values())
+    grid.columns = ["in" if d < 0 else "out" if d >= nb else str(int(d)) for d in grid.columns]
+    return grid.rename_axis(index="model", columns="depth")
+
+
 def spectral_depth(
     tables: Mapping[str, pd.DataFrame], metric: str = "alpha", kind: str | None = None, title: str | None = None
 ) -> go.Figure:
@@ -231,17 +268,11 @@ def spectral_depth(
     fig = figure()
     nb, has_in, has_out = 0, False, False
     for label, table in tables.items():
-        t = depth_sorted(table)
-        if kind is not None:
-            t = t[t["kind"] == kind]
-        t = t[np.isfinite(pd.to_numeric(t[metric], errors="coerce"))]
-        if t.empty:
+        g = depth_means(table, metric, kind)
+        if g.empty:
             continue
         layers = pd.to_numeric(table["layer"], errors="coerce")
         nb = max(nb, int(layers.max()) + 1 if layers.notna().any() else 0)
-        g = t.groupby("depth", sort=True).agg(
-            value=(metric, "mean"), names=("name", lambda s: "<br>".join(short_name(n) for n in list(s)[:8]))
-        )
         has_in |= bool((g.index < 0).any())
         has_out |= bool((g.index >= nb).any())
         fig.add_trace(

@@ -15,7 +15,10 @@ from __future__ import annotations
 import math
 import textwrap
 
+import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import get_colorscale, sample_colorscale
 
 # Tableau-10-like: distinguishable, colour-blind-friendlier than Plotly's default.
 COLORWAY = (
@@ -100,6 +103,33 @@ def layout(fig: go.Figure, title: str | None = None, *, height: int = 360, legen
     fig.update_xaxes(showgrid=True, gridcolor=GRID, zeroline=False, automargin=True)
     fig.update_yaxes(showgrid=True, gridcolor=GRID, zeroline=False, automargin=True)
     return fig
+
+
+def shade(frame: pd.DataFrame, scale: str = SEQUENTIAL, zmin: float | None = None, zmax: float | None = None):
+    """CSS per cell colouring a numeric table like a heatmap (pandas `Styler.apply(shade, axis=None)`):
+    background from `scale` over [zmin, zmax] (default: the table's finite range), white text on dark
+    cells; NaN cells stay blank. Lets a page show a table of numbers where a chart would cost a JS bundle."""
+    values = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    finite = values[np.isfinite(values)]
+    lo = float(finite.min()) if zmin is None and finite.size else (zmin or 0.0)
+    hi = float(finite.max()) if zmax is None and finite.size else (zmax if zmax is not None else 1.0)
+    if hi < lo:
+        raise ValueError(f"zmax {hi} is below zmin {lo}")
+    colours = get_colorscale(scale)
+    css = []
+    for row in values:
+        out = []
+        for v in row:
+            if not np.isfinite(v):
+                out.append("")
+                continue
+            f = 0.5 if hi == lo else min(max((v - lo) / (hi - lo), 0.0), 1.0)
+            colour = sample_colorscale(colours, [f], colortype="rgb")[0]
+            r, g, b = (float(c) for c in colour[colour.index("(") + 1 : -1].split(","))
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 140
+            out.append(f"background-color: {colour}; color: {'white' if dark else 'black'}")
+        css.append(out)
+    return pd.DataFrame(css, index=frame.index, columns=frame.columns)
 
 
 def _axis_values(fig: go.Figure, axis: str, row: int | None, col: int | None) -> list[float]:
