@@ -63,7 +63,10 @@ def layout(fig: go.Figure, title: str | None = None, *, height: int = 360, legen
     if height <= 0:
         raise ValueError(f"height must be positive, got {height}")
     text = wrap(title) if title else None
-    title_px = (_LINE_PX * (text.count("<br>") + 1) + 14) if text else 0
+    lines = text.count("<br>") + 1 if text else 0
+    # Plotly lifts a multi-line title anchored at its top by about half a line per extra line: move it down as much.
+    title_y = 8 + 10 * (lines - 1)
+    title_px = title_y + _LINE_PX * lines + 6 if text else 0
     legends = {
         "below": {"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0, "xanchor": "left"},
         "above": {
@@ -88,10 +91,10 @@ def layout(fig: go.Figure, title: str | None = None, *, height: int = 360, legen
             "x": 0,
             "xref": "container",
             "xanchor": "left",
-            "y": 1,
+            "y": 1 - title_y / height,
             "yref": "container",
             "yanchor": "top",
-            "pad": {"t": 8, "l": 6},
+            "pad": {"l": 6},
         }
         if text
         else None,
