@@ -49,12 +49,12 @@ def summary_view() -> None:
     )
     st.table(grid.style.format("{:.3g}", na_rep="").apply(shade, axis=None))
     if not top.empty and top.notna().any().any():
+        st.markdown("**Most changed block per task**")
         cols = st.columns(min(len(grid), 4))
         for i, task in enumerate(grid.index):
             row = top.loc[task].astype(float)
             if row.notna().any():
-                label, block = f"{task}: most changed block", str(row.idxmax())
-                cols[i % len(cols)].metric(label, block, f"{row.max():.3g}", delta_color="off")
+                cols[i % len(cols)].metric(task, f"block {row.idxmax()}", help=f"relative change {row.max():.3g}")
     conflict = tables["sign_conflict"].assign(block=tables["sign_conflict"]["layer"].map(P.block_label))
     st.markdown("**Entries in sign conflict per block** (some tasks push a weight up, others down)")
     conflicts = conflict.set_index("block")[["conflict_fraction"]].T.rename(index={"conflict_fraction": "share"})
