@@ -15,7 +15,8 @@ and evaluate Streamlit's Plotly chunk (4.7 MB; about 3.6 s of V8 module evaluati
 cores), whatever the number, size or staticPlot setting of the figures: one tiny chart costs as much
 as five. So the pages show their numbers first and draw charts in tabs opened on demand.
 
-    PYTHONPATH=. .venv/bin/python bench/app.py [--micro] [--repeats 3] [--pages models,spectra]
+    PYTHONPATH=. .venv/bin/python bench/app.py [--micro] [--repeats 3] [--pages models,spectra] [--script-times]
+    PYTHONPATH=. .venv/bin/python bench/app.py --micro --server-only   # script runs and figure JSON only
 """
 
 from __future__ import annotations
@@ -157,6 +158,13 @@ def script_times(kind: str, pages: list[tuple[str, str]], repeats: int) -> dict[
     return out
 
 
+def print_script_times(kind: str, pages: list[tuple[str, str]], repeats: int) -> None:
+    print("\nserver side per page, warm (AppTest in this process; load-independent apart from the seconds):")
+    print(f"  {'page':14s} {'script':>8s} {'charts':>7s} {'figure JSON':>12s}", flush=True)
+    for name, (t, n, size) in script_times(kind, pages, repeats).items():
+        print(f"  {name:14s} {t:7.2f}s {n:7d} {size / 1024:9.1f} kB", flush=True)
+
+
 def navigation_times(context, url: str, pages: list[tuple[str, str]], repeats: int) -> dict[str, list[float]]:
     """Seconds from a click on a page's sidebar link to its rendered page, within one session.
 
@@ -191,10 +199,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--pages", default="", help="comma-separated url paths (default: every existing page)")
     ap.add_argument("--script-times", action="store_true", help="also time each page's script run alone (AppTest)")
+    ap.add_argument("--server-only", action="store_true", help="only the server side (--script-times), no browser")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = ap.parse_args(argv)
     kind = "micro" if args.micro else "demo"
 
+    if args.server_only:
+        ensure_zoo(kind)
+        pages = [("home", "")] + [(url_path(f), url_path(f)) for _, f, _, _ in existing_pages()]
+        if args.pages:
+            pages = [p for p in pages if p[0] in set(args.pages.split(","))]
+        print_script_times(kind, pages, args.repeats)
+        return 0
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -256,10 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
     if args.script_times:
-        print("\nserver side per page, warm (AppTest in this process; load-independent apart from the seconds):")
-        print(f"  {'page':14s} {'script':>8s} {'charts':>7s} {'figure JSON':>12s}")
-        for name, (t, n, size) in script_times(kind, pages, args.repeats).items():
-            print(f"  {name:14s} {t:7.2f}s {n:7d} {size / 1024:9.1f} kB")
+        print_script_times(kind, pages, args.repeats)
     for label, rs in (("fresh tab", rows), ("in-app navigation", nav_rows)):
         slow = [r[0] for r in rs if not r[2] < TARGET_S]
         print(
