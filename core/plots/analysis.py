@@ -35,30 +35,6 @@ METRIC_LABELS = {
 }
 
 
-def _layout(fig: go.Figure, title: str | None, height: int = 380, legend_below: bool = False) -> go.Figure:
-    """Shared look: white template, title top-left, legend in one row above the plot (or below it)."""
-    legend = (
-        {"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0}
-        if legend_below
-        else {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0}
-    )
-    top = (45 if title else 10) + (0 if legend_below else 30)
-    fig.update_layout(
-        colorway=COLORWAY,
-        plot_bgcolor="white",
-        paper_bgcolor="white",
-        font={"size": 12},
-        hovermode="closest",
-        title={"text": title, "x": 0, "xanchor": "left", "y": 1, "yanchor": "top", "pad": {"t": 8}} if title else None,
-        height=height,
-        margin={"l": 10, "r": 10, "t": top, "b": 10},
-        legend=legend,
-    )
-    fig.update_xaxes(showgrid=True, gridcolor="#ececec", zeroline=False, automargin=True)
-    fig.update_yaxes(showgrid=True, gridcolor="#ececec", zeroline=False, automargin=True)
-    return fig
-
-
 def _in_block(layer) -> bool:
     return layer is not None and not pd.isna(layer) and int(layer) >= 0
 
