@@ -15,7 +15,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.plots.analysis import _layout, short_name
+from core.plots.analysis import short_name
+from core.plots.style import layout as _layout
 
 METHOD_COLOURS = {
     "uniform": "#7f7f7f",
