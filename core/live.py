@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,7 +42,7 @@ from .evaluate import Evaluator
 from .lines import infer_num_blocks, lines_curve
 from .merging import MergedDirection, apply_direction, get_method, merged_direction
 from .runtime.locks import FORWARD_LOCK
-from .select import best_index, control_accuracy, mean_accuracy, normalized_accuracy
+from .select import control_accuracy, mean_accuracy, normalized_accuracy
 from .spec import EvalSpec, MergeSpec
 
 # The single-task LiNeS grid (wang-kee/LiNeS, single-task editing): alpha in {1.0, 0.9, ..., 0.0}, beta = 1 - alpha.
@@ -123,8 +123,10 @@ class LiveMerger:
         max_results: int = 512,
         max_direction_mb: float = 1024.0,
         on_evaluated: Callable[[MergeSpec, EvalSpec, dict], None] | None = None,
+        allow_nonfinite: bool = False,
     ):
         self.ms = ms
+        self.allow_nonfinite = allow_nonfinite  # else NaN/Inf inputs raise core.errors.NonFiniteError
         self.eval_spec = eval_spec or EvalSpec(bf16=bool(getattr(evaluator, "bf16", False)))
         self._evaluator_for = evaluator_for or self._default_evaluator
         self._evaluators: dict[str, Evaluator] = {}
@@ -186,7 +188,7 @@ class LiveMerger:
                 return self._directions[key]
             tasks = self._merge_tasks(spec)
             fts = {t: self.ms.finetuned(t) for t in tasks}
-            d = merged_direction(self.base(), fts, spec.method, **spec.param_dict)
+            d = merged_direction(self.base(), fts, spec.method, allow_nonfinite=self.allow_nonfinite, **spec.param_dict)
             self.stats["direction_builds"] += 1
             entry = (d, {})
             self._directions[key] = entry
@@ -282,6 +284,71 @@ class LiveMerger:
         t2 = time.perf_counter()
         out = self.summarize(spec, acc, split)
         out.update(merge_seconds=t1 - t0, eval_seconds=t2 - t1, cached=False, spec_key=spec.key(), split=split)
+        out["n"] = self._images(split)
+        self._store(spec, split, rkey, out)
+        return dict(out)
+
+    def _images(self, split: str) -> dict[str, int]:
+        ev = self.evaluator(split)
+        n = ev.num_images() if hasattr(ev, "num_images") else {}
+        return {t: int(n[t]) for t in self.eval_tasks if t in n}
+
+    def evaluate_rounds(
+        self, spec: MergeSpec, split: str | None = None, *, cancel=None, first: int | None = None
+    ) -> Iterator[dict]:
+        """Anytime `evaluate`: yields results that sharpen as rounds of each task's seeded, stratified
+        image order complete (core.evaluate.Evaluator.rounds), so a page shows first numbers within about
+        a second even on big test sets, with 95% Wilson intervals that tighten. Each yield is `evaluate`'s
+        dict plus ``n`` {task: images so far}, ``total`` {task: images in the split}, ``interval``
+        {task: (low, high)} and ``final``. The last yield (final=True) equals `evaluate(spec)` exactly and
+        is cached and logged like it; a cached spec yields once. Between rounds a caller may stop iterating
+        (a newer slider position): nothing partial is cached. `cancel` (Event or callable) stops between
+        batches. `first`: images per task in the first round (default: what the evaluator runs in ~1 s)."""
+        split = split or self.eval_spec.split
+        rkey = (spec.key(), json.dumps(replace(self.eval_spec, split=split).to_dict(), sort_keys=True))
+        with self._lock:
+            hit = self._results.get(rkey)
+        ev = self.evaluator(split)
+        if hit is not None or not hasattr(ev, "rounds"):
+            out = self.evaluate(spec, split)
+            total = self._images(split)
+            out.update(n=dict(total), total=total, interval={t: (a, a) for t, a in out["accuracy"].items()})
+            yield {**out, "final": True}
+            return
+        t0 = time.perf_counter()
+        sd = self.merged_state_dict(spec)
+        t1 = time.perf_counter()
+        gen = ev.rounds(sd, self.eval_tasks, cancel=cancel, seed=self.eval_spec.seed, first=first)
+        while True:
+            with FORWARD_LOCK:  # one round at a time: other sessions' passes may run between rounds
+                est = next(gen, None)
+            if est is None:
+                return  # cancelled between batches: nothing partial is kept
+            acc = {t: e.accuracy for t, e in est.items()}
+            extra = {
+                "n": {t: e.n for t, e in est.items()},
+                "total": {t: e.total for t, e in est.items()},
+                "interval": {t: e.interval for t, e in est.items()},
+            }
+            if not all(e.done for e in est.values()):
+                partial = self.summarize(spec, acc, split)
+                partial.update(extra, merge_seconds=t1 - t0, eval_seconds=time.perf_counter() - t1, cached=False)
+                yield {**partial, "spec_key": spec.key(), "split": split, "final": False}
+                continue
+            out = self.summarize(spec, acc, split)
+            out.update(
+                merge_seconds=t1 - t0,
+                eval_seconds=time.perf_counter() - t1,
+                cached=False,
+                spec_key=spec.key(),
+                split=split,
+                n=extra["n"],
+            )
+            self._store(spec, split, rkey, out)
+            yield {**out, **extra, "final": True}
+            return
+
+    def _store(self, spec: MergeSpec, split: str, rkey: tuple, out: dict) -> None:
         with self._lock:
             self.stats["evaluations"] += 1
             self._results[rkey] = out
@@ -289,7 +356,6 @@ class LiveMerger:
                 self._results.popitem(last=False)
         if self.on_evaluated is not None:
             self.on_evaluated(spec, replace(self.eval_spec, split=split), dict(out))
-        return dict(out)
 
     def summarize(self, spec: MergeSpec, acc: Mapping[str, float], split: str | None = None) -> dict:
         """The derived numbers of `evaluate` from per-task accuracies (no merging, no forward pass)."""
@@ -392,16 +458,25 @@ class LiveMerger:
             self._refs[key] = acc
         return dict(acc)
 
-    def single_task_table(self, target: str, current: Mapping, label: str = "current", split: str | None = None):
+    def single_task_table(
+        self,
+        target: str,
+        current: Mapping,
+        label: str = "current",
+        split: str | None = None,
+        others: Mapping[str, Mapping] | None = None,
+    ):
         """The LiNeS page's numbers: rows zero-shot (the base), fine-tuned (the target's full fine-tune)
-        and `label` (`current` = an `evaluate` result); columns the target's accuracy, each control
-        task's, their mean, target_norm, control_norm and score = 2 target_norm + control_norm."""
+        and `label` (`current` = an `evaluate` result), then `others` {label: result} (e.g. uniform scaling
+        at the same α); columns the target's accuracy, each control task's, their mean, target_norm,
+        control_norm and score = 2 target_norm + control_norm."""
         spec = MergeSpec.make("task_arithmetic", tasks=(target,))
         rows = []
         for name, acc in (
             ("zero-shot", self.zero_shot_accuracy(split)),
             ("fine-tuned", self.finetuned_accuracy(target, split)),
             (label, current["accuracy"]),
+            *((k, v["accuracy"]) for k, v in (others or {}).items()),
         ):
             s = self.summarize(spec, acc, split)
             rows.append(
@@ -476,41 +551,6 @@ class LiveMerger:
         return pd.DataFrame(rows)
 
 
-def comparison_table(
-    result: Mapping, refs: pd.DataFrame, others: Mapping[str, Mapping[str, float]] | None = None
-) -> pd.DataFrame:
-    """Long table task, model, accuracy, normalized for the bars and the CSV export.
-
-    Models: "zero-shot" and "fine-tuned" (each task's own fine-tuned model) from
-    `refs` (`LiveMerger.reference_rows`), "merged" from `result["accuracy"]`,
-    plus `others` {label: {task: acc}} (e.g. plain task arithmetic).
-    normalized = accuracy / the task's fine-tuned accuracy.
-    """
-    ft = dict(zip(refs["task"], refs["finetuned"]))
-    series = {"zero-shot": dict(zip(refs["task"], refs["zero_shot"])), "merged": dict(result["accuracy"])}
-    series.update(others or {})
-    series["fine-tuned"] = ft
-    rows = []
-    for model, acc in series.items():
-        for task in result["accuracy"]:
-            if task in acc:
-                a = float(acc[task])
-                rows.append(
-                    {"task": task, "model": model, "accuracy": a, "normalized": a / ft[task] if ft.get(task) else None}
-                )
-    return pd.DataFrame(rows)
-
-
-def best_alpha(sweep: pd.DataFrame, kind: str = "LiNeS") -> pd.Series:
-    """The sweep row with the highest score 2 target_norm + control_norm (first one on ties; the single-task
-    LiNeS criterion, chosen on the sweep's split — val — by core.select.best_index)."""
-    rows = sweep[sweep["kind"] == kind]
-    i = None if rows.empty else best_index(rows["score"].tolist())
-    if i is None:
-        raise ValueError(f"the sweep has no {kind!r} rows with a score (kinds: {sorted(sweep['kind'].unique())})")
-    return rows.iloc[i]
-
-
 def manifest_accuracies(manifest: Mapping, split: str = "test") -> dict[str, dict] | None:
     """The zoo manifest's accuracies for `split` (core.zoo.evaluate_zoo: full split, fp32), or None.
 
@@ -527,93 +567,3 @@ def manifest_accuracies(manifest: Mapping, split: str = "test") -> dict[str, dic
 
 
 # --------------------------------------------------------------------------- URL state
-QUERY_KEYS = ("method", "params", "lines", "curve", "outside", "tasks", "output_as_last_block")
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"'{what}' in the link must be comma-separated numbers, got {text!r}") from None
-
-
-def spec_to_query(spec: MergeSpec) -> dict[str, str]:
-    """A MergeSpec as URL query parameters (short, readable), e.g.
-    method=ties&params={"agg":"mean","coefficients":1.0,"k":0.2}&lines=auto,0.5&tasks=digits,shapes."""
-    q = {"method": spec.method, "params": json.dumps(spec.param_dict, sort_keys=True, separators=(",", ":"))}
-    if spec.lines is not None:
-        q["lines"] = ",".join(str(x) for x in spec.lines)
-    if spec.curve is not None:
-        q["curve"] = ",".join(str(float(x)) for x in spec.curve)
-    if spec.outside is not None:
-        q["outside"] = str(float(spec.outside))
-    if spec.tasks:
-        q["tasks"] = ",".join(spec.tasks)
-    if spec.output_as_last_block:
-        q["output_as_last_block"] = "1"
-    return q
-
-
-def spec_from_query(q: Mapping[str, str]) -> MergeSpec:
-    """The inverse of `spec_to_query`; raises ValueError naming the bad parameter."""
-    method = q.get("method", "task_arithmetic")
-    try:
-        params = json.loads(q["params"]) if q.get("params") else {}
-    except json.JSONDecodeError as e:
-        raise ValueError(f"'params' in the link is not valid JSON ({e})") from None
-    if not isinstance(params, dict):
-        raise ValueError("'params' in the link must be a JSON object")
-    kw: dict = {}
-    if q.get("lines"):
-        parts = q["lines"].split(",")
-        if len(parts) != 2:
-            raise ValueError(f"'lines' in the link must be 'alpha,beta' (alpha may be 'auto'), got {q['lines']!r}")
-        alpha = "auto" if parts[0].strip() == "auto" else _floats(parts[0], "lines")[0]
-        kw["lines"] = (alpha, _floats(parts[1], "lines")[0])
-    if q.get("curve"):
-        kw["curve"] = tuple(_floats(q["curve"], "curve"))
-    if q.get("outside"):
-        kw["outside"] = _floats(q["outside"], "outside")[0]
-    if q.get("tasks"):
-        kw["tasks"] = tuple(t for t in q["tasks"].split(",") if t)
-    if q.get("output_as_last_block") in ("1", "true", "True"):
-        kw["output_as_last_block"] = True
-    try:
-        return MergeSpec.make(method, params, **kw)
-    except KeyError as e:
-        raise ValueError(str(e).strip("'\"")) from None
-
-
-def run_log_recorder(run_log, ref, fingerprint: str | None = None, kind: str = "live"):
-    """An `on_evaluated` callback that appends each new live evaluation to `run_log` (a RunLog, or a
-    callable returning one at each write, e.g. the RunLog class: the log path is then read per write) as one
-    finished run of `kind`: config = the RunConfig (model set ref, merge spec, eval spec) that reproduces
-    it with `python -m core eval`, metrics = accuracies and their summaries. A failing write never stops
-    the live loop (the number is still shown)."""
-    from .spec import RunConfig
-
-    def record(spec: MergeSpec, es: EvalSpec, out: dict) -> None:
-        metrics = {
-            k: out[k]
-            for k in (
-                "accuracy",
-                "normalized",
-                "mean",
-                "normalized_mean",
-                "target",
-                "target_acc",
-                "control_acc",
-                "score",
-            )
-            if k in out
-        }
-        metrics.update(merge_seconds=out.get("merge_seconds"), eval_seconds=out.get("eval_seconds"))
-        try:
-            log = run_log() if callable(run_log) else run_log
-            log.log(kind, RunConfig(model_set=ref, merge=spec, eval=es).to_dict(), metrics, fingerprint)
-        except Exception as e:  # noqa: BLE001 - logging is best effort here, never the slider's failure
-            import warnings
-
-            warnings.warn(f"could not write the live evaluation to the run log: {e}", stacklevel=2)
-
-    return record

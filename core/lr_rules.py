@@ -1,4 +1,4 @@
-"""Per-layer learning-rate multipliers from heavy-tailed α (METHODS.md, "TempBalance / Model Balancing").
+"""Per-layer learning-rate multipliers from heavy-tailed α (docs/methods/finetune.md, "TempBalance").
 
 Both rules read the spectra of a model and return a multiplier per layer (or per block) to
 apply to the base learning rate. Larger α means a less heavy-tailed, "less trained" layer,

@@ -28,7 +28,7 @@ from .layers import num_blocks
 # The zoo's architectures. "mergescope-zoo": 32x32 images, patch 8 (16 tokens + class),
 # width 64, 8 blocks of 2 heads; text tower width 64, 3 blocks, context 16 (open_clip's
 # BPE vocabulary). Width 64 keeps 8 fine-tunes within ~2 min and one evaluation of all
-# test sets within ~0.3 s on 2 idle cores (ZOO-NOTES speeds); "mergescope-zoo-w96" is the
+# test sets within ~0.3 s on 2 idle cores (docs/methods/zoo.md); "mergescope-zoo-w96" is the
 # wider variant. "mergescope-micro": the same shape of thing, tiny, for tests.
 ZOO_CONFIGS: dict[str, dict] = {
     "mergescope-zoo": {
@@ -270,14 +270,21 @@ def build_model(
 
 # ---------------------------------------------------------------------------
 # Preprocessing, features and zero-shot heads.
-def preprocess(images: torch.Tensor, image_size: int | None = None) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32 normalized with CLIP's mean/std, resized to `image_size` if needed."""
+def preprocess(
+    images: torch.Tensor,
+    image_size: int | None = None,
+    *,
+    mean: Sequence[float] = IMAGE_MEAN,
+    std: Sequence[float] = IMAGE_STD,
+) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32 normalized with `mean`/`std` (CLIP's by default), resized to
+    `image_size` if needed. The evaluator calls it per batch: callers never hold a split as float32."""
     x = images.float().div_(255)
     if image_size is not None and x.shape[-1] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bicubic", antialias=True, align_corners=False)
-    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - m) / s
 
 
 def image_size_of(model: open_clip.CLIP) -> int:
@@ -309,7 +316,7 @@ def zero_shot_head(
     *,
     cache: bool = True,
 ) -> torch.Tensor:
-    """Zero-shot classification head (C, D), as in task arithmetic (METHODS.md).
+    """Zero-shot classification head (C, D), as in task arithmetic (mlfoundations/task_vectors; docs/methods/steering.md).
 
     For each class every template is encoded by the text tower and L2-normalized;
     their mean is normalized again; rows are multiplied by exp(logit_scale).

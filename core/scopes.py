@@ -8,7 +8,7 @@ fine-tuned this way are meant to sit closer together and merge better; `interpol
 
 Conventions: σ is the population standard deviation (divide by n, not n - 1), so per-block
 aggregates and fused scopes are exact mixtures of their parts. No official code exists; the
-formulas follow the paper as written in shared/METHODS.md.
+formulas follow the paper (notes: docs/methods/finetune.md, "Weight Scope Alignment").
 """
 
 from __future__ import annotations

@@ -91,11 +91,17 @@ class EvalSpec:
     bf16: bool = False
     seed: int = 0
     tasks: tuple | None = None  # tasks to evaluate on (None: every task of the model set)
+    device: str = "auto"  # "auto" (a GPU when torch sees one), "cpu", "cuda", "cuda:1", ...
+    fp16: bool = False  # float16 autocast (bf16 wins when both are set)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         if d["tasks"] is not None:
             d["tasks"] = list(d["tasks"])
+        # Defaults stay out of the dict so older specs and run-log entries keep their exact form.
+        for k, default in (("device", "auto"), ("fp16", False)):
+            if d[k] == default:
+                del d[k]
         return d
 
     @staticmethod
@@ -108,23 +114,51 @@ class EvalSpec:
 
 @dataclass(frozen=True)
 class ModelSetRef:
-    """Which model set: the demo zoo (kind "demo" or "micro") or files on disk."""
+    """Which model set: the demo zoo (kind "demo" or "micro"), a model set JSON by `path`, a model
+    set object given inline (`inline`, canonical JSON text), or base + fine-tuned files.
+
+    JSON forms under "model_set": ``{"zoo": "demo"}``, ``{"path": "DIR/modelset.json"}``, the model
+    set object itself (``{"base": ..., "finetuned": ..., "tasks": ..., "arch": ...}``; relative paths
+    against the current directory), or the older ``{"zoo": null, "base": ..., "finetuned": {...}}``.
+    """
 
     zoo: str | None = "demo"
     base: str | None = None
     finetuned: tuple = ()  # ((task, path), ...)
+    path: str | None = None
+    inline: str | None = None
 
     def to_dict(self) -> dict:
+        if self.path is not None:
+            return {"path": self.path}
+        if self.inline is not None:
+            return json.loads(self.inline)
         return {"zoo": self.zoo, "base": self.base, "finetuned": dict(self.finetuned)}
 
     @staticmethod
     def from_dict(d: dict) -> ModelSetRef:
+        if not isinstance(d, dict):
+            raise ValueError(f"model_set must be an object (zoo, path or a model set), got {d!r}")
+        if d.get("path") is not None:
+            extra = set(d) - {"path"}
+            if extra:
+                raise ValueError(f"model_set with a path takes no other key, got {sorted(extra)}")
+            if not isinstance(d["path"], str):
+                raise ValueError(f"model_set.path must be a string, got {d['path']!r}")
+            return ModelSetRef(zoo=None, path=d["path"])
+        if not d.get("zoo") and ("tasks" in d or "arch" in d or "allow_pickle" in d or "name" in d):
+            obj = {k: v for k, v in d.items() if k != "zoo"}
+            return ModelSetRef(zoo=None, inline=json.dumps(obj, sort_keys=True))
         ft = d.get("finetuned") or {}
         return ModelSetRef(zoo=d.get("zoo"), base=d.get("base"), finetuned=tuple(sorted(ft.items())))
 
     def load(self):
         from .modelset import ModelSet
 
+        if self.path is not None:
+            return ModelSet.from_json(self.path)
+        if self.inline is not None:
+            return ModelSet.from_json(json.loads(self.inline))
         if self.zoo:
             from .zoo import load_model_set
 

@@ -11,7 +11,7 @@ applies its warmup + cosine factor on top). Larger α = less trained = larger le
 - ``rule="model_balancing"`` (ZihangHLiu/ModelBalancing): α averaged over each residual block's
   matrices, multiplier 10^(s·(σ(T(ᾱ_b − mean)) − ½)) for every matrix of the block.
 
-Conventions (METHODS.md, "TempBalance / Model Balancing"):
+Conventions (docs/methods/finetune.md, "TempBalance / Model Balancing"):
 
 * A *unit* is one weight matrix (or conv kernel) and its bias; norms, embeddings and other
   1-D/3-D parameters keep multiplier 1. open_clip's fused ``attn.in_proj_weight`` is split into
@@ -25,7 +25,7 @@ Conventions (METHODS.md, "TempBalance / Model Balancing"):
 
 The balancer is a `core.train` hook (``before_step``); it records every update in ``history``
 (one row per unit and update: step, unit, layer, alpha, multiplier) for the Fine-tune lab's
-heatmap. The command ``python -m core finetune`` is `main` (it runs `core.finetune_lab.main`).
+heatmap. A pure library: the Fine-tune lab (`core.labs.finetune`) uses it, never the other way round.
 """
 
 from __future__ import annotations
@@ -169,7 +169,9 @@ class LayerBalancer:
         if not named:
             raise ValueError("the optimizer's groups carry no parameter names; build them with core.train.param_groups")
         alphas = unit_alphas(named, self.fit)
-        mult = multipliers_for(alphas, self.rule, s1=self.s1, s2=self.s2, s=self.s, T=self.T, skip_first_last=self.skip_first_last)  # fmt: skip
+        mult = multipliers_for(
+            alphas, self.rule, s1=self.s1, s2=self.s2, s=self.s, T=self.T, skip_first_last=self.skip_first_last
+        )
         return alphas, mult
 
     def before_step(self, step: int, optimizer: torch.optim.Optimizer) -> dict | None:
@@ -179,15 +181,17 @@ class LayerBalancer:
         for g in optimizer.param_groups:
             g.setdefault("reference_lr", g["base_lr"])
             g["base_lr"] = g["reference_lr"] * float(mult.get(g.get("group"), 1.0))
-        for unit, layer, a in alphas[["unit", "layer", "alpha"]].itertuples(index=False):
-            self.history.append(
-                {"step": step, "unit": unit, "layer": layer, "alpha": a, "multiplier": float(mult[unit])}
-            )
+        rows = [
+            {"step": step, "unit": unit, "layer": layer, "alpha": a, "multiplier": float(mult[unit])}
+            for unit, layer, a in alphas[["unit", "layer", "alpha"]].itertuples(index=False)
+        ]
+        self.history.extend(rows)  # one update at once: a live view reading `table()` never sees half of one
         return {"lr_mult_min": float(mult.min()), "lr_mult_max": float(mult.max())}
 
     def table(self) -> pd.DataFrame:
         """Every update: step, unit, layer (Int64), alpha, multiplier."""
-        t = pd.DataFrame(self.history, columns=["step", "unit", "layer", "alpha", "multiplier"])
+        rows = list(self.history)  # a snapshot: the training thread may append while a page reads
+        t = pd.DataFrame(rows, columns=["step", "unit", "layer", "alpha", "multiplier"])
         t["layer"] = t["layer"].astype("Int64")
         return t
 
@@ -199,10 +203,3 @@ def unit_group_of(weights: Iterable[str]):
     """
     weights = frozenset(weights)
     return lambda name: unit_of(name, weights)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m core finetune ...`: see core.finetune_lab.main."""
-    from core.finetune_lab import main as lab_main
-
-    return lab_main(argv)

@@ -1,17 +1,20 @@
 """Continual (NTK-CL): tasks in sequence with adapters on the frozen backbone; forgetting, feature
 orthogonality and the empirical NTK, with each of NTK-CL's three terms switchable.
 
-Thin page: widgets -> core.continual.ContinualJob (a background thread this page polls and can
+Thin page: widgets -> core.labs.continual.job.ContinualJob (a background thread this page polls and can
 cancel) -> figures from core.plots.continual. Finished runs stay in the session; every run is in
 the run log, and any logged runs can be compared side by side.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import continual as C
+from core.labs.continual.config import SETTINGS, ContinualConfig
+from core.labs.continual.job import ContinualJob
+from core.labs.continual.result import ContinualResult, load_logged, runs_table
 from core.plots import continual as P
 from core.zoo import data as D
 from ui import state as S
@@ -29,19 +32,22 @@ st.caption(
 )
 
 ms = S.require_model_set()
-job: C.ContinualJob | None = st.session_state.get(JOB)
+job: ContinualJob | None = st.session_state.get(JOB)
 running = job is not None and job.running
-d = C.ContinualConfig()
+d = ContinualConfig()
 defaults = [t for t in d.tasks if t in D.TASK_NAMES]
 
 with st.form("continual_form"):
     tasks = st.multiselect("Tasks, in training order (the order you pick them)", D.TASK_NAMES, defaults, key="cl_tasks")
     c1, c2, c3 = st.columns(3)
     setting = c1.radio(
-        "Setting", C.SETTINGS, format_func=lambda s: {"class": "class-incremental", "task": "task-incremental"}[s],
-        key="cl_setting", help="Class-incremental: one classifier over every class seen so far (the task must be "
+        "Setting",
+        SETTINGS,
+        format_func=lambda s: {"class": "class-incremental", "task": "task-incremental"}[s],
+        key="cl_setting",
+        help="Class-incremental: one classifier over every class seen so far (the task must be "
         "recognised too). Task-incremental: the task is given, prediction among its own classes.",
-    )  # fmt: skip
+    )
     steps = c2.number_input("Steps per task", 1, 2000, d.steps, key="cl_steps")
     seed = c3.number_input("Seed", 0, 10_000, S.seed(), key="cl_seed")
     c1, c2, c3 = st.columns(3)
@@ -63,12 +69,23 @@ if start and not running:
     if len(tasks) < 2:
         st.warning("Pick at least two tasks: forgetting needs a sequence.")
     else:
-        cfg = C.ContinualConfig(
-            tasks=tuple(tasks), setting=setting, expansion=expansion, ortho=ortho, l2=l2, ortho_weight=float(ortho_w),
-            l2_weight=float(l2_w), steps=int(steps), batch=int(batch), lr=float(lr), n_train=int(n_train),
-            lora_rank=int(lora), ntk_samples=int(ntk), seed=int(seed),
-        )  # fmt: skip
-        job = st.session_state[JOB] = C.ContinualJob(ms, cfg, run_log=True)
+        cfg = ContinualConfig(
+            tasks=tuple(tasks),
+            setting=setting,
+            expansion=expansion,
+            ortho=ortho,
+            l2=l2,
+            ortho_weight=float(ortho_w),
+            l2_weight=float(l2_w),
+            steps=int(steps),
+            batch=int(batch),
+            lr=float(lr),
+            n_train=int(n_train),
+            lora_rank=int(lora),
+            ntk_samples=int(ntk),
+            seed=int(seed),
+        )
+        job = st.session_state[JOB] = ContinualJob(ms, cfg, run_log=True)
         running = True
 
 
@@ -83,11 +100,15 @@ def live_panel() -> None:
     if job.running:
         if st.button("Cancel", key="cl_cancel"):
             job.cancel.set()
-        cols = [f"after {t}" for t in job.cfg.tasks]
-        st.plotly_chart(
-            P.accuracy_heatmap(pd.DataFrame(job.acc, index=list(job.cfg.tasks), columns=cols), "Accuracy so far"),
-            key="cl_live_acc",
-        )
+        # The matrix changes once per task: build its figure only then, not on every 1-s refresh.
+        acc = job.acc
+        stamp = (id(job), int(np.isfinite(acc).sum()))
+        live = st.session_state.get("_cl_live_fig")
+        if live is None or live[0] != stamp:
+            cols = [f"after {t}" for t in job.cfg.tasks]
+            frame = pd.DataFrame(acc, index=list(job.cfg.tasks), columns=cols)
+            live = st.session_state["_cl_live_fig"] = (stamp, P.accuracy_heatmap(frame, "Accuracy so far"))
+        st.plotly_chart(live[1], key="cl_live_acc")
     if job.error:
         st.error(f"The run failed: {job.error}")
     if not job.running and job.result is not None and st.session_state.get("_cl_seen") != id(job):
@@ -107,7 +128,7 @@ def live_panel() -> None:
 
 live_panel()
 
-runs: dict[str, C.ContinualResult] = st.session_state.get(RUNS, {})
+runs: dict[str, ContinualResult] = st.session_state.get(RUNS, {})
 if runs:
     label = st.selectbox("Run to inspect", list(runs), key="cl_inspect")
     res = runs[label]
@@ -136,7 +157,7 @@ if runs:
 
 st.subheader("Compare logged runs")
 try:
-    table = C.runs_table()
+    table = runs_table()
 except Exception as e:  # an unreadable run log should not take the page down
     st.info(f"The run log cannot be read: {e}")
     st.stop()
@@ -152,11 +173,13 @@ by_id = table.set_index("id")
 known = [i for i in st.session_state.get("cl_compare_ids", by_id.index[:2].tolist()) if i in by_id.index]
 st.session_state["cl_compare_ids"] = known
 ids = st.multiselect(
-    "Runs side by side", by_id.index.tolist(), key="cl_compare_ids",
+    "Runs side by side",
+    by_id.index.tolist(),
+    key="cl_compare_ids",
     format_func=lambda i: f"run {i}: {by_id.loc[i, 'label']} · {by_id.loc[i, 'setting']} · seed {by_id.loc[i, 'seed']}",
-)  # fmt: skip
+)
 if ids:
-    chosen = {f"run {i}: {by_id.loc[i, 'label']}": C.load_logged(i) for i in ids}
+    chosen = {f"run {i}: {by_id.loc[i, 'label']}": load_logged(i) for i in ids}
     cols = st.columns(len(chosen))
     for col, (name, r) in zip(cols, chosen.items()):
         col.plotly_chart(P.accuracy_heatmap(r.acc_frame(), name), key=f"cl_cmp_acc_{name}")

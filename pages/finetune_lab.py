@@ -1,7 +1,7 @@
 """Fine-tune lab: low-data fine-tuning with layer-wise learning rates (TempBalance, Model Balancing) and
 Weight Scope Alignment (WSA).
 
-Thin page: widgets -> core.finetune_lab.LabJob (runs in a background thread; this page polls it and
+Thin page: widgets -> core.labs.finetune.job.LabJob (runs in a background thread; this page polls it and
 can cancel it) -> figures from core.plots.training. Finished runs stay in the session; they can be
 saved and added to the active model set for the Merge lab.
 """
@@ -11,7 +11,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import finetune_lab as L
+from core.labs.finetune.compare import markdown_table, summary_table
+from core.labs.finetune.config import LR_RULES, METHOD_LABELS, METHODS, lab_tasks, recipe_defaults
+from core.labs.finetune.export import lab_dir, model_name, save_lab_model, with_lab_models
+from core.labs.finetune.job import LabJob
+from core.labs.finetune.run import LabResult, grid_configs
+from core.labs.finetune.wsa import WSAResult, wsa_markdown
 from core.plots import analysis as PA
 from core.plots import training as P
 from ui import state as S
@@ -29,10 +34,10 @@ st.caption(
     "target scope (the pretrained model's) so fine-tunes merge better."
 )
 ms = S.require_model_set()
-tasks = L.lab_tasks(ms)
-defaults = L.recipe_defaults(ms)
-grid_job: L.LabJob | None = st.session_state.get(GRID_JOB)
-wsa_job: L.LabJob | None = st.session_state.get(WSA_JOB)
+tasks = lab_tasks(ms)
+defaults = recipe_defaults(ms)
+grid_job: LabJob | None = st.session_state.get(GRID_JOB)
+wsa_job: LabJob | None = st.session_state.get(WSA_JOB)
 busy = any(j is not None and j.running for j in (grid_job, wsa_job))
 
 
@@ -45,12 +50,21 @@ def method_settings(prefix: str) -> dict:
         weight = c4.number_input("WSA weight w", 0.0, 1e5, 100.0, key=f"{prefix}_weight")
         lr = c1.number_input("Learning rate", 1e-6, 1e-1, float(defaults["lr"]), format="%.5f", key=f"{prefix}_lr")
         batch = c2.number_input("Batch size", 4, 256, 32, key=f"{prefix}_batch")
-    return {"every": int(every), "s1": s1, "s2": s2, "s": float(s), "wsa_weight": float(weight), "lr": float(lr),
-            "batch_size": int(batch), "weight_decay": defaults["weight_decay"], "warmup": defaults["warmup"],
-            "n_train": int(defaults["n_train"])}  # fmt: skip
+    return {
+        "every": int(every),
+        "s1": s1,
+        "s2": s2,
+        "s": float(s),
+        "wsa_weight": float(weight),
+        "lr": float(lr),
+        "batch_size": int(batch),
+        "weight_decay": defaults["weight_decay"],
+        "warmup": defaults["warmup"],
+        "n_train": int(defaults["n_train"]),
+    }
 
 
-def live(job: L.LabJob | None, what: str) -> None:
+def live(job: LabJob | None, what: str) -> None:
     """Progress, cancel, and the running fine-tune's loss and multipliers (or scope distance)."""
     if job is None:
         return
@@ -66,14 +80,19 @@ def live(job: L.LabJob | None, what: str) -> None:
         st.caption("Preparing the data and the model (the first run in a session also loads the libraries)…")
     if job.running and cur:
         cfg = cur.get("config")
-        h = pd.DataFrame(cur.get("history", []))
+        h = pd.DataFrame(list(cur.get("history", [])))  # a snapshot: the job appends while we read
         c1, c2 = st.columns(2)
-        c1.plotly_chart(P.loss_curves({"now": h}, title=f"{cfg.method}, fraction {cfg.fraction:g}, seed {cfg.seed}"), key=f"{what}_loss")  # fmt: skip
+        c1.plotly_chart(
+            P.loss_curves({"now": h}, title=f"{cfg.method}, fraction {cfg.fraction:g}, seed {cfg.seed}"),
+            key=f"{what}_loss",
+        )
         bal = cur.get("balancer")
         if bal is not None and bal.history:
             c2.plotly_chart(P.current_multipliers(bal.table()), key=f"{what}_mult")
         else:
-            c2.plotly_chart(P.loss_curves({"now": h}, y="scope_kl", title="distance to the target scope"), key=f"{what}_kl")  # fmt: skip
+            c2.plotly_chart(
+                P.loss_curves({"now": h}, y="scope_kl", title="distance to the target scope"), key=f"{what}_kl"
+            )
 
 
 grid_tab, wsa_tab = st.tabs(["Low-data fine-tuning", "Weight Scope Alignment"])
@@ -84,16 +103,23 @@ with grid_tab:
         c1, c2, c3 = st.columns([2, 3, 3])
         task = c1.selectbox("Task", tasks, key="ft_task")
         fractions = c2.multiselect("Data fractions", FRACTIONS, [0.01, 0.05, 0.2], key="ft_fractions")
-        methods = c3.multiselect("Methods", L.METHODS, ["uniform", "tempbalance", "model_balancing"],
-                                 format_func=L.METHOD_LABELS.get, key="ft_methods")  # fmt: skip
+        methods = c3.multiselect(
+            "Methods",
+            METHODS,
+            ["uniform", "tempbalance", "model_balancing"],
+            format_func=METHOD_LABELS.get,
+            key="ft_methods",
+        )
         c1, c2 = st.columns(2)
         seeds = c1.slider("Seeds", 1, 5, 1, key="ft_seeds", help=f"seeds {S.seed()}, {S.seed()} + 1, … (sidebar)")
         steps = c2.number_input("Steps per fine-tune", 1, 5000, 60, key="ft_steps")
         settings = method_settings("ft")
         start = st.form_submit_button("Run", type="primary", disabled=busy, key="ft_run")
     if start and not busy and fractions and methods:
-        configs = L.grid_configs(task, sorted(fractions), methods, [S.seed() + i for i in range(seeds)], steps=int(steps), **settings)  # fmt: skip
-        grid_job = st.session_state[GRID_JOB] = L.LabJob("grid", ms, configs=configs)
+        configs = grid_configs(
+            task, sorted(fractions), methods, [S.seed() + i for i in range(seeds)], steps=int(steps), **settings
+        )
+        grid_job = st.session_state[GRID_JOB] = LabJob("grid", ms, configs=configs)
         busy = True
     elif start:
         st.warning("Choose at least one fraction and one method.")
@@ -106,19 +132,20 @@ with grid_tab:
             st.session_state["_ft_grid_seen"] = id(job)
             runs = st.session_state.setdefault(RUNS, {})
             for r in job.results:
-                runs[L.model_name(r.config)] = r
+                runs[model_name(r.config)] = r
             st.rerun()
 
     grid_panel()
-    runs: dict[str, L.LabResult] = st.session_state.get(RUNS, {})
+    runs: dict[str, LabResult] = st.session_state.get(RUNS, {})
     if runs:
         table = pd.DataFrame([r.row() for r in runs.values()])
         shown = st.selectbox("Results for task", list(dict.fromkeys(table["task"])), key="ft_result_task")
-        summary = L.summary_table(table[table["task"] == shown])
+        summary = summary_table(table[table["task"] == shown])
         st.plotly_chart(
-            P.accuracy_vs_fraction(summary, title=f"{shown}: test accuracy vs data fraction"), key="ft_acc_fig"
+            P.accuracy_vs_fraction(summary, title=f"{shown}: test accuracy vs data fraction", labels=METHOD_LABELS),
+            key="ft_acc_fig",
         )
-        st.markdown(L.markdown_table(summary))
+        st.markdown(markdown_table(summary))
         label = st.selectbox("Run to inspect", list(runs), index=len(runs) - 1, key="ft_inspect")
         r = runs[label]
         c1, c2, c3 = st.columns(3)
@@ -149,9 +176,13 @@ with wsa_tab:
         task_a = c2.selectbox("Task A", tasks, key="wsa_task_a")
         task_b = c3.selectbox("Task B (two tasks only)", tasks, index=min(1, len(tasks) - 1), key="wsa_task_b")
         c1, c2, c3, c4 = st.columns(4)
-        target = c1.radio("Target scope", ["base", "fused"], key="wsa_target",
-                          format_func={"base": "pretrained", "fused": "fused (from the runs without WSA)"}.get)  # fmt: skip
-        rule = c2.selectbox("Learning rates", L.LR_RULES, key="wsa_rule", format_func=L.METHOD_LABELS.get)
+        target = c1.radio(
+            "Target scope",
+            ["base", "fused"],
+            key="wsa_target",
+            format_func={"base": "pretrained", "fused": "fused (from the runs without WSA)"}.get,
+        )
+        rule = c2.selectbox("Learning rates", LR_RULES, key="wsa_rule", format_func=METHOD_LABELS.get)
         fraction = c3.select_slider("Data fraction per model", FRACTIONS[:-1] + [1.0], 0.2, key="wsa_fraction")
         wsteps = c4.number_input("Steps per fine-tune", 1, 5000, 60, key="wsa_steps")
         wsettings = method_settings("wsa")
@@ -162,27 +193,40 @@ with wsa_tab:
             st.warning("Two disjoint shards need a fraction of at most 0.5; using 0.5.")
             fraction = 0.5
         weight = wsettings.pop("wsa_weight")
-        wsa_job = st.session_state[WSA_JOB] = L.LabJob(
-            "wsa", ms, tasks=pair, weight=weight, target=target, rule=rule, fraction=float(fraction),
-            steps=int(wsteps), seed=S.seed(), **wsettings,
-        )  # fmt: skip
+        wsa_job = st.session_state[WSA_JOB] = LabJob(
+            "wsa",
+            ms,
+            tasks=pair,
+            weight=weight,
+            target=target,
+            rule=rule,
+            fraction=float(fraction),
+            steps=int(wsteps),
+            seed=S.seed(),
+            **wsettings,
+        )
         busy = True
 
     @st.fragment(run_every=1.0 if wsa_job is not None and wsa_job.running else None)
     def wsa_panel() -> None:
         job = st.session_state.get(WSA_JOB)
         live(job, "wsa")
-        if job is not None and not job.running and job.result is not None and st.session_state.get("_ft_wsa_seen") != id(job):  # fmt: skip
+        if (
+            job is not None
+            and not job.running
+            and job.result is not None
+            and st.session_state.get("_ft_wsa_seen") != id(job)
+        ):
             st.session_state["_ft_wsa_seen"] = id(job)
             st.session_state[WSA_RESULTS] = job.result
             st.rerun()
 
     wsa_panel()
-    res: L.WSAResult | None = st.session_state.get(WSA_RESULTS)
+    res: WSAResult | None = st.session_state.get(WSA_RESULTS)
     if res is not None and len(res.summary):
         show = res.summary.set_index("variant")
         st.dataframe(show, key="wsa_table")
-        st.markdown(L.wsa_markdown(res))
+        st.markdown(wsa_markdown(res))
         c1, c2 = st.columns(2)
         c1.plotly_chart(P.barrier_curves(res.curves, title="along the line from A to B (test)"), key="wsa_curve")
         c2.plotly_chart(P.wsa_merge_bars(res.summary, title="models, midpoint and merge"), key="wsa_bars")
@@ -191,12 +235,14 @@ with wsa_tab:
 # -------------------------------------------------------------------------- into the model set
 finished = {**st.session_state.get(RUNS, {})}
 if res := st.session_state.get(WSA_RESULTS):
-    finished.update({f"wsa-{L.model_name(r.config)}": r for r in res.results.values() if r.state_dict})
+    finished.update({f"wsa-{model_name(r.config)}": r for r in res.results.values() if r.state_dict})
 if finished:
     st.subheader("Use lab models in the Merge lab")
     chosen = st.multiselect("Fine-tunes to add to the active model set", list(finished), key="ft_add_choice")
     if st.button("Save and add to the model set", key="ft_add", disabled=not chosen):
-        paths = {name: L.save_lab_model(finished[name], name) for name in chosen}
-        S.set_model_set(L.with_lab_models(ms, paths))
-        st.success(f"Saved {len(paths)} visual towers under {L.lab_dir()} and added them to the active model set: "
-                   "open the Merge lab to merge them.")  # fmt: skip
+        paths = {name: save_lab_model(finished[name], name) for name in chosen}
+        S.set_model_set(with_lab_models(ms, paths))
+        st.success(
+            f"Saved {len(paths)} visual towers under {lab_dir()} and added them to the active model set: "
+            "open the Merge lab to merge them."
+        )

@@ -16,11 +16,11 @@ from core.lines import lines_curve
 from core.live import (
     ALPHAS,
     SUBSAMPLE_CHOICES,
-    best_alpha,
     default_subsample,
     single_task_spec,
     uniform_spec,
 )
+from core.live_report import best_alpha
 from core.plots.merge import block_scale_curve, tradeoff_curve
 from ui import state as S
 
@@ -59,6 +59,57 @@ L = live.num_blocks
 depths = tower_depths(S.analysis_keys(ms))
 
 
+def show_numbers(result: dict, uniform: dict | None, target: str, alpha: float, beta: float) -> None:
+    """Metrics, the table (LiNeS next to uniform scaling at the same α) and what the numbers rest on."""
+    others = {f"uniform α={alpha:.2f}": uniform} if uniform is not None else None
+    table = live.single_task_table(target, result, label=f"LiNeS α={alpha:.2f}, β={beta:.2f}", others=others)
+    cur, ft = table.iloc[2], table.loc["fine-tuned"]
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Target accuracy", f"{cur.iloc[0]:.1%}", f"{cur.iloc[0] - ft.iloc[0]:+.1%} vs fine-tuned")
+    m2.metric("Control accuracy", f"{cur['control mean']:.1%}", f"{cur['control mean'] - ft['control mean']:+.1%}")
+    m3.metric("Score", f"{cur['score']:.3f}", f"{cur['score'] - ft['score']:+.3f}", help="2·target_norm + control_norm")
+    st.dataframe(table.style.format("{:.3f}"), key="lines_table")
+    n, total = sum(result["n"].values()), sum(result["total"].values())
+    if not result["final"]:
+        half = max((hi - lo) / 2 for lo, hi in result["interval"].values())
+        st.caption(
+            f"Updating: estimate from {n:,} of {total:,} test images (95% intervals up to ±{half:.1%}); "
+            "the exact numbers follow."
+        )
+        return
+    timing = (
+        "cached"
+        if result["cached"]
+        else f"merge {result['merge_seconds'] * 1e3:.0f} ms + evaluation {result['eval_seconds'] * 1e3:.0f} ms"
+    )
+    st.caption(
+        f"Numbers for LiNeS α={alpha:.2f}, β={beta:.2f} on the {target} model · test split, {total:,} images "
+        f"({'all' if subsample is None else subsample} per task); {timing}."
+    )
+
+
+def numbers(spec, target: str, alpha: float, beta: float) -> None:
+    """Anytime numbers: each round of images redraws them (a newer slider position interrupts the rounds in
+    flight at the next redraw, so only the latest position is evaluated to the end)."""
+    note = st.empty()
+    note.caption(f"Updating the numbers for α={alpha:.2f}, β={beta:.2f}…")
+    body = st.empty()
+    result = None
+    for result in live.evaluate_rounds(spec):
+        with body.container():
+            show_numbers(result, None, target, alpha, beta)
+    note.empty()
+    st.session_state["lines_result"] = (spec.key(), result)
+    # Uniform scaling at the same α, the paper's baseline: after the LiNeS numbers, in the same table.
+    uniform = None
+    for step in live.evaluate_rounds(uniform_spec(target, alpha)):
+        uniform = step
+        note.caption("Adding uniform scaling at the same α…")  # a redraw: a newer move can interrupt here
+    note.empty()
+    with body.container():
+        show_numbers(result, uniform, target, alpha, beta)
+
+
 @st.fragment
 def live_panel() -> None:
     c1, c2 = st.columns([2, 3])
@@ -84,24 +135,7 @@ def live_panel() -> None:
         st.plotly_chart(fig, key="lines_curve_fig")
     spec = single_task_spec(target, alpha, beta)
     with c2:
-        with st.spinner("Merging and evaluating…"):
-            result = live.evaluate(spec)
-        st.session_state["lines_result"] = (spec.key(), result)
-        table = live.single_task_table(target, result, label=f"LiNeS α={alpha:.2f}, β={beta:.2f}")
-        cur, ft = table.iloc[2], table.loc["fine-tuned"]
-        m1, m2, m3 = st.columns(3)
-        m1.metric("Target accuracy", f"{cur.iloc[0]:.1%}", f"{cur.iloc[0] - ft.iloc[0]:+.1%} vs fine-tuned")
-        m2.metric(
-            "Control accuracy (mean)", f"{cur['control mean']:.1%}", f"{cur['control mean'] - ft['control mean']:+.1%}"
-        )
-        m3.metric("Score 2·target_norm + control_norm", f"{cur['score']:.3f}", f"{cur['score'] - ft['score']:+.3f}")
-        st.dataframe(table.style.format("{:.3f}"), key="lines_table")
-        timing = (
-            "cached"
-            if result["cached"]
-            else f"merge {result['merge_seconds'] * 1e3:.0f} ms + evaluation {result['eval_seconds'] * 1e3:.0f} ms"
-        )
-        st.caption(f"Test split, {'all' if subsample is None else subsample} images per task; {timing}.")
+        numbers(spec, target, alpha, beta)
 
     sweeps = st.session_state.setdefault("lines_sweeps", {})
     sweep_key = (target, subsample, bf16)

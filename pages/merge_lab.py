@@ -15,17 +15,15 @@ from core.errors import MergeScopeError
 from core.layers import TOWER_LABELS, tower_depths
 from core.lines import resample_curve
 from core.live import (
-    QUERY_KEYS,
     SUBSAMPLE_CHOICES,
-    comparison_table,
     default_subsample,
-    spec_from_query,
-    spec_to_query,
 )
+from core.live_report import comparison_table
 from core.merging import METHODS, get_method
 from core.plots.merge import accuracy_bars, block_scale_curve
 from core.runtime.paths import allow_any_path, export_dir, resolve_export_path
 from core.spec import MergeSpec, RunConfig
+from core.urlstate import QUERY_KEYS, spec_from_query, spec_to_query
 from ui import state as S
 from ui.widgets import param_widget
 
@@ -209,15 +207,56 @@ def sync_url(spec: MergeSpec) -> None:
             del st.query_params[k]
 
 
+def describe(spec: MergeSpec) -> str:
+    """What the numbers are for, in words a slider shows: the method, LiNeS α/β or a curve, else λ."""
+    if spec.curve is not None:
+        return f"{spec.method} with a block curve"
+    if spec.lines is not None:
+        a = spec.lines[0]
+        return f"{spec.method} + LiNeS α={'auto' if a == 'auto' else f'{float(a):.2f}'}, β={float(spec.lines[1]):.2f}"
+    c = spec.param_dict.get("coefficients")
+    lam = f"λ={float(c):.2f}" if isinstance(c, int | float) else f"λ per task {c}"
+    return f"{spec.method} {lam}"
+
+
 def results(spec: MergeSpec) -> None:
-    with st.spinner("Merging and evaluating…"):
-        r = live.evaluate(spec)
-        ta_lam = st.number_input("λ of the plain task-arithmetic baseline", 0.0, 2.0, 0.3, 0.05, key="ml_ta_lambda")
-        delta = live.delta_to_task_arithmetic(spec, ta_lam)
+    """Anytime numbers: rounds of test images redraw an estimate with 95% intervals; a newer slider position
+    interrupts the rounds in flight at the next redraw, so only the latest position is evaluated to the end."""
+    ta_lam = st.number_input("λ of the plain task-arithmetic baseline", 0.0, 2.0, 0.3, 0.05, key="ml_ta_lambda")
+    note = st.empty()
+    note.caption(f"Updating the numbers for {describe(spec)}…")
+    body = st.empty()
+    r = None
+    for r in live.evaluate_rounds(spec):
+        if not r["final"]:
+            with body.container():
+                partial(r, spec)
+    note.caption(f"Adding task arithmetic at λ = {ta_lam:g} for comparison…")
+    delta = live.delta_to_task_arithmetic(spec, ta_lam)
+    note.empty()
     st.session_state["ml_result"] = (spec.key(), r)
     entry = st.session_state.get(S.MERGED_KEY)
     if not (isinstance(entry, tuple) and entry[0] == spec.key()):  # the Spectra page analyses it as "merged"
         st.session_state[S.MERGED_KEY] = (spec.key(), live.merged_state_dict(spec))
+    with body.container():
+        final(r, spec, delta, ta_lam)
+
+
+def partial(r: dict, spec: MergeSpec) -> None:
+    n, total = sum(r["n"].values()), sum(r["total"].values())
+    half = max((hi - lo) / 2 for lo, hi in r["interval"].values())
+    c1, c2 = st.columns(2)
+    c1.metric("Absolute accuracy (estimate)", f"{r['mean']:.1%}", help="95% Wilson intervals per task below")
+    c2.metric("Normalized accuracy (estimate)", f"{r['normalized_mean']:.1%}")
+    rows = [
+        {"task": t, "accuracy": a, "low": r["interval"][t][0], "high": r["interval"][t][1], "images": r["n"][t]}
+        for t, a in r["accuracy"].items()
+    ]
+    st.dataframe(pd.DataFrame(rows).set_index("task").style.format("{:.3f}", subset=["accuracy", "low", "high"]))
+    st.caption(f"Updating {describe(spec)}: estimate from {n:,} of {total:,} test images (±{half:.1%} at most).")
+
+
+def final(r: dict, spec: MergeSpec, delta: dict, ta_lam: float) -> None:
     c1, c2, c3 = st.columns(3)
     c1.metric("Absolute accuracy (merged tasks)", f"{r['mean']:.1%}", f"{delta['mean']:+.1%} vs TA")
     c2.metric("Normalized accuracy", f"{r['normalized_mean']:.1%}", f"{delta['normalized_mean']:+.1%} vs TA")
@@ -231,7 +270,11 @@ def results(spec: MergeSpec) -> None:
     how = (
         "cached" if r["cached"] else f"merge {r['merge_seconds'] * 1e3:.0f} ms + eval {r['eval_seconds'] * 1e3:.0f} ms"
     )
-    st.caption(f"Test split, {'all' if subsample is None else subsample} images per task; {how}. Spec {spec.key()}.")
+    total = sum(r["total"].values())
+    st.caption(
+        f"Numbers for {describe(spec)} · test split, {total:,} images "
+        f"({'all' if subsample is None else subsample} per task); {how}. Spec {spec.key()}."
+    )
 
 
 def export(spec: MergeSpec) -> None:

@@ -1,6 +1,6 @@
 """Runs: every evaluation, sweep and training run in the run log - filter, compare two, export.
 
-The log is one SQLite file shared by every session and process (core.runs); the
+The log is one SQLite file shared by every session and process (core.runtime.runlog); the
 CLI and the training labs write to it too.
 """
 

@@ -1,7 +1,8 @@
-"""Model Tinting: merge layer-wise, then tint one layer per task with pseudo-labels from the experts.
+"""Model Tinting: merge layer-wise, then tint one layer per task with pseudo-labels from the experts
+(or layer-wise AdaMerging: the same coefficients without a tint, by entropy minimization).
 
-Thin page: widgets -> core.tinting.TintJob (training in a background thread; this page polls it
-and can cancel it) -> figures from core.plots.tinting. Finished runs stay in the session for
+Thin page: widgets -> core.labs.tinting.job.TintJob (training in a background thread; this page polls
+it and can cancel it) -> figures from core.plots.tinting. Finished runs stay in the session for
 the comparison with zero-shot, TA, TIES, TA+LiNeS (chosen on validation) and the experts.
 """
 
@@ -14,7 +15,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import tinting as T
+from core.labs.tinting.baselines import baselines, comparison_table
+from core.labs.tinting.config import ADAMERGING, DEFAULT_LR, TINTING, TintConfig
+from core.labs.tinting.export import export_tinted
+from core.labs.tinting.job import TintJob
+from core.labs.tinting.model import tint_layer_choices
+from core.labs.tinting.run import TintResult
 from core.plots import tinting as P
 from ui import state as S
 
@@ -27,7 +33,8 @@ st.caption(
     "with cross-entropy against the hard labels of each task's fine-tuned expert. The confidence filter drops a "
     "sample when the expert and the merged model disagree and the merged model is more confident. Each step "
     "shuffles the tasks and takes one Adam step per task on one batch (Why Train Everything? Tint a Single "
-    "Layer for Multi-task Model Merging)."
+    "Layer for Multi-task Model Merging). **AdaMerging** (layer-wise, Yang et al., ICLR 2024) is the same "
+    "machinery without the tint: only λ trains, by minimizing the entropy of the merged model's predictions."
 )
 
 ms = S.require_model_set()
@@ -36,14 +43,32 @@ if not ms.eval_tasks:
     st.stop()
 
 keys = [k for k in S.analysis_keys(ms) if k.startswith("visual.")]
-job: T.TintJob | None = st.session_state.get(JOB)
+job: TintJob | None = st.session_state.get(JOB)
 running = job is not None and job.running
 
+METHOD_LABELS = {
+    TINTING: "Model Tinting",
+    ADAMERGING: "AdaMerging (layer-wise)",
+    "both": "both, side by side",
+}
+
 with st.form("tint_form"):
+    method = st.radio(
+        "Method",
+        list(METHOD_LABELS),
+        format_func=METHOD_LABELS.get,
+        horizontal=True,
+        key="tint_method",
+        help="AdaMerging trains only λ (no tinted layer, frozen zero-shot heads) by minimizing the entropy of "
+        "the merged model's predictions, one Adam step per step over all tasks.",
+    )
     c1, c2, c3 = st.columns(3)
-    layer = c1.selectbox("Tinted layer (one copy per task)", T.tint_layer_choices(keys), key="tint_layer")
+    layer = c1.selectbox("Tinted layer (one copy per task)", tint_layer_choices(keys), key="tint_layer")
     steps = c2.number_input("Steps (each: one Adam step per task)", 1, 2000, 100, key="tint_steps")
-    lr = c3.number_input("Learning rate", 1e-4, 1.0, 1e-2, format="%.4f", key="tint_lr")
+    lr = c3.number_input("Learning rate (Tinting)", 1e-4, 1.0, DEFAULT_LR[TINTING], format="%.4f", key="tint_lr")
+    ada_lr = c3.number_input(
+        "Learning rate (AdaMerging)", 1e-5, 1.0, DEFAULT_LR[ADAMERGING], format="%.4f", key="tint_ada_lr"
+    )
     batch = c1.number_input("Batch per task", 4, 256, 32, key="tint_batch")
     every = c2.number_input("Evaluate every … steps", 1, 500, 25, key="tint_every")
     use_filter = c3.toggle(
@@ -54,7 +79,7 @@ with st.form("tint_form"):
         "confident, accurate experts: with weak experts it drops many samples and can lock in the merged "
         "model's confident mistakes (watch 'kept' in the training chart).",
     )
-    ablation = c3.toggle("Then the same run with the filter switched", False, key="tint_ablation")
+    ablation = c3.toggle("Then the same Tinting run with the filter switched", False, key="tint_ablation")
     data = st.radio(
         "Unlabeled images to train on",
         ["test", "val"],
@@ -62,7 +87,7 @@ with st.form("tint_form"):
         horizontal=True,
         key="tint_data",
     )
-    start = st.form_submit_button("Run Tinting", type="primary", disabled=running)
+    start = st.form_submit_button("Run", type="primary", disabled=running)
 if data == "test":
     st.info(
         "**Transductive:** training sees each task's *test* images — never their labels; the targets come "
@@ -71,10 +96,14 @@ if data == "test":
     )
 
 if start and not running:
-    cfg = T.TintConfig(layer=layer, steps=int(steps), lr=float(lr), batch=int(batch), filter=use_filter,
-                       data=data, seed=S.seed(), eval_every=int(every))  # fmt: skip
-    cfgs = [cfg, dataclasses.replace(cfg, filter=not use_filter)] if ablation else [cfg]
-    job = st.session_state[JOB] = T.TintJob(ms, cfgs)
+    common = dict(steps=int(steps), batch=int(batch), data=data, seed=S.seed(), eval_every=int(every))
+    cfgs = []
+    if method in (TINTING, "both"):
+        cfg = TintConfig(layer=layer, lr=float(lr), filter=use_filter, **common)
+        cfgs += [cfg, dataclasses.replace(cfg, filter=not use_filter)] if ablation else [cfg]
+    if method in (ADAMERGING, "both"):
+        cfgs.append(TintConfig(method=ADAMERGING, lr=float(ada_lr), **common))
+    job = st.session_state[JOB] = TintJob(ms, cfgs)
     running = True
 
 
@@ -85,12 +114,19 @@ def live_panel() -> None:
         return
     n, done = job.cfg.steps, job.step
     which = f" (run {len(job.results) + 1} of {len(job.cfgs)})" if len(job.cfgs) > 1 and job.running else ""
-    st.progress(min(done / max(n, 1), 1.0), text=f"{job.cfg.label()}{which}: step {done}/{n}")
+    where = f"step {done}/{n}" if job.rows or not job.running else f"{job.label} ({job.elapsed:.0f} s)"
+    st.progress(min(done / max(n, 1), 1.0), text=f"{job.cfg.label()}{which}: {where}")
     if job.running and st.button("Cancel", key="tint_cancel"):
         job.cancel.set()
+    # The figures are rebuilt only when the job has new rows (not on every 1-s poll).
+    fig_key = (id(job), id(job.rows), len(job.rows), len(job.evals))
+    figs = st.session_state.get("_tint_figs")
+    if figs is None or figs[0] != fig_key:
+        figs = (fig_key, P.training_curves(pd.DataFrame(job.rows)), P.accuracy_curves(pd.DataFrame(job.evals)))
+        st.session_state["_tint_figs"] = figs
     c1, c2 = st.columns(2)
-    c1.plotly_chart(P.training_curves(pd.DataFrame(job.rows)), key="tint_train_fig")
-    c2.plotly_chart(P.accuracy_curves(pd.DataFrame(job.evals)), key="tint_acc_fig")
+    c1.plotly_chart(figs[1], key="tint_train_fig")
+    c2.plotly_chart(figs[2], key="tint_acc_fig")
     if job.error:
         st.error(f"Tinting failed: {job.error}")
     if not job.running and job.results and st.session_state.get("_tint_seen") != id(job):
@@ -104,15 +140,15 @@ def live_panel() -> None:
 
 live_panel()
 
-runs: dict[str, T.TintResult] = st.session_state.get(RUNS, {})
+runs: dict[str, TintResult] = st.session_state.get(RUNS, {})
 if not runs:
     st.stop()
 
 st.subheader("Comparison (test split)")
 base = S.memo(
-    ms, "tint:baselines", lambda cb: T.baselines(ms, progress=cb), "Zero-shot, TA, TIES, TA+LiNeS (λ, β on val)"
+    ms, "tint:baselines", lambda cb: baselines(ms, progress=cb), "Zero-shot, TA, TIES, TA+LiNeS (λ, β on val)"
 )
-table = T.comparison_table(base, {label: r.accuracy for label, r in runs.items()})
+table = comparison_table(base, {label: r.accuracy for label, r in runs.items()})
 tasks = list(base["individual"]["accuracy"])
 st.dataframe(table.style.format({c: "{:.1%}" for c in [*tasks, "avg_abs", "avg_norm"]}), key="tint_table")
 c1, c2 = st.columns(2)
@@ -126,9 +162,13 @@ c1, c2, c3 = st.columns(3)
 c1.metric("Trained parameters", f"{m.num_trainable():,}")
 c2.metric("Fraction of the visual encoder", f"{m.num_trainable() / m.num_encoder_params():.2%}")
 c3.metric("Wall time", f"{res.seconds:.0f} s", f"{res.steps_done} steps")
-st.caption(
-    f"λ: {m.lambdas_raw.numel():,} coefficients ({len(m.keys)} tensors × {len(m.tasks)} tasks); tints: "
+tints = (
     f"{m.num_trainable() - m.lambdas_raw.numel():,} parameters ({m.layer}, one copy per task)"
+    if m.tinted
+    else "none (AdaMerging: frozen zero-shot heads)"
+)
+st.caption(
+    f"λ: {m.lambdas_raw.numel():,} coefficients ({len(m.keys)} tensors × {len(m.tasks)} tasks); tints: {tints}"
     + (f"; run {res.run_id} in the run log" if res.run_id is not None else "")
 )
 by = st.radio("λ heatmap rows", ["block", "tensor"], horizontal=True, key="tint_lambda_by")
@@ -136,7 +176,7 @@ st.plotly_chart(P.lambda_heatmap(m.lambda_frame(by)), key="tint_lambda_fig")
 
 if st.button("Prepare export (merged encoder + per-task tints, safetensors)", key="tint_export"):
     path = Path(tempfile.mkdtemp(prefix="mergescope-tint-")) / "tinted.safetensors"
-    T.export_tinted(m, path, config=res.config, accuracy=res.accuracy)
+    export_tinted(m, path, config=res.config, accuracy=res.accuracy)
     st.session_state["tint_export_bytes"] = path.read_bytes()
 if st.session_state.get("tint_export_bytes"):
     st.download_button("Download tinted.safetensors", st.session_state["tint_export_bytes"], "tinted.safetensors")

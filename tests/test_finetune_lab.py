@@ -6,39 +6,45 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core import finetune_lab as L
+from core.labs.finetune.compare import markdown_table, summary_table
+from core.labs.finetune.config import LabConfig, parse_method
+from core.labs.finetune.data import low_data_indices
+from core.labs.finetune.export import save_lab_model, with_lab_models
+from core.labs.finetune.run import finetune
+from core.labs.finetune.terms import ScopeAlignment
+from core.labs.finetune.wsa import barrier, interpolation_curve, wsa_experiment, wsa_markdown
 from core.scopes import scope_dict, scope_fusion
 
 
 def test_methods_parse_into_a_rule_and_wsa():
-    assert L.parse_method("uniform") == ("uniform", False)
-    assert L.parse_method("wsa") == ("uniform", True)
-    assert L.parse_method("TempBalance+WSA") == ("tempbalance", True)
-    assert L.parse_method("model_balancing") == ("model_balancing", False)
+    assert parse_method("uniform") == ("uniform", False)
+    assert parse_method("wsa") == ("uniform", True)
+    assert parse_method("TempBalance+WSA") == ("tempbalance", True)
+    assert parse_method("model_balancing") == ("model_balancing", False)
     with pytest.raises(ValueError, match="unknown method"):
-        L.parse_method("adamw")
-    assert not L.LabConfig(task="digits", method="wsa", wsa_weight=0.0).uses_wsa
+        parse_method("adamw")
+    assert not LabConfig(task="digits", method="wsa", wsa_weight=0.0).uses_wsa
 
 
 def test_low_data_split_is_seeded_class_balanced_and_shards_are_disjoint():
     y = np.arange(3000) % 10
-    a = L.low_data_indices(y, 0.01, seed=0)
-    assert len(a) == 30 and np.array_equal(a, L.low_data_indices(y, 0.01, seed=0))
+    a = low_data_indices(y, 0.01, seed=0)
+    assert len(a) == 30 and np.array_equal(a, low_data_indices(y, 0.01, seed=0))
     assert np.bincount(y[a], minlength=10).tolist() == [3] * 10  # 30 images: 3 per class
-    assert not np.array_equal(a, L.low_data_indices(y, 0.01, seed=1))
-    assert len(L.low_data_indices(y, 0.005, seed=0)) == 15  # 0.5%: 15 images, at most 2 per class
-    assert np.bincount(y[L.low_data_indices(y, 0.005, seed=0)], minlength=10).max() == 2
-    s0, s1 = L.low_data_indices(y, 0.5, 3, shard=0), L.low_data_indices(y, 0.5, 3, shard=1)
+    assert not np.array_equal(a, low_data_indices(y, 0.01, seed=1))
+    assert len(low_data_indices(y, 0.005, seed=0)) == 15  # 0.5%: 15 images, at most 2 per class
+    assert np.bincount(y[low_data_indices(y, 0.005, seed=0)], minlength=10).max() == 2
+    s0, s1 = low_data_indices(y, 0.5, 3, shard=0), low_data_indices(y, 0.5, 3, shard=1)
     assert len(s0) == len(s1) == 1500 and not set(s0) & set(s1)
-    assert len(L.low_data_indices(y, 1.0, 0)) == 3000
+    assert len(low_data_indices(y, 1.0, 0)) == 3000
 
 
 def test_wsa_hook_is_zero_at_the_target_and_its_gradient_pulls_the_scope_toward_it():
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(16, 16) * 2.0 + 0.5)  # scope (≈0.5, ≈2)
     target = {"w": (0.0, 1.0)}
-    hook = L.ScopeAlignment([("w", w)], target, weight=3.0)
-    at_target = L.ScopeAlignment([("w", w)], scope_dict({"w": w.detach()}), weight=3.0)
+    hook = ScopeAlignment([("w", w)], target, weight=3.0)
+    at_target = ScopeAlignment([("w", w)], scope_dict({"w": w.detach()}), weight=3.0)
     assert at_target.extra_loss(0).item() == pytest.approx(0.0, abs=1e-6)
     loss = hook.extra_loss(0)
     assert loss.item() == pytest.approx(3.0 * hook.distance(), rel=1e-6) and loss.item() > 0
@@ -48,7 +54,7 @@ def test_wsa_hook_is_zero_at_the_target_and_its_gradient_pulls_the_scope_toward_
     assert abs(w2.mean().item()) < abs(w0.mean().item())
     assert abs(w2.std(correction=0).item() - 1.0) < abs(w0.std(correction=0).item() - 1.0)
     assert hook.before_step(0, None) == {"scope_kl": pytest.approx(hook.distance())}
-    assert L.ScopeAlignment([("w", w)], target, weight=0.0).extra_loss(0) is None
+    assert ScopeAlignment([("w", w)], target, weight=0.0).extra_loss(0) is None
 
 
 def test_scope_fusion_is_mean_of_means_and_pooled_std():
@@ -72,7 +78,7 @@ class _LinearEvaluator:
 def test_barrier_curve_ends_equal_the_endpoints_loss_and_accuracy():
     ev = _LinearEvaluator()
     a, b = {"visual.w": torch.randn(3, 5)}, {"visual.w": torch.randn(3, 5)}
-    curve = L.interpolation_curve(ev, ["t"], a, b, num_points=5)
+    curve = interpolation_curve(ev, ["t"], a, b, num_points=5)
     assert curve["t"].tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
     for t, sd in ((0, a), (-1, b)):
         lg = ev.logits(sd, ["t"])["t"]
@@ -83,7 +89,7 @@ def test_barrier_curve_ends_equal_the_endpoints_loss_and_accuracy():
     chord = 0.5 * (curve["loss"].iloc[0] + curve["loss"].iloc[-1])
     lg = ev.logits(mid, ["t"])["t"]
     assert curve["loss_excess"].iloc[2] == pytest.approx(float(F.cross_entropy(lg, ev.tasks["t"].labels)) - chord)
-    assert L.barrier(curve)["loss_barrier"] == pytest.approx(curve["loss_excess"].max())
+    assert barrier(curve)["loss_barrier"] == pytest.approx(curve["loss_excess"].max())
 
 
 def test_summary_table_reports_mean_std_and_paired_gain():
@@ -93,11 +99,11 @@ def test_summary_table_reports_mean_std_and_paired_gain():
         for s, noise in ((0, 0.0), (1, 0.1))
         for m, acc in (("uniform", base + noise), ("tempbalance", base + noise + 0.05))
     ]
-    summary = L.summary_table(pd.DataFrame(rows))
+    summary = summary_table(pd.DataFrame(rows))
     tb = summary[(summary["method"] == "tempbalance") & (summary["fraction"] == 0.1)].iloc[0]
     assert tb["mean"] == pytest.approx(0.6) and tb["std"] == pytest.approx(np.std([0.55, 0.65], ddof=1))
     assert tb["gain_vs_uniform"] == pytest.approx(0.05) and tb["n"] == 2
-    md = L.markdown_table(summary)
+    md = markdown_table(summary)
     assert "| 0.1 | 10 | 55.0 ± 7.1 | 60.0 ± 7.1 (+5.0) |" in md
 
 
@@ -116,10 +122,8 @@ def test_finetune_records_multipliers_alpha_and_the_run(lab):
     from core.runtime.runlog import RunLog
 
     task = lab.eval_tasks[0]
-    cfg = L.LabConfig(
-        task=task, fraction=0.1, method="tempbalance", steps=4, every=2, batch_size=8, lr=1e-3, n_train=400
-    )
-    r = L.finetune(lab, cfg)
+    cfg = LabConfig(task=task, fraction=0.1, method="tempbalance", steps=4, every=2, batch_size=8, lr=1e-3, n_train=400)
+    r = finetune(lab, cfg)
     assert r.train_size == 40 and len(r.history) >= 1 and not r.cancelled
     assert sorted(r.multipliers["step"].unique()) == [0, 2]
     inner = r.multipliers[r.multipliers["step"] == 0]["multiplier"].to_numpy()[1:-1]
@@ -130,8 +134,8 @@ def test_finetune_records_multipliers_alpha_and_the_run(lab):
     run = RunLog().get(r.run_id)
     assert run["kind"] == "finetune" and run["status"] == "ok" and run["config"]["lab"]["method"] == "tempbalance"
     # into the model set: saved as safetensors, registered next to the zoo's own fine-tunes
-    path = L.save_lab_model(r)
-    ref = L.with_lab_models(lab, {"lab-model": path})
+    path = save_lab_model(r)
+    ref = with_lab_models(lab, {"lab-model": path})
     ms2 = ref.load()
     assert set(ms2.tasks) == set(lab.tasks) | {"lab-model"}
     assert torch.equal(ms2.finetuned("lab-model")["visual.proj"], r.state_dict["visual.proj"])
@@ -139,19 +143,65 @@ def test_finetune_records_multipliers_alpha_and_the_run(lab):
 
 def test_wsa_experiment_compares_barrier_and_merge_with_and_without(lab):
     a, b = lab.eval_tasks[:2]
-    res = L.wsa_experiment(lab, [a, b], weight=10.0, steps=3, batch_size=8, lr=1e-3, n_train=400, fraction=0.1, num_points=3, lambdas=(0.5,))  # fmt: skip
+    res = wsa_experiment(
+        lab,
+        [a, b],
+        weight=10.0,
+        steps=3,
+        batch_size=8,
+        lr=1e-3,
+        n_train=400,
+        fraction=0.1,
+        num_points=3,
+        lambdas=(0.5,),
+    )
     assert list(res.summary["variant"]) == ["without WSA", "with WSA"]
     assert set(res.curves["t"]) == {0.0, 0.5, 1.0}
     with_wsa = res.results["with WSA: A"]
     assert with_wsa.config.method == "wsa" and with_wsa.config.wsa_weight == 10.0
     assert {"pretrained", f"with WSA: B ({b})"} <= set(res.scopes)
-    assert "| with WSA |" in L.wsa_markdown(res)
+    assert "| with WSA |" in wsa_markdown(res)
 
 
 def test_cli_prints_the_accuracy_table(lab, capsys):
     from core.__main__ import main
 
-    rc = main(["finetune", "--zoo", "micro", "--cache", str(lab.zoo_dir.parent), "--task", lab.eval_tasks[0], "--fractions", "0.1", "--methods",
-               "uniform,model_balancing", "--seeds", "1", "--steps", "2", "--batch", "8"])  # fmt: skip
+    cache = str(lab.zoo_dir.parent)
+    task = lab.eval_tasks[0]
+    argv = ["finetune", "--zoo", "micro", "--cache", cache, "--task", task, "--fractions", "0.1"]
+    argv += ["--methods", "uniform,model_balancing", "--seeds", "1", "--steps", "2", "--batch", "8"]
+    rc = main(argv)
     out = capsys.readouterr().out
     assert rc == 0 and "| fraction | train images | uniform lr | Model Balancing |" in out
+
+
+def test_task_arithmetic_merge_picks_lambda_by_normalized_val_accuracy(monkeypatch):
+    """λ = 1.0 has the higher mean absolute val accuracy, λ = 0.5 the higher normalized one: the
+    selector (core.select.choose_on_val) must pick 0.5, and report it on test."""
+    from core.labs.finetune import wsa
+
+    # accuracy of task A reads the merged weight's first entry, task B's the second
+    table = {"A": {0.5: 0.9, 1.0: 1.0}, "B": {0.5: 0.2, 1.0: 0.15}}
+    own = {"A": 1.0, "B": 0.2}  # each fine-tune on its own task (its entry is 1.0; the other is 0)
+
+    class FakeEvaluator:
+        def __init__(self, split):
+            self.split = split
+
+        def accuracy(self, sd, tasks):
+            w = sd["visual.w"]
+            out = {}
+            for t in tasks:
+                v = round(float(w[0 if t == "A" else 1]), 2)
+                out[t] = own[t] if (float(w[0]), float(w[1])) in ((1.0, 0.0), (0.0, 1.0)) else table[t][v]
+            return out
+
+    monkeypatch.setattr(wsa, "evaluator", lambda ms, tasks, split="test": FakeEvaluator(split))
+    ms = SimpleNamespace(base=lambda: {"visual.w": torch.zeros(2)})
+    sds = [{"visual.w": torch.tensor([1.0, 0.0])}, {"visual.w": torch.tensor([0.0, 1.0])}]
+    out = wsa.task_arithmetic_merge(ms, sds, ["A", "B"], lambdas=(0.5, 1.0))
+    assert out["lambda"] == 0.5
+    assert out["val_normalized"] == pytest.approx((0.9 / 1.0 + 0.2 / 0.2) / 2)
+    assert out["mean_accuracy"] == pytest.approx(0.55) and out["accuracy"] == {"A": 0.9, "B": 0.2}
+    with pytest.raises(ValueError, match="sd_tasks"):
+        wsa.task_arithmetic_merge(ms, sds, ["A", "B", "C"])

@@ -17,13 +17,12 @@ from core.checkpoints import save_state_dict
 from core.live import (
     ALPHAS,
     LiveMerger,
-    best_alpha,
-    comparison_table,
     default_subsample,
     manifest_accuracies,
     single_task_spec,
     uniform_spec,
 )
+from core.live_report import best_alpha, comparison_table
 from core.merging import merge
 from core.modelset import ModelSet
 from core.spec import EvalSpec, MergeSpec
@@ -253,3 +252,37 @@ def test_directions_are_kept_within_the_memory_budget(toy_set):
     for t in ("a", "b", "a"):
         tight.merged_state_dict(single_task_spec(t, 0.5))
     assert tight.stats["direction_builds"] == 3 and len(tight._directions) == 1
+
+
+def test_anytime_rounds_sharpen_and_end_exactly_at_evaluate(micro_zoo):
+    """Partial results carry growing image counts and Wilson intervals that hold the final accuracy;
+    the last yield equals `evaluate` exactly and is the only one cached."""
+    from core.evaluate import Evaluator
+
+    ev = Evaluator.for_model_set(micro_zoo, "test")
+    live = LiveMerger(micro_zoo, evaluator_for=lambda es: ev)
+    spec = single_task_spec(micro_zoo.tasks[0], 0.35)
+    steps = list(live.evaluate_rounds(spec, first=4))
+    assert steps[-1]["final"] and all(not s["final"] for s in steps[:-1])
+    final = steps[-1]
+    assert final["n"] == final["total"] and final["accuracy"] == LiveMerger(
+        micro_zoo, evaluator_for=lambda es: ev
+    ).evaluate(spec)["accuracy"]
+    for s in steps[:-1]:
+        for t, (lo, hi) in s["interval"].items():
+            assert 0 <= lo <= s["accuracy"][t] <= hi <= 1 and s["n"][t] < s["total"][t]
+    ns = [sum(s["n"].values()) for s in steps]
+    assert ns == sorted(ns) and len(set(ns)) == len(ns)  # every round adds images
+    again = list(live.evaluate_rounds(spec))
+    assert len(again) == 1 and again[0]["cached"] and again[0]["accuracy"] == final["accuracy"]
+
+
+def test_abandoned_rounds_cache_nothing(micro_zoo):
+    from core.evaluate import Evaluator
+
+    ev = Evaluator.for_model_set(micro_zoo, "test")
+    live = LiveMerger(micro_zoo, evaluator_for=lambda es: ev)
+    spec = single_task_spec(micro_zoo.tasks[1], 0.45)
+    first = next(iter(live.evaluate_rounds(spec, first=4)))  # a newer slider position arrives: stop iterating
+    assert not first["cached"]
+    assert live.stats["evaluations"] == 0 and not next(iter(live.evaluate_rounds(spec)))["cached"]

@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import core.spec
-from core import continual as C
+from core.labs.continual.config import TERMS
 
 PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "continual.py")
 
@@ -60,7 +60,7 @@ def test_a_tiny_run_shows_its_matrices_and_two_logged_runs_compare(micro):
 
     _tiny(at, ["digits", "arrows"], cl_expansion=True, cl_ortho=True, cl_l2=True)
     full = _run(at)
-    assert full.config.terms == C.TERMS
+    assert full.config.terms == TERMS
     assert len(at.session_state["continual_runs"]) == 2
     table = at.dataframe[0].value
     assert list(table["label"]) == ["all terms", "baseline (sequential adapters)"]

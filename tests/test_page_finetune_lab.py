@@ -1,4 +1,5 @@
-"""The Fine-tune lab page on the micro zoo (AppTest): nothing loaded -> a link; a tiny grid -> results; add to the set."""
+"""The Fine-tune lab page on the micro zoo (AppTest): nothing loaded -> a link; a tiny grid -> results;
+then the runs are added to the model set."""
 
 from __future__ import annotations
 

@@ -43,3 +43,26 @@ def test_a_tiny_run_and_its_ablation_show_comparison_and_lambda_heatmap(micro):
     assert [m.label for m in at.metric][:2] == ["Trained parameters", "Fraction of the visual encoder"]
     assert [r.steps_done for r in job.results] == [2, 2] and [r["step"] for r in job.rows] == [1, 2]
     assert [r.config.filter for r in job.results] == [True, False]
+
+
+def test_adamerging_is_a_method_choice_and_trains_only_lambda(micro):
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["model_set_ref"] = core.spec.ModelSetRef(zoo="micro")
+    at.run()
+    at.radio(key="tint_method").set_value("adamerging")
+    at.number_input(key="tint_steps").set_value(2)
+    at.number_input(key="tint_every").set_value(1)
+    at.number_input(key="tint_batch").set_value(8)
+    at.button[0].click().run()
+    assert not at.exception
+    job = at.session_state["tint_job"]
+    job.join(90)
+    assert job.error is None and [r.config.method for r in job.results] == ["adamerging"]
+    assert job.results[0].config.lr == 1e-3 and len(job.results[0].model.tint) == 0
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert "AdaMerging (layer-wise)" in table.index and not any(str(i).startswith("Tinting") for i in table.index)
+    m = job.results[0].model
+    assert at.metric[0].value == f"{m.lambdas_raw.numel():,}"
+    assert any("none (AdaMerging" in c.value for c in at.caption)

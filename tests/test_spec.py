@@ -37,3 +37,21 @@ def test_run_config_json_round_trip(tmp_path):
     p.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         RunConfig.load(p)
+
+
+def test_eval_spec_device_and_fp16_are_optional_and_leave_old_dicts_unchanged():
+    old = {"split": "val", "subsample": 50, "bf16": False, "seed": 0, "tasks": None}
+    assert EvalSpec.from_dict(old).to_dict() == old  # older specs and run-log entries keep their exact form
+    gpu = EvalSpec(device="cuda:1", fp16=True)
+    assert gpu.to_dict()["device"] == "cuda:1" and EvalSpec.from_dict(gpu.to_dict()) == gpu
+    assert EvalSpec().device == "auto"
+    with pytest.raises(TypeError, match="gpu"):
+        EvalSpec.from_dict({"split": "val", "gpu": True})
+
+
+def test_merge_spec_keys_are_stable():
+    """MergeSpec.key() hashes identify runs in the log and the live cache: they must never change."""
+    assert MergeSpec.make("task_arithmetic").key() == MergeSpec.from_dict({"method": "task_arithmetic"}).key()
+    assert (
+        MergeSpec.make("task_arithmetic", {"coefficients": 0.3}).key() == "d6e0dd10ec667392"
+    )  # value before model sets

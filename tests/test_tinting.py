@@ -8,22 +8,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.tinting import (
+from core.labs.tinting.baselines import comparison_table
+from core.labs.tinting.config import TintConfig
+from core.labs.tinting.data import pseudo_label_agreement
+from core.labs.tinting.export import export_tinted, read_tinted
+from core.labs.tinting.model import (
     HEAD,
-    TintConfig,
     TintedMerge,
-    comparison_table,
     confidence_filter,
-    export_tinted,
     keep_mask,
     layer_keys,
-    pseudo_label_agreement,
     pseudo_label_loss,
-    read_tinted,
-    step_batches,
-    tint,
     tint_layer_choices,
 )
+from core.labs.tinting.run import step_batches, tint
 
 TASKS = ["a", "b"]
 
@@ -107,7 +105,7 @@ def test_lambda_one_and_zero_reproduce_finetuned_and_base(synthetic):
     with torch.no_grad():
         m.lambdas_raw.zero_()
         m.lambdas_raw[:, 1] = 1.0
-    merged = m.merged_state_dict()
+    merged = m.visual_state_dict()
     for k in m.keys[:5]:
         torch.testing.assert_close(merged[k], fts["b"][k], rtol=0, atol=1e-6)
 
@@ -183,7 +181,7 @@ def test_export_roundtrip(synthetic, tmp_path):
     visual, tints, man = read_tinted(p)
     assert man["layer"] == HEAD and man["tasks"] == TASKS and man["config"]["steps"] == 3
     torch.testing.assert_close(tints["a"]["weight"], m.head("a")[0].detach())
-    torch.testing.assert_close(visual[m.keys[0]], m.merged_state_dict()[m.keys[0]])
+    torch.testing.assert_close(visual[m.keys[0]], m.visual_state_dict()[m.keys[0]])
     json.dumps(man)
 
 
@@ -204,7 +202,7 @@ def test_comparison_table_normalizes_by_individual():
 # --------------------------------------------------------------------------- the micro zoo
 def test_a_few_steps_on_the_micro_zoo_raise_pseudo_label_agreement(micro_zoo):
     ms = micro_zoo
-    from core.tinting import build, prepare_data, tint_tasks
+    from core.labs.tinting.data import build, prepare_data, tint_tasks
 
     cfg = TintConfig(steps=8, batch=32, eval_every=4, seed=0)
     tasks = tint_tasks(ms)
@@ -266,3 +264,115 @@ def test_figures_show_percentages_and_lambda_in_unit_range(synthetic):
     assert list(bars.x) == ["TA", "Tinting", "individual"] and list(bars.y) == pytest.approx([50.0, 75.0, 100.0])
     heat = lambda_heatmap(_model(synthetic).lambda_frame("block")).data[0]
     assert heat.zmin == 0 and heat.zmax == 1 and list(heat.x) == TASKS and heat.y[-1] == "outside"
+
+
+# --------------------------------------------------------------------------- layer groups, config, baselines grid
+def test_layer_groups_come_from_the_layer_map(synthetic):
+    from core.labs.tinting.model import layer_group
+
+    assert layer_group("visual.transformer.resblocks.7.mlp.c_fc.weight") == "visual.transformer.resblocks.7.mlp"
+    assert layer_group("visual.transformer.resblocks.0.ln_1.bias") == "visual.transformer.resblocks.0.ln_1"
+    assert layer_group("visual.ln_post.weight") == "visual.ln_post" and layer_group("visual.proj") == "visual.proj"
+    m = _model(synthetic)
+    assert layer_keys("last_attn", m.keys) and all(".resblocks.2.attn." in k for k in layer_keys("last_attn", m.keys))
+
+
+def test_config_method_defaults_and_bad_method():
+    assert TintConfig().lr == 1e-2 and TintConfig(method="adamerging").lr == 1e-3
+    assert TintConfig(method="adamerging", lr=0.05).lr == 0.05
+    assert TintConfig(method="adamerging").tint_layer is None and TintConfig().tint_layer == HEAD
+    assert TintConfig.from_dict(TintConfig(method="adamerging").to_dict()).label() == "AdaMerging (layer-wise)"
+    with pytest.raises(ValueError, match="method must be one of"):
+        TintConfig(method="adam")
+
+
+def test_baseline_grids_are_the_registry_grids_the_cli_always_used():
+    from core.labs.tinting.baselines import BASELINE_GRIDS
+
+    assert BASELINE_GRIDS["TA"] == tuple(round(0.1 * i, 1) for i in range(1, 11))
+    assert BASELINE_GRIDS["TA+LiNeS"] == tuple(round(0.1 * i, 1) for i in range(1, 11))
+    assert BASELINE_GRIDS["TIES"] == (0.3, 0.5, 0.7, 0.9, 1.1, 1.3, 1.5)
+
+
+def test_comparison_table_lists_adamerging_next_to_tinting():
+    base = {"individual": {"accuracy": {"a": 0.8, "b": 0.5}}, "TA": {"accuracy": {"a": 0.6, "b": 0.5}}}
+    df = comparison_table(
+        base, {"Tinting (head, filter on)": {"a": 0.8, "b": 0.5}, "AdaMerging (layer-wise)": {"a": 0.4, "b": 0.5}}
+    )
+    assert list(df.index) == ["TA", "Tinting (head, filter on)", "AdaMerging (layer-wise)", "individual"]
+    assert df.loc["AdaMerging (layer-wise)", "avg_norm"] == pytest.approx((0.5 + 1.0) / 2)
+
+
+# --------------------------------------------------------------------------- AdaMerging: the switch without a tint
+def test_adamerging_model_has_no_tint_and_only_lambda_trains(synthetic):
+    from core.labs.tinting.model import entropy_loss, softmax_entropy
+
+    m = _model(synthetic, layer=None)
+    assert len(m.tint) == 0 and not m.tinted
+    assert [n for n, _ in m.named_trainable()] == ["lambdas"]
+    assert m.num_trainable() == len(m.keys) * len(TASKS)
+    frozen = {n: p.detach().clone() for n, p in m.visual.named_parameters()}
+    heads = {t: h.clone() for t, h in m.heads.items()}
+    loss, metrics = entropy_loss(m(torch.randn(4, 3, 32, 32), "b"), torch.tensor([0, 1, 2, 0]))
+    assert metrics["kept"] == 1.0 and metrics["entropy"] == pytest.approx(float(loss.detach()))
+    loss.backward()
+    assert m.lambdas_raw.grad.abs().sum() > 0 and all(p.grad is None for p in m.visual.parameters())
+    torch.optim.Adam([p for _, p in m.named_trainable()], lr=1e-3).step()
+    assert all(torch.equal(p, frozen[n]) for n, p in m.visual.named_parameters())
+    assert all(torch.equal(m.heads[t], heads[t]) and m.head(t)[0] is m.heads[t] for t in TASKS)
+    assert m.task_params("a", m.merged_params()).keys() == set(m.keys)
+    # the entropy of a uniform prediction is log C; of a one-hot-like one, ~0
+    assert float(softmax_entropy(torch.zeros(1, 4))) == pytest.approx(float(torch.log(torch.tensor(4.0))))
+    assert float(softmax_entropy(torch.tensor([[50.0, 0.0, 0.0]]))) < 1e-6
+
+
+def test_adamerging_groups_one_optimizer_step_per_outer_step():
+    from core.labs.tinting.run import step_groups
+
+    groups = step_groups(step_batches(["a", "b", "c"], {"a": 10, "b": 20, "c": 30}, 4, seed=0), 3)
+    first, second = next(groups), next(groups)
+    assert {s for s, _, _ in first} == {0} and {s for s, _, _ in second} == {1}
+    assert sorted(t for _, t, _ in first) == ["a", "b", "c"]
+
+
+def test_adamerging_on_the_micro_zoo_lowers_entropy_and_trains_no_tint(micro_zoo):
+    from core.labs.tinting.data import build, prediction_entropy, prepare_data, tint_tasks
+
+    ms = micro_zoo
+    cfg = TintConfig(method="adamerging", steps=10, batch=32, eval_every=5, seed=0)
+    data = prepare_data(ms, tint_tasks(ms), "test")
+    fresh = build(ms, cfg)
+    before = prediction_entropy(fresh, data)
+    res = tint(ms, cfg, run_log=False, data=data, eval_data=data)
+    after = res.info["entropy"]
+    assert sum(after.values()) < sum(before.values())
+    assert len(res.model.tint) == 0 and res.model.num_trainable() == res.model.lambdas_raw.numel()
+    assert not torch.equal(res.model.lambdas_raw, fresh.lambdas_raw)
+    assert list(res.history["step"]) == list(range(1, 11)) and list(res.evals["step"].unique()) == [0, 5, 10]
+    assert (res.history["kept"] == 1.0).all()
+    entropy = res.evals.groupby("step")["entropy"].mean()  # the whole test split at steps 0, 5, 10
+    assert entropy.is_monotonic_decreasing and entropy.iloc[-1] < entropy.iloc[0]
+
+
+def test_job_runs_tinting_then_adamerging_and_reports_progress_before_step_one(micro_zoo):
+    from core.labs.tinting.job import TintJob
+
+    class Recording(TintJob):
+        def __init__(self, *a, **kw):
+            self.seen = []
+            super().__init__(*a, **kw)
+
+        def progress(self, done, total, label=""):
+            self.seen.append((done, label))
+            super().progress(done, total, label)
+
+    cfgs = [TintConfig(steps=2, batch=8), TintConfig(method="adamerging", steps=2, batch=8)]
+    job = Recording(micro_zoo, cfgs, threads=1, run_log=False)
+    job.join(120)
+    assert job.error is None and [r.config.method for r in job.results] == ["tinting", "adamerging"]
+    assert job.result is job.results[-1] and job.first_progress is not None
+    assert job.threads == 1 and [r["step"] for r in job.rows] == [1, 2] and job.cfg.method == "adamerging"
+    first_step = next(i for i, (done, label) in enumerate(job.seen) if label == "step 1/2")
+    stages = [label for _, label in job.seen[:first_step]]
+    assert stages[0] == "expert pseudo-labels (test) 0/4" and "evaluating step 0" in stages
+    assert all(done == 0 for done, _ in job.seen[:first_step])

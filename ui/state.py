@@ -267,7 +267,8 @@ def live_merger(ms, subsample: int | None, bf16: bool):
     """The one `core.live.LiveMerger` per model set and evaluation settings, shared by every session and
     page (LiNeS, Merge lab): its direction and result caches serve them all. Settings are part of the key,
     so sessions with different bf16/subsample never share (or change) each other's numbers."""
-    from core.live import LiveMerger, run_log_recorder
+    from core.live import LiveMerger
+    from core.live_report import run_log_recorder
     from core.runtime.runlog import RunLog
     from core.spec import EvalSpec
 

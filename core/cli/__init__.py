@@ -13,7 +13,7 @@ COMMANDS = {
     "eval": ("core.cli.commands", "evaluate a spec (merge + evaluation on every task)"),
     "sweep": ("core.cli.commands", "grid over lambda or LiNeS (alpha, beta) on validation, best point on test"),
     "analyze": ("core.cli.commands", "per-layer tables: task-vector norms, spectra, scopes (CSV)"),
-    "tint": ("core.tinting", "Model Tinting on a model set"),
-    "finetune": ("core.finetune_lab", "fine-tune lab: uniform lr / TempBalance / Model Balancing / WSA"),
-    "continual": ("core.continual", "continual learning with adapters (NTK-CL terms)"),
+    "tint": ("core.labs.tinting.cli", "Model Tinting (or layer-wise AdaMerging) on a model set"),
+    "finetune": ("core.labs.finetune.cli", "fine-tune lab: uniform lr / TempBalance / Model Balancing / WSA"),
+    "continual": ("core.labs.continual.cli", "continual learning with adapters (NTK-CL terms)"),
 }

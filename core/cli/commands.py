@@ -3,15 +3,21 @@
 They read the same JSON specs the app writes (core.spec.RunConfig; core.sweeps.SweepSpec
 for sweeps), so any result seen in the UI reproduces from a shell:
 
-    python -m core merge   --config spec.json --out merged.safetensors [--hf-names]
-    python -m core eval    --config spec.json [--split val|test] [--json]
+    python -m core merge   --config spec.json --out merged.safetensors [--hf-names] [--allow-nonfinite]
+    python -m core eval    --config spec.json [--split val|test] [--json] [--allow-nonfinite]
     python -m core sweep   --config sweep.json [--processes N] [--ray ADDRESS] [--out grid.csv] [--json]
-    python -m core analyze (--zoo demo|micro | --base B.safetensors --finetuned task=FT.safetensors ...)
+                           [--allow-nonfinite]
+    python -m core analyze (--zoo demo|micro | --model-set DIR/modelset.json
+                            | --base B.safetensors --finetuned task=FT.safetensors ...)
                            --what norms|spectra|scopes [--tower visual|text] [--out table.csv]
+
+A spec's "model_set" is the demo zoo ({"zoo": "demo"}), a model set JSON ({"path": "DIR/modelset.json"}),
+or the model set object inline (see core.modelset.ModelSet.from_json and docs/methods/evaluation.md).
 
 Evaluations and sweeps are appended to the run log (core.runs; --no-log to skip).
 Bad input (missing file, bad JSON, unknown method, parameter or task) prints one
-line starting with "error:" and exits with status 1 (2 for bad command-line usage).
+line starting with "error:" and exits with status 1 (2 for bad command-line usage); so do
+checkpoints holding NaN/Inf (naming the checkpoint and the tensor) unless --allow-nonfinite.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import ModelSetError
 from ..spec import EvalSpec, MergeSpec, ModelSetRef, RunConfig
 from .options import UserError, guarded, message
 
@@ -73,7 +80,7 @@ def load_model_set(ref: ModelSetRef):
 
     try:
         ms = model_set_for(ref)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ModelSetError) as e:
         raise UserError(str(e)) from e
     for p in [ms.base_path, *ms.finetuned_paths.values()]:
         if not Path(p).exists():
@@ -92,7 +99,7 @@ def check_tasks(ms, merge: MergeSpec, es: EvalSpec | None = None) -> None:
 
 
 # --------------------------------------------------------------------------- merge
-def merge_from_config(config: RunConfig, ms=None) -> dict:
+def merge_from_config(config: RunConfig, ms=None, *, allow_nonfinite: bool = False) -> dict:
     """core.merging.merge applied to the spec: exactly what the Merge lab computes."""
     from ..merging import merge
 
@@ -108,6 +115,7 @@ def merge_from_config(config: RunConfig, ms=None) -> dict:
         curve=spec.curve,
         outside=spec.outside,
         output_as_last_block=spec.output_as_last_block,
+        allow_nonfinite=allow_nonfinite,
         **spec.param_dict,
     )
 
@@ -116,7 +124,7 @@ def cmd_merge(args) -> int:
     from ..checkpoints import save_state_dict
 
     config = load_run_config(args.config)
-    sd = merge_from_config(config)
+    sd = merge_from_config(config, allow_nonfinite=args.allow_nonfinite)
     meta = {"mergescope_config": config.to_json()}
     try:
         save_state_dict(sd, args.out, hf_names=args.hf_names, metadata=meta)
@@ -127,26 +135,47 @@ def cmd_merge(args) -> int:
 
 
 # --------------------------------------------------------------------------- eval
-def evaluate_config(config: RunConfig, *, ms=None, executor=None) -> dict:
+def evaluate_config(config: RunConfig, *, ms=None, executor=None, allow_nonfinite: bool = False) -> dict:
     """Merge and evaluate one RunConfig on its split: accuracy per task, zero-shot and fine-tuned
     references on the same split, avg_abs and avg_norm (acc / acc_finetuned)."""
     from ..sweeps import evaluate_specs
 
     ms = ms or load_model_set(config.model_set)
     check_tasks(ms, config.merge, config.eval)
-    rows, refs = evaluate_specs(config.model_set, [config.merge], config.eval, executor=executor, model_set=ms)
+    rows, refs = evaluate_specs(
+        config.model_set, [config.merge], config.eval, executor=executor, model_set=ms, allow_nonfinite=allow_nonfinite
+    )
     r = rows[0]
     table = refs.assign(accuracy=refs["task"].map(r["accuracy"]))
     table["normalized"] = table["accuracy"] / table["finetuned"]
+    n_images, notes = _images_and_notes(ms, config.eval, list(table["task"]))
+    table["n_images"] = table["task"].map(n_images)
     return {
+        "n_images": n_images,
+        "notes": notes,
         "split": config.eval.split,
         "accuracy": r["accuracy"],
         "avg_abs": r["avg_abs"],
         "avg_norm": r["avg_norm"],
         "lines_alpha": r["alpha"],
-        "table": table[["task", "accuracy", "normalized", "zero_shot", "finetuned"]],
+        "table": table[["task", "accuracy", "normalized", "zero_shot", "finetuned", "n_images"]],
         "fingerprint": ms.fingerprint(),
+        "model_set": ms.to_json_dict()
+        if getattr(ms, "zoo_dir", None) is None and hasattr(ms, "to_json_dict")
+        else None,
     }
+
+
+def _images_and_notes(ms, es: EvalSpec, tasks: list[str]) -> tuple[dict, dict[str, list[str]]]:
+    """How many images each task's accuracy rests on, and what the data readers reported (the same
+    cached evaluator the evaluation used: no second pass over the data)."""
+    from ..sweeps import make_evaluator
+
+    ev = make_evaluator(ms, es)
+    if not hasattr(ev, "num_images"):  # a stand-in evaluator (tests) that does not count
+        return {t: None for t in tasks}, {}
+    counts, notes = ev.num_images(), ev.notes()
+    return {t: int(counts[t]) for t in tasks}, {t: notes[t] for t in tasks if t in notes}
 
 
 def format_eval_table(res: dict) -> str:
@@ -157,6 +186,7 @@ def format_eval_table(res: dict) -> str:
         "normalized": res["avg_norm"],
         "zero_shot": t["zero_shot"].mean(),
         "finetuned": t["finetuned"].mean(),
+        "n_images": t["n_images"].sum(min_count=1),
     }
     t = pd.concat([t, pd.DataFrame([avg])], ignore_index=True)
     return t.to_string(index=False, float_format=lambda v: f"{v:.4f}")
@@ -170,14 +200,20 @@ def cmd_eval(args) -> int:
         config = replace(config, eval=replace(config.eval, split=args.split))
     if config.eval.split not in ("val", "test"):
         raise UserError(f"eval.split must be 'val' or 'test', got {config.eval.split!r}")
-    res = evaluate_config(config)
-    metrics = {k: res[k] for k in ("split", "accuracy", "avg_abs", "avg_norm", "lines_alpha")}
-    metrics["references"] = res["table"][["task", "zero_shot", "finetuned"]].to_dict(orient="records")
+    res = evaluate_config(config, allow_nonfinite=args.allow_nonfinite)
+    metrics = {k: res[k] for k in ("split", "accuracy", "avg_abs", "avg_norm", "lines_alpha", "n_images")}
+    metrics["references"] = res["table"][["task", "zero_shot", "finetuned", "n_images"]].to_dict(orient="records")
+    for task, lines in res["notes"].items():
+        for line in lines:
+            print(f"note: {task}: {line}", file=sys.stderr)
     run_id = None
     if not args.no_log:
         from ..runtime.runlog import RunLog
 
-        run_id = RunLog().log("eval", config.to_dict(), metrics, res["fingerprint"], seed=config.eval.seed)
+        logged = dict(metrics)
+        if res.get("model_set") is not None:  # a model set JSON: log what it resolved to, not only its path
+            logged["model_set"] = res["model_set"]
+        run_id = RunLog().log("eval", config.to_dict(), logged, res["fingerprint"], seed=config.eval.seed)
     if args.json:
         print(json.dumps({**metrics, "run_id": run_id}, indent=2, sort_keys=True))
     else:
@@ -191,7 +227,15 @@ def _stderr_progress(done: int, total: int) -> None:
     print(f"\r  {done}/{total} evaluations", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
 
-def run_sweep_config(spec, *, processes: int | None = None, ray: str | None = None, log: bool = True, quiet=False):
+def run_sweep_config(
+    spec,
+    *,
+    processes: int | None = None,
+    ray: str | None = None,
+    log: bool = True,
+    quiet=False,
+    allow_nonfinite: bool = False,
+):
     """core.sweeps.run_sweep with the executor the flags ask for (the path bench/ uses too)."""
     from ..runtime.executors import get_executor
     from ..sweeps import run_sweep
@@ -210,12 +254,20 @@ def run_sweep_config(spec, *, processes: int | None = None, ray: str | None = No
             progress=None if quiet else _stderr_progress,
             cancel=threading.Event(),
             log=log,
+            allow_nonfinite=allow_nonfinite,
         )
 
 
 def cmd_sweep(args) -> int:
     spec = load_sweep_spec(args.config)
-    res = run_sweep_config(spec, processes=args.processes, ray=args.ray, log=not args.no_log, quiet=args.json)
+    res = run_sweep_config(
+        spec,
+        processes=args.processes,
+        ray=args.ray,
+        log=not args.no_log,
+        quiet=args.json,
+        allow_nonfinite=args.allow_nonfinite,
+    )
     if args.out:
         res.frame.to_csv(args.out, index=False)
     if args.json:
@@ -288,15 +340,22 @@ def analyze_table(ms, what: str, tower: str = "visual") -> pd.DataFrame:
 
 
 def cmd_analyze(args) -> int:
-    if args.zoo and (args.base or args.finetuned):
-        raise UserError("give either --zoo or --base/--finetuned, not both")
+    given = [bool(args.zoo), bool(args.model_set), bool(args.base or args.finetuned)]
+    if sum(given) > 1:
+        raise UserError("give one of --zoo, --model-set or --base/--finetuned")
     if args.zoo:
         ref = ModelSetRef(zoo=args.zoo)
+    elif args.model_set:
+        ref = ModelSetRef(zoo=None, path=args.model_set)
     elif args.base and args.finetuned:
         ref = ModelSetRef(zoo=None, base=args.base, finetuned=tuple(sorted(_parse_finetuned(args.finetuned).items())))
     else:
-        raise UserError("analyze needs --zoo demo|micro, or --base PATH and at least one --finetuned task=PATH")
+        raise UserError(
+            "analyze needs --zoo demo|micro, --model-set modelset.json, or --base PATH and --finetuned task=PATH ..."
+        )
     ms = load_model_set(ref)
+    if not ms.tasks:
+        raise UserError(f"model set {ms.name!r} has no fine-tuned checkpoints to analyze")
     table = analyze_table(ms, args.what, args.tower)
     if args.out:
         table.to_csv(args.out, index=False)
@@ -307,6 +366,14 @@ def cmd_analyze(args) -> int:
 
 
 # --------------------------------------------------------------------------- entry point
+def _add_nonfinite_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="merge checkpoints holding NaN/Inf anyway (default: refuse, naming the tensor); the result carries them",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m core", description="MergeScope headless commands")
     sub = p.add_subparsers(dest="command", required=True)
@@ -315,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--config", required=True, help="RunConfig JSON (model_set, merge, eval)")
     m.add_argument("--out", required=True, help="output .safetensors file")
     m.add_argument("--hf-names", action="store_true", help="write Hugging Face CLIP parameter names")
+    _add_nonfinite_option(m)
     m.set_defaults(fn=cmd_merge)
 
     e = sub.add_parser("eval", help="merge and evaluate a spec on every task")
@@ -322,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=("val", "test"), help="override eval.split")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.add_argument("--no-log", action="store_true", help="do not append to the run log")
+    _add_nonfinite_option(e)
     e.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("sweep", help="grid over lambda or LiNeS (alpha, beta) on val; best point on test")
@@ -335,10 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write the grid (one row per point) as CSV")
     s.add_argument("--json", action="store_true")
     s.add_argument("--no-log", action="store_true")
+    _add_nonfinite_option(s)
     s.set_defaults(fn=cmd_sweep)
 
     a = sub.add_parser("analyze", help="per-layer tables: task-vector norms, spectra, scopes")
     a.add_argument("--zoo", choices=("demo", "micro"))
+    a.add_argument("--model-set", metavar="JSON", help="a model set JSON (or a folder holding modelset.json)")
     a.add_argument("--base", help="base checkpoint (any supported format)")
     a.add_argument("--finetuned", nargs="+", default=[], metavar="TASK=PATH")
     a.add_argument("--what", required=True, choices=("norms", "spectra", "scopes"))

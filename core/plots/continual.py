@@ -1,9 +1,9 @@
-"""Figures of the Continual page: tables from core.continual -> plotly Figure (pure functions).
+"""Figures of the Continual page: tables from core.labs.continual -> plotly Figure (pure functions).
 
 Accuracies and forgetting are fractions in [0, 1], shown as %. Inputs:
 `ContinualResult.acc_frame()` (rows = evaluated task, columns = "after <task>", NaN for
 tasks not seen yet), `.forgetting()`, `.angle_frame()` / `.angle_summary()`,
-`.ntk_blocks()` / `.ntk_frame()`, `.history`, and `core.continual.runs_table`.
+`.ntk_blocks()` / `.ntk_frame()`, `.history`, and `core.labs.continual.result.runs_table`.
 """
 
 from __future__ import annotations
@@ -15,18 +15,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from core.plots.style import figure, layout
+
 RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f"]
-
-
-def _layout(fig: go.Figure, title: str, height: int = 360) -> go.Figure:
-    fig.update_layout(
-        title=title,
-        template="plotly_white",
-        height=height,
-        margin=dict(l=60, r=20, t=60, b=50),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0),
-    )
-    return fig
 
 
 def _cells(values: np.ndarray, fmt: str) -> list[list[str]]:
@@ -36,27 +27,34 @@ def _cells(values: np.ndarray, fmt: str) -> list[list[str]]:
 def accuracy_heatmap(acc: pd.DataFrame, title: str = "Accuracy matrix A[i, j]") -> go.Figure:
     """Rows: the task evaluated; columns: after training task j. Empty cells: not seen yet."""
     z = acc.to_numpy(dtype=float) * 100
-    fig = go.Figure(
+    fig = figure(
         go.Heatmap(
-            z=z, x=list(acc.columns), y=list(acc.index), zmin=0, zmax=100, colorscale="Viridis",
-            text=_cells(z, "{:.0f}"), texttemplate="%{text}", colorbar=dict(title="%"),
+            z=z,
+            x=list(acc.columns),
+            y=list(acc.index),
+            zmin=0,
+            zmax=100,
+            colorscale="Viridis",
+            text=_cells(z, "{:.0f}"),
+            texttemplate="%{text}",
+            colorbar=dict(title="%"),
             hovertemplate="task %{y}, %{x}: %{z:.1f}%<extra></extra>",
         )
-    )  # fmt: skip
+    )
     fig.update_yaxes(autorange="reversed", title="evaluated task")
     fig.update_xaxes(title="training stage")
-    return _layout(fig, title, height=120 + 45 * len(acc))
+    return layout(fig, title, height=120 + 45 * len(acc), legend="above")
 
 
 def forgetting_bars(forgetting: Mapping[str, pd.Series], title: str = "Forgetting per task") -> go.Figure:
     """Grouped bars: one group per task, one bar per run (max earlier accuracy − final, in points)."""
-    fig = go.Figure()
+    fig = figure()
     for k, (label, s) in enumerate(forgetting.items()):
         s = s.dropna()
         fig.add_bar(x=list(s.index), y=(s * 100).tolist(), name=label, marker_color=RUN_COLOURS[k % len(RUN_COLOURS)])
     fig.update_layout(barmode="group")
     fig.update_yaxes(title="forgetting (points)")
-    return _layout(fig, title)
+    return layout(fig, title, legend="above")
 
 
 def summary_bars(table: pd.DataFrame, title: str = "Average accuracy and forgetting") -> go.Figure:
@@ -69,11 +67,15 @@ def summary_bars(table: pd.DataFrame, title: str = "Average accuracy and forgett
         mean = table[f"{key}_mean"] if f"{key}_mean" in table else table[key]
         std = table.get(f"{key}_std")
         fig.add_bar(
-            x=labels, y=(mean * 100).tolist(), marker_color=colour, showlegend=False,
+            x=labels,
+            y=(mean * 100).tolist(),
+            marker_color=colour,
+            showlegend=False,
             error_y=dict(type="data", array=(std * 100).tolist()) if std is not None else None,
-            row=1, col=col,
-        )  # fmt: skip
-    return _layout(fig, title)
+            row=1,
+            col=col,
+        )
+    return layout(fig, title, legend="above")
 
 
 def angle_heatmap(
@@ -81,43 +83,60 @@ def angle_heatmap(
 ) -> go.Figure:
     """Task x task mean principal angle in degrees (90 = orthogonal subspaces)."""
     z = angles.to_numpy(dtype=float)
-    fig = go.Figure(
+    fig = figure(
         go.Heatmap(
-            z=z, x=list(angles.columns), y=list(angles.index), zmin=0, zmax=90, colorscale="Cividis",
-            text=_cells(z, "{:.0f}°"), texttemplate="%{text}", colorbar=dict(title="degrees"),
+            z=z,
+            x=list(angles.columns),
+            y=list(angles.index),
+            zmin=0,
+            zmax=90,
+            colorscale="Cividis",
+            text=_cells(z, "{:.0f}°"),
+            texttemplate="%{text}",
+            colorbar=dict(title="degrees"),
             hovertemplate="%{y} vs %{x}: %{z:.1f}°<extra></extra>",
         )
-    )  # fmt: skip
+    )
     fig.update_yaxes(autorange="reversed")
-    return _layout(fig, title, height=120 + 45 * len(angles))
+    return layout(fig, title, height=120 + 45 * len(angles), legend="above")
 
 
 def angle_stages(
     summaries: Mapping[str, pd.DataFrame], title: str = "Task-level feature orthogonality over training"
 ) -> go.Figure:
     """Mean inter-task principal angle among the seen tasks after each task, one line per run."""
-    fig = go.Figure()
+    fig = figure()
     for k, (label, df) in enumerate(summaries.items()):
         d = df.dropna(subset=["mean_angle"])
-        fig.add_scatter(x=d["after"].tolist(), y=d["mean_angle"].tolist(), mode="lines+markers", name=label,
-                        line=dict(color=RUN_COLOURS[k % len(RUN_COLOURS)]))  # fmt: skip
+        fig.add_scatter(
+            x=d["after"].tolist(),
+            y=d["mean_angle"].tolist(),
+            mode="lines+markers",
+            name=label,
+            line=dict(color=RUN_COLOURS[k % len(RUN_COLOURS)]),
+        )
     fig.update_yaxes(title="mean principal angle (°)", range=[0, 90])
     fig.update_xaxes(title="after training")
-    return _layout(fig, title)
+    return layout(fig, title, legend="above")
 
 
 def ntk_block_heatmap(blocks: pd.DataFrame, title: str = "Empirical NTK: RMS entry of each task block") -> go.Figure:
     """Task x task RMS entry of K = J Jᵀ (intra-task blocks on the diagonal)."""
     z = blocks.to_numpy(dtype=float)
-    fig = go.Figure(
+    fig = figure(
         go.Heatmap(
-            z=z, x=list(blocks.columns), y=list(blocks.index), colorscale="Magma",
-            text=_cells(z, "{:.3g}"), texttemplate="%{text}", colorbar=dict(title="RMS"),
+            z=z,
+            x=list(blocks.columns),
+            y=list(blocks.index),
+            colorscale="Magma",
+            text=_cells(z, "{:.3g}"),
+            texttemplate="%{text}",
+            colorbar=dict(title="RMS"),
             hovertemplate="K[%{y}, %{x}]: %{z:.4g}<extra></extra>",
         )
-    )  # fmt: skip
+    )
     fig.update_yaxes(autorange="reversed")
-    return _layout(fig, title, height=120 + 45 * len(blocks))
+    return layout(fig, title, height=120 + 45 * len(blocks), legend="above")
 
 
 def ntk_stages(frames: Mapping[str, pd.DataFrame], title: str = "NTK across tasks") -> go.Figure:
@@ -130,14 +149,22 @@ def ntk_stages(frames: Mapping[str, pd.DataFrame], title: str = "NTK across task
         fig.add_scatter(
             x=x, y=df["inter_intra"].tolist(), mode="lines+markers", name=label, line=dict(color=c), row=1, col=1
         )
-        fig.add_scatter(x=x, y=df["drift_init"].tolist(), mode="lines+markers", name=label, line=dict(color=c),
-                        showlegend=False, row=1, col=2)  # fmt: skip
-    return _layout(fig, title)
+        fig.add_scatter(
+            x=x,
+            y=df["drift_init"].tolist(),
+            mode="lines+markers",
+            name=label,
+            line=dict(color=c),
+            showlegend=False,
+            row=1,
+            col=2,
+        )
+    return layout(fig, title, legend="above")
 
 
 def training_curves(history: pd.DataFrame, title: str = "Training losses") -> go.Figure:
     """Loss per logged step, the stages laid end to end (task boundaries marked); extra terms dotted."""
-    fig = go.Figure()
+    fig = figure()
     if len(history):
         steps_per = history.groupby("stage")["step"].max() + 1
         offset = steps_per.cumsum().shift(fill_value=0)
@@ -150,4 +177,4 @@ def training_curves(history: pd.DataFrame, title: str = "Training losses") -> go
             if stage:
                 fig.add_vline(x=float(off), line=dict(color="#bbb", dash="dash"))
     fig.update_xaxes(title="step (all tasks)")
-    return _layout(fig, title)
+    return layout(fig, title, legend="above")

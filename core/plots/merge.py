@@ -28,7 +28,7 @@ def accuracy_bars(table: pd.DataFrame, title: str = "Accuracy per task") -> go.F
     """Grouped bars: one group per task, one bar per model.
 
     `table`: long format with columns task, model (e.g. "zero-shot", "merged",
-    "fine-tuned") and accuracy in [0, 1] (as `core.live.comparison_table` returns).
+    "fine-tuned") and accuracy in [0, 1] (as `core.live_report.comparison_table` returns).
     """
     missing = {"task", "model", "accuracy"} - set(table.columns)
     if missing:

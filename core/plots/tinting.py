@@ -1,6 +1,6 @@
 """Figures of the Tinting page: DataFrame -> plotly Figure (pure functions, no streamlit).
 
-Accuracies and fractions are in [0, 1] and shown as %. Tables come from core.tinting:
+Accuracies and fractions are in [0, 1] and shown as %. Tables come from core.labs.tinting:
 the per-step history (step, loss, kept, agreement), the long per-task evaluation table
 (step, task, accuracy), `comparison_table` (one row per method) and
 `TintedMerge.lambda_frame` (rows = layers, columns = tasks).
@@ -18,9 +18,10 @@ METHOD_COLOURS = {
     "TA": "#ff7f0e",
     "TIES": "#8c564b",
     "TA+LiNeS": "#d62728",
+    "AdaMerging (layer-wise)": "#e377c2",
     "individual": "#1f77b4",
 }
-TINT_COLOURS = ["#2ca02c", "#17becf", "#9467bd", "#bcbd22", "#e377c2"]
+TINT_COLOURS = ["#2ca02c", "#17becf", "#9467bd", "#bcbd22", "#7f7f7f"]
 
 
 def _layout(fig: go.Figure, title: str, height: int = 340) -> go.Figure:
