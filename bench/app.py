@@ -7,8 +7,16 @@ tables, evaluators), then loads each page --repeats times in a fresh browser ses
 has finished and every chart is drawn; then, in one session, the time from a click on each page's
 sidebar link to its rendered page (how a visitor moves through the app: the JavaScript bundles,
 Plotly's among them, are parsed once per tab). Target: under 2 s per page on the demo zoo.
+--script-times adds, per page, the server's warm script run and the number and JSON size of the
+Plotly figures its first view draws (both independent of the machine's load).
 
-    PYTHONPATH=. .venv/bin/python bench/app.py [--micro] [--repeats 3] [--pages models,spectra]
+Where a fresh tab's time goes: a page whose first view draws any Plotly chart makes the browser load
+and evaluate Streamlit's Plotly chunk (4.7 MB; about 3.6 s of V8 module evaluation at load 18 on 2
+cores), whatever the number, size or staticPlot setting of the figures: one tiny chart costs as much
+as five. So the pages show their numbers first and draw charts in tabs opened on demand.
+
+    PYTHONPATH=. .venv/bin/python bench/app.py [--micro] [--repeats 3] [--pages models,spectra] [--script-times]
+    PYTHONPATH=. .venv/bin/python bench/app.py --micro --server-only   # script runs and figure JSON only
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ui import existing_pages, url_path  # noqa: E402
+from ui import existing_pages, page_path, url_path  # noqa: E402
 
 TARGET_S = 2.0
 CHROMIUM_ARGS = [
@@ -127,8 +135,9 @@ def load_time(context, url: str, timeout_s: float) -> float:
         page.close()
 
 
-def script_times(kind: str, pages: list[tuple[str, str]], repeats: int) -> dict[str, float]:
-    """Server-side share: median seconds of a warm script run per page (AppTest, in this process)."""
+def script_times(kind: str, pages: list[tuple[str, str]], repeats: int) -> dict[str, tuple[float, int, int]]:
+    """Server-side share, load-independent: per page the median seconds of a warm script run (AppTest, in
+    this process), the number of Plotly charts its first view draws and the bytes of their figure JSON."""
     from streamlit.testing.v1 import AppTest
 
     os.environ["MERGESCOPE_DEFAULT_ZOO"] = kind
@@ -137,15 +146,23 @@ def script_times(kind: str, pages: list[tuple[str, str]], repeats: int) -> dict[
     for name, _ in pages:
         file = next((f for _, f, _, _ in existing_pages() if url_path(f) == name), None)
         if file is not None:
-            at.switch_page(file)
+            at.switch_page(page_path(file))
         at.run()  # warm this process's caches
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             at.run()
             times.append(time.perf_counter() - t0)
-        out[name] = statistics.median(times)
+        charts = at.get("plotly_chart")
+        out[name] = (statistics.median(times), len(charts), sum(len(c.proto.spec) for c in charts))
     return out
+
+
+def print_script_times(kind: str, pages: list[tuple[str, str]], repeats: int) -> None:
+    print("\nserver side per page, warm (AppTest in this process; load-independent apart from the seconds):")
+    print(f"  {'page':14s} {'script':>8s} {'charts':>7s} {'figure JSON':>12s}", flush=True)
+    for name, (t, n, size) in script_times(kind, pages, repeats).items():
+        print(f"  {name:14s} {t:7.2f}s {n:7d} {size / 1024:9.1f} kB", flush=True)
 
 
 def navigation_times(context, url: str, pages: list[tuple[str, str]], repeats: int) -> dict[str, list[float]]:
@@ -182,10 +199,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--pages", default="", help="comma-separated url paths (default: every existing page)")
     ap.add_argument("--script-times", action="store_true", help="also time each page's script run alone (AppTest)")
+    ap.add_argument("--server-only", action="store_true", help="only the server side (--script-times), no browser")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = ap.parse_args(argv)
     kind = "micro" if args.micro else "demo"
 
+    if args.server_only:
+        ensure_zoo(kind)
+        pages = [("home", "")] + [(url_path(f), url_path(f)) for _, f, _, _ in existing_pages()]
+        if args.pages:
+            pages = [p for p in pages if p[0] in set(args.pages.split(","))]
+        print_script_times(kind, pages, args.repeats)
+        return 0
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -247,9 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
     if args.script_times:
-        print("\nserver-side script run per page, warm (AppTest in this process; the rest is network + browser):")
-        for name, t in script_times(kind, pages, args.repeats).items():
-            print(f"  {name:14s} {t:7.2f}s")
+        print_script_times(kind, pages, args.repeats)
     for label, rs in (("fresh tab", rows), ("in-app navigation", nav_rows)):
         slow = [r[0] for r in rs if not r[2] < TARGET_S]
         print(

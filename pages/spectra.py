@@ -9,6 +9,7 @@ import streamlit as st
 from core.layers import TOWER_LABELS, towers
 from core.lr_rules import block_mean_alphas, model_balancing_multipliers, tempbalance_multipliers
 from core.plots import analysis as P
+from core.plots.style import shade
 from ui import state as S
 
 st.title("Spectra")
@@ -32,15 +33,33 @@ tower = (
     else None
 )
 base_table = S.cached_spectral_table(ms, "base", tower)
-TABS = ["α over depth", "One layer: ESD", "TempBalance learning rates", "Weight scopes"]
-# on_change="rerun": only the open tab is computed and drawn.
-tab_depth, tab_layer, tab_lr, tab_scopes = st.tabs(TABS, key="spec_tab", on_change="rerun")
+TABS = ["Summary", "α over depth", "One layer: ESD", "TempBalance learning rates", "Weight scopes"]
+# on_change="rerun": only the open tab is computed and drawn. The first tab shows numbers only: a page whose
+# first view draws a chart makes a fresh browser tab load Plotly's 4.7 MB bundle first (bench/app.py).
+tab_summary, tab_depth, tab_layer, tab_lr, tab_scopes = st.tabs(TABS, key="spec_tab", on_change="rerun")
+DEFAULT_MODELS = ["base", *ms.tasks[:2]] + (["merged"] if "merged" in models else [])
+
+
+def summary_view() -> None:
+    chosen = st.session_state.get("spec_models") or DEFAULT_MODELS
+    chosen_tv = st.session_state.get("spec_tvs") or tvs[:2]
+    st.markdown(
+        "**Mean α per block** (power-law exponent of each weight matrix's spectrum, averaged over the block's "
+        "matrices; in = before the first block, out = after the last). Heavy-tailed, well-trained layers have "
+        "α ≈ 2–6; darker = larger α = the layer learned less. The charts are under *α over depth*."
+    )
+    for what, sources in (("Weights", chosen), ("Task vectors τ = θ_ft − θ₀", chosen_tv)):
+        tables = {S.source_label(w): S.cached_spectral_table(ms, w, tower) for w in sources}
+        grid = P.depth_grid(tables, "alpha")
+        if grid.empty:
+            continue
+        st.markdown(f"*{what}*")
+        st.table(grid.style.format("{:.2f}", na_rep="").apply(shade, axis=None))
 
 
 def depth_view() -> None:
     c1, c2, c3 = st.columns([3, 3, 2])
-    default = ["base", *ms.tasks[:2]] + (["merged"] if "merged" in models else [])
-    chosen = c1.multiselect("Models", models, default=default, key="spec_models", format_func=S.source_label)
+    chosen = c1.multiselect("Models", models, default=DEFAULT_MODELS, key="spec_models", format_func=S.source_label)
     chosen_tv = c2.multiselect("Task vectors", tvs, default=tvs[:2], key="spec_tvs", format_func=S.source_label)
     metric = c3.selectbox("Metric", METRICS, key="spec_metric", format_func=P.METRIC_LABELS.get)
     kinds = sorted(base_table["kind"].unique())
@@ -121,7 +140,8 @@ def scopes_view() -> None:
     st.plotly_chart(P.weight_scopes_figure(scopes, relative_to=ref), key="spec_scopes")
 
 
-for tab, view in ((tab_depth, depth_view), (tab_layer, layer_view), (tab_lr, lr_view), (tab_scopes, scopes_view)):
+VIEWS = [(tab_summary, summary_view), (tab_depth, depth_view), (tab_layer, layer_view), (tab_lr, lr_view)]
+for tab, view in [*VIEWS, (tab_scopes, scopes_view)]:
     if tab.open:
         with tab:
             view()

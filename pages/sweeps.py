@@ -109,14 +109,14 @@ if res is not None and not running:
         st.warning(
             f"Cancelled: {len(res.frame)} of {len(res.spec.points())} grid points evaluated; no test evaluation."
         )
-    if not res.frame.empty:
-        st.plotly_chart(sweep_figure(res.frame, res.best, res.test, res.tasks), key="sweep_fig")
-    if res.best:
+    if res.best:  # the numbers first, the figure under them
         m1, m2, m3 = st.columns(3)
         m1.metric("Best on validation", res.best["point"])
         m2.metric("Val avg normalized", f"{res.best['avg_norm']:.1%}")
         if res.test:
             m3.metric("Test avg normalized", f"{res.test['avg_norm']:.1%}", help=f"absolute {res.test['avg_abs']:.1%}")
+    if not res.frame.empty:
+        st.plotly_chart(sweep_figure(res.frame, res.best, res.test, res.tasks), key="sweep_fig")
     if not res.frame.empty:
         shown = ["point", *res.tasks, "avg_abs", "avg_norm"]
         st.dataframe(res.frame[shown].style.format({c: "{:.3f}" for c in shown[1:]}), key="sweep_table")

@@ -6,6 +6,7 @@ import streamlit as st
 
 from core.layers import TOWER_LABELS, towers
 from core.plots import analysis as P
+from core.plots.style import shade
 from ui import state as S
 
 st.title("Task vectors")
@@ -31,10 +32,33 @@ params = tables["parameter"]
 KINDS = {"all": "all parameters", "attention": "attention", "mlp": "MLP", "norm": "norms", "embedding": "embeddings"}
 blocks = sorted(tables["block"]["layer"].unique())
 labels = [P.block_label(b) for b in blocks]
-# on_change="rerun": only the open tab is computed and drawn.
-tab_norms, tab_agree, tab_tables = st.tabs(
-    ["Norms by block", "Agreement between tasks", "Tables"], key="tv_tab", on_change="rerun"
+# on_change="rerun": only the open tab is computed and drawn. The first tab shows numbers only: a page whose
+# first view draws a chart makes a fresh browser tab load Plotly's 4.7 MB bundle first (bench/app.py).
+tab_summary, tab_norms, tab_agree, tab_tables = st.tabs(
+    ["Summary", "Norms by block", "Agreement between tasks", "Tables"], key="tv_tab", on_change="rerun"
 )
+
+
+def summary_view() -> None:
+    block = tables["block"]
+    grid = P.norm_grid(block, "relative_norm", tasks=ms.tasks)
+    top = grid.drop(columns=["outside"], errors="ignore")
+    st.markdown(
+        "**Relative change ‖τ‖ / ‖θ₀‖ per block**, darker = fine-tuning changed that block more. "
+        "The charts are under *Norms by block*."
+    )
+    st.table(grid.style.format("{:.3g}", na_rep="").apply(shade, axis=None))
+    if not top.empty and top.notna().any().any():
+        st.markdown("**Most changed block per task**")
+        cols = st.columns(min(len(grid), 4))
+        for i, task in enumerate(grid.index):
+            row = top.loc[task].astype(float)
+            if row.notna().any():
+                cols[i % len(cols)].metric(task, f"block {row.idxmax()}", help=f"relative change {row.max():.3g}")
+    conflict = tables["sign_conflict"].assign(block=tables["sign_conflict"]["layer"].map(P.block_label))
+    st.markdown("**Entries in sign conflict per block** (some tasks push a weight up, others down)")
+    conflicts = conflict.set_index("block")[["conflict_fraction"]].T.rename(index={"conflict_fraction": "share"})
+    st.table(conflicts.style.format("{:.1%}").apply(shade, axis=None, zmin=0.0, zmax=1.0))
 
 
 def norms_view() -> None:
@@ -108,7 +132,8 @@ def tables_view() -> None:
     d3.download_button("Sign conflicts (CSV)", tables["sign_conflict"].to_csv(index=False), "sign_conflicts.csv")
 
 
-for tab, view in ((tab_norms, norms_view), (tab_agree, agreement_view), (tab_tables, tables_view)):
+views = ((tab_summary, summary_view), (tab_norms, norms_view), (tab_agree, agreement_view), (tab_tables, tables_view))
+for tab, view in views:
     if tab.open:
         with tab:
             view()

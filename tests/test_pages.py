@@ -58,6 +58,8 @@ def _no_default_model(monkeypatch):
 
 def app(ref: ModelSetRef | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["tv_tab"] = "Norms by block"  # the chart tabs (the first tabs show numbers only)
+    at.session_state["spec_tab"] = "α over depth"
     if ref is not None:
         at.session_state["model_set_ref"] = ref
     return at.run()

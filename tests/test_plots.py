@@ -186,3 +186,62 @@ def test_text_tower_depth_figure_has_its_own_blocks():
     assert xs == [*range(full_clip.TEXT_LAYERS), full_clip.TEXT_LAYERS]  # blocks 0..1, then text_projection "out"
     fig = P.spectral_depth({"visual": spectral_table(sd)}, metric="stable_rank")
     assert list(fig.data[0].x) == [-1, *range(full_clip.VISION_LAYERS), full_clip.VISION_LAYERS]
+
+
+# ----------------------------------------------------------------------------------- the shared look
+
+
+def test_layout_puts_legends_in_the_margins_and_wraps_long_titles():
+    from core.plots.style import TITLE_WRAP, figure, layout, wrap
+
+    fig = layout(figure(go.Scatter(x=[1, 2], y=[1, 2], name="a")), "x " * 40, height=400)
+    text = fig.layout.title.text
+    assert "<br>" in text and all(len(line) <= TITLE_WRAP for line in text.split("<br>"))
+    assert fig.layout.legend.yref == "container" and fig.layout.legend.y == 0  # below: bottom of the figure
+    assert fig.layout.margin.t >= 2 * 20  # room for both title lines
+    above = layout(figure(), "Title", legend="above")
+    assert above.layout.legend.yref == "container" and above.layout.legend.y < 1
+    assert layout(figure(), None, legend="none").layout.showlegend is False
+    with pytest.raises(ValueError, match="legend must be one of"):
+        layout(figure(), "t", legend="top")
+    assert wrap("short") == "short" and wrap("a<br>b") == "a<br>b"
+
+
+def test_log_axis_labels_decades_or_one_two_five():
+    from core.plots.style import figure, log_axis
+
+    wide = log_axis(figure(go.Scatter(x=[1, 2, 3], y=[1e-4, 1.0, 10.0])), "y")
+    assert wide.layout.yaxis.type == "log" and wide.layout.yaxis.dtick == 1
+    narrow = log_axis(figure(go.Scatter(x=np.array([50.0, 900.0]), y=[1, 2])), "x")
+    assert narrow.layout.xaxis.dtick == "D2"  # less than two decades: 1-2-5 labels, not one or none
+    with pytest.raises(ValueError, match="axis"):
+        log_axis(figure(), "z")
+
+
+def test_shade_colours_a_table_light_to_dark_and_leaves_nan_blank():
+    from core.plots.style import shade
+
+    frame = pd.DataFrame({"a": [0.0, 1.0], "b": [0.5, np.nan]})
+    css = shade(frame)
+    assert css.loc[0, "a"].startswith("background-color: rgb(247, 251, 255)")  # Blues: light = low
+    assert "color: white" in css.loc[1, "a"] and css.loc[1, "b"] == ""
+    with pytest.raises(ValueError, match="below zmin"):
+        shade(frame, zmin=1.0, zmax=0.0)
+
+
+def test_norm_grid_and_depth_grid_are_the_numbers_the_charts_draw(tvs):
+    base, tv = tvs
+    bt = block_table(base, tv)
+    grid = P.norm_grid(bt, "relative_norm", tasks=["shapes", "digits"])
+    assert list(grid.index) == ["shapes", "digits"] and list(grid.columns) == ["outside", "0", "1", "2"]
+    heat = P.norm_heatmap(bt, "relative_norm", tasks=["shapes", "digits"]).data[0]
+    np.testing.assert_allclose(np.asarray(heat.z, dtype=float), grid.to_numpy(dtype=float))
+    with pytest.raises(ValueError, match="missing"):
+        P.norm_grid(bt.drop(columns=["layer"]))
+    tables = {"base": spectral_table(base), "τ digits": spectral_table(tv["digits"])}
+    depth = P.depth_grid(tables, "alpha")
+    assert list(depth.index) == ["base", "τ digits"] and list(depth.columns) == ["in", "0", "1", "2", "out"]
+    line = P.spectral_depth(tables, "alpha").data[0]
+    np.testing.assert_allclose(np.asarray(line.y, dtype=float), depth.loc["base"].to_numpy(dtype=float))
+    with pytest.raises(ValueError, match="no column"):
+        P.depth_grid(tables, "nope")

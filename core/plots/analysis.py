@@ -17,21 +17,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.layers import block_parts, is_output_param
+from core.plots.style import COLORWAY, DIVERGING, SEQUENTIAL, figure, layout, log_axis
 
-# Plotly's named templates cost tens of ms per figure to validate, and Streamlit's chart theme
-# restyles figures anyway: figures start from the empty template, with a few settings of our own.
-COLORWAY = [
-    "#4c78a8",
-    "#e45756",
-    "#54a24b",
-    "#b279a2",
-    "#f58518",
-    "#72b7b2",
-    "#9d755d",
-    "#eeca3b",
-    "#ff9da6",
-    "#bab0ac",
-]
 MEASURE_LABELS = {
     "norm": "task-vector norm ‖τ‖₂",
     "relative_norm": "relative norm ‖τ‖₂ / ‖θ₀‖₂",
@@ -46,35 +33,6 @@ METRIC_LABELS = {
     "alpha_hill": "α (Hill, median xmin)",
     "D": "KS distance D",
 }
-
-
-def _layout(fig: go.Figure, title: str | None, height: int = 380, legend_below: bool = False) -> go.Figure:
-    """Shared look: white template, title top-left, legend in one row above the plot (or below it)."""
-    legend = (
-        {"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0}
-        if legend_below
-        else {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0}
-    )
-    top = (45 if title else 10) + (0 if legend_below else 30)
-    fig.update_layout(
-        colorway=COLORWAY,
-        plot_bgcolor="white",
-        paper_bgcolor="white",
-        font={"size": 12},
-        hovermode="closest",
-        title={"text": title, "x": 0, "xanchor": "left", "y": 1, "yanchor": "top", "pad": {"t": 8}} if title else None,
-        height=height,
-        margin={"l": 10, "r": 10, "t": top, "b": 10},
-        legend=legend,
-    )
-    fig.update_xaxes(showgrid=True, gridcolor="#ececec", zeroline=False, automargin=True)
-    fig.update_yaxes(showgrid=True, gridcolor="#ececec", zeroline=False, automargin=True)
-    return fig
-
-
-def _figure(*data) -> go.Figure:
-    """A new figure on plotly's empty template (cheap; see COLORWAY)."""
-    return go.Figure(list(data), layout={"template": "none"})
 
 
 def _in_block(layer) -> bool:
@@ -130,6 +88,20 @@ def _depth_ticks(num_blocks: int, has_in: bool, has_out: bool) -> dict:
 # ----------------------------------------------------------------------------------- task vectors
 
 
+def norm_grid(table: pd.DataFrame, value: str = "norm", tasks: Sequence[str] | None = None) -> pd.DataFrame:
+    """Tasks x blocks table of `value` from `block_table`/`kind_table` rows (columns task, layer, value):
+    the numbers of `norm_heatmap`. Columns are block labels in depth order ("outside" first), rows
+    follow `tasks` (default: order of appearance)."""
+    missing = {"task", "layer", value} - set(table.columns)
+    if missing:
+        raise ValueError(f"norm_grid needs columns task, layer, {value}; missing {sorted(missing)}")
+    t = table.assign(block=table["layer"].map(block_label))
+    cols = [block_label(v) for v in sorted(t["layer"].unique())]
+    grid = t.pivot_table(index="task", columns="block", values=value, aggfunc="first", sort=False)
+    tasks = [x for x in tasks if x in set(t["task"])] if tasks is not None else list(dict.fromkeys(t["task"]))
+    return grid.reindex(index=tasks, columns=cols).rename_axis(index="task", columns="block")
+
+
 def norm_heatmap(
     table: pd.DataFrame, value: str = "norm", title: str | None = None, tasks: Sequence[str] | None = None
 ) -> go.Figure:
@@ -139,25 +111,21 @@ def norm_heatmap(
     block and value; clicking a cell selects that block (x = block label). Rows follow `tasks`
     (default: order of appearance).
     """
-    t = table.assign(block=table["layer"].map(block_label))
-    layers = sorted(t["layer"].unique())
-    cols = [block_label(v) for v in layers]
-    grid = t.pivot_table(index="task", columns="block", values=value, aggfunc="first", sort=False)
-    tasks = [x for x in tasks if x in set(t["task"])] if tasks is not None else list(dict.fromkeys(t["task"]))
-    grid = grid.reindex(index=tasks, columns=cols)
-    fig = _figure(
+    grid = norm_grid(table, value, tasks)
+    tasks, cols = list(grid.index), list(grid.columns)
+    fig = figure(
         go.Heatmap(
             z=grid.to_numpy(dtype=float),
             x=cols,
             y=tasks,
-            colorscale="Viridis",
+            colorscale=SEQUENTIAL,
             colorbar={"title": {"text": {"norm": "‖τ‖₂", "relative_norm": "‖τ‖/‖θ₀‖"}.get(value, value)}},
             hovertemplate="task %{y}<br>block %{x}<br>" + MEASURE_LABELS.get(value, value) + " %{z:.4g}<extra></extra>",
         )
     )
-    fig.update_xaxes(title="block (outside = embeddings, ln_pre/ln_post, proj)", type="category")
+    fig.update_xaxes(title="block (outside: embeddings, norms, projection)", type="category")
     fig.update_yaxes(title="task", autorange="reversed", type="category")
-    return _layout(fig, title, height=max(260, 60 + 28 * len(tasks)))
+    return layout(fig, title, height=max(260, 60 + 28 * len(tasks)))
 
 
 def block_profile(
@@ -166,7 +134,7 @@ def block_profile(
     """One line per task over block index (parameters outside the blocks left out), in `tasks` order."""
     t = table[table["layer"] >= 0].sort_values("layer")
     order = list(tasks) if tasks is not None else list(dict.fromkeys(t["task"]))
-    fig = _figure()
+    fig = figure()
     for task in order:
         g = t[t["task"] == task]
         if g.empty:
@@ -182,20 +150,20 @@ def block_profile(
         )
     fig.update_xaxes(title="block", dtick=1 if t["layer"].nunique() <= 26 else None)
     fig.update_yaxes(title=MEASURE_LABELS.get(value, value), rangemode="tozero")
-    return _layout(fig, title)
+    return layout(fig, title)
 
 
 def cosine_heatmap(cos: pd.DataFrame, title: str | None = None) -> go.Figure:
     """Task x task cosine similarity (from `cosine_matrix`), diverging colours fixed to [-1, 1]."""
     n = len(cos)
-    fig = _figure(
+    fig = figure(
         go.Heatmap(
             z=cos.to_numpy(dtype=float),
             x=list(cos.columns),
             y=list(cos.index),
             zmin=-1,
             zmax=1,
-            colorscale="RdBu",
+            colorscale=DIVERGING,
             reversescale=True,
             texttemplate="%{z:.2f}" if n <= 12 else None,
             colorbar={"title": {"text": "cosine"}},
@@ -204,7 +172,7 @@ def cosine_heatmap(cos: pd.DataFrame, title: str | None = None) -> go.Figure:
     )
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(type="category")
-    return _layout(fig, title, height=max(300, 80 + 34 * n))
+    return layout(fig, title, height=max(300, 80 + 34 * n))
 
 
 def sign_conflict_figure(table: pd.DataFrame, title: str | None = None) -> go.Figure:
@@ -212,29 +180,56 @@ def sign_conflict_figure(table: pd.DataFrame, title: str | None = None) -> go.Fi
     line = mean pairwise sign disagreement (from `sign_conflict_table`)."""
     t = table.sort_values("layer")
     x = [block_label(v) for v in t["layer"]]
-    fig = _figure()
+    fig = figure()
     fig.add_trace(go.Bar(x=x, y=t["conflict_fraction"], name=MEASURE_LABELS["conflict_fraction"]))
     fig.add_trace(
         go.Scatter(x=x, y=t["pairwise_conflict"], name=MEASURE_LABELS["pairwise_conflict"], mode="lines+markers")
     )
     fig.update_xaxes(title="block", type="category")
     fig.update_yaxes(title="fraction of entries", range=[0, 1])
-    return _layout(fig, title)
+    return layout(fig, title)
 
 
 def parameter_bars(table: pd.DataFrame, value: str = "norm", title: str | None = None) -> go.Figure:
     """Grouped bars: one group per parameter (short name), one bar per task (rows of `parameter_table`)."""
     t = depth_sorted(table)
-    fig = _figure()
+    fig = figure()
     for task, g in t.groupby("task", sort=False):
         fig.add_trace(go.Bar(x=[short_name(n) for n in g["name"]], y=g[value], name=str(task)))
     fig.update_layout(barmode="group")
-    fig.update_xaxes(title="parameter", type="category", tickangle=-30)
+    fig.update_xaxes(title="parameter", type="category")
     fig.update_yaxes(title=MEASURE_LABELS.get(value, value))
-    return _layout(fig, title, height=420)
+    return layout(fig, title, height=420)
 
 
 # ----------------------------------------------------------------------------------- spectra
+
+
+def depth_means(table: pd.DataFrame, metric: str = "alpha", kind: str | None = None) -> pd.DataFrame:
+    """Mean of `metric` per depth position of a `spectral_table` (finite values only), indexed by depth
+    (-1 = "in", blocks 0..L-1, L = "out"), with the matrices averaged in `names` (<br>-joined, first 8).
+    With `kind` only the matrices of that kind count."""
+    if metric not in table.columns:
+        raise ValueError(f"no column {metric!r} in the spectral table; columns: {list(table.columns)}")
+    t = depth_sorted(table)
+    if kind is not None:
+        t = t[t["kind"] == kind]
+    t = t[np.isfinite(pd.to_numeric(t[metric], errors="coerce"))]
+    return t.groupby("depth", sort=True).agg(
+        value=(metric, "mean"), names=("name", lambda s: "<br>".join(short_name(n) for n in list(s)[:8]))
+    )
+
+
+def depth_grid(tables: Mapping[str, pd.DataFrame], metric: str = "alpha", kind: str | None = None) -> pd.DataFrame:
+    """Models x depth table of the mean `metric` (label -> `spectral_table`): the numbers of `spectral_depth`.
+    Columns: "in", "0", ..., "out" in depth order; a model without that position has NaN there."""
+    rows = {label: depth_means(table, metric, kind)["value"] for label, table in tables.items()}
+    grid = pd.DataFrame(rows).T.sort_index(axis=1) if rows else pd.DataFrame()
+    if grid.empty:
+        return grid
+    nb = max(int(pd.to_numeric(t["layer"], errors="coerce").max()) + 1 for t in tables.values())
+    grid.columns = ["in" if d < 0 else "out" if d >= nb else str(int(d)) for d in grid.columns]
+    return grid.rename_axis(index="model", columns="depth")
 
 
 def spectral_depth(
@@ -246,20 +241,14 @@ def spectral_depth(
     otherwise only that kind is drawn. Matrices outside the blocks sit at "in" (before block 0)
     and "out" (after the last block). Hover names the matrices averaged.
     """
-    fig = _figure()
+    fig = figure()
     nb, has_in, has_out = 0, False, False
     for label, table in tables.items():
-        t = depth_sorted(table)
-        if kind is not None:
-            t = t[t["kind"] == kind]
-        t = t[np.isfinite(pd.to_numeric(t[metric], errors="coerce"))]
-        if t.empty:
+        g = depth_means(table, metric, kind)
+        if g.empty:
             continue
         layers = pd.to_numeric(table["layer"], errors="coerce")
         nb = max(nb, int(layers.max()) + 1 if layers.notna().any() else 0)
-        g = t.groupby("depth", sort=True).agg(
-            value=(metric, "mean"), names=("name", lambda s: "<br>".join(short_name(n) for n in list(s)[:8]))
-        )
         has_in |= bool((g.index < 0).any())
         has_out |= bool((g.index >= nb).any())
         fig.add_trace(
@@ -272,12 +261,14 @@ def spectral_depth(
                 hovertemplate=f"{label}<br>%{{y:.3g}}<br>%{{customdata}}<extra></extra>",
             )
         )
-    fig.update_xaxes(title="depth: in (embeddings) → blocks → out (projection)", **_depth_ticks(nb, has_in, has_out))
+    fig.update_xaxes(title="depth: in → blocks → out", **_depth_ticks(nb, has_in, has_out))
     ylabel = METRIC_LABELS.get(metric, metric) + ("" if kind is None else f" — {kind} matrices")
-    fig.update_yaxes(title=ylabel, type="log" if metric == "lambda_max" else None)
+    fig.update_yaxes(title=ylabel)
+    if metric == "lambda_max":
+        log_axis(fig, "y")
     if metric == "alpha":
         fig.add_hrect(y0=2, y1=6, fillcolor="green", opacity=0.06, line_width=0)
-    return _layout(fig, title)
+    return layout(fig, title)
 
 
 def esd_figure(
@@ -289,11 +280,9 @@ def esd_figure(
     Dashed line: the fitted density for λ >= xmin, p(λ) = (n_tail/n)·(α−1)/xmin·(λ/xmin)^(−α),
     scaled to the fraction of eigenvalues in the tail; dotted vertical line: xmin.
     """
-    fig = _figure()
-    spans = {"x": [], "y": []}
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    fig = figure()
     for i, (label, (eigs, fit)) in enumerate(spectra.items()):
-        colour = palette[i % len(palette)]
+        colour = COLORWAY[i % len(COLORWAY)]
         e = np.asarray(eigs, dtype=np.float64)
         e = e[e > 1e-12]
         if e.size < 2:
@@ -303,8 +292,6 @@ def esd_figure(
         dens = counts / (e.size * np.diff(edges))
         centres = np.sqrt(edges[:-1] * edges[1:])
         keep = counts > 0
-        spans["x"] += [e.min(), e.max()]
-        spans["y"] += list(dens[keep])
         fig.add_trace(
             go.Scatter(
                 x=centres[keep],
@@ -335,15 +322,11 @@ def esd_figure(
             x=math.log10(xmin), y=1, yref="paper", text=f"xmin {xmin:.3g}", showarrow=False,
             font={"color": colour, "size": 11}, xanchor="left", yanchor="top", yshift=-14 * i,
         )  # fmt: skip
-    # One tick per decade when the axis spans several decades (minor labels collide otherwise).
-    decades = {a: math.log10(max(v) / min(v)) if v and min(v) > 0 else 0.0 for a, v in spans.items()}
-    fig.update_xaxes(type="log", title="eigenvalue λ of WᵀW", exponentformat="power")
-    fig.update_yaxes(type="log", title="density", exponentformat="power")
-    if decades["x"] >= 2:
-        fig.update_xaxes(dtick=1)
-    if decades["y"] >= 2:
-        fig.update_yaxes(dtick=1)
-    return _layout(fig, title, height=440, legend_below=True)
+    fig.update_xaxes(title="eigenvalue λ of WᵀW")
+    fig.update_yaxes(title="density")
+    log_axis(fig, "x")
+    log_axis(fig, "y")
+    return layout(fig, title, height=440)
 
 
 def lr_multipliers_figure(table: pd.DataFrame, title: str | None = None) -> go.Figure:
@@ -354,18 +337,18 @@ def lr_multipliers_figure(table: pd.DataFrame, title: str | None = None) -> go.F
     """
     t = depth_sorted(table)
     x = [short_name(n) for n in t["name"]]
-    fig = _figure()
-    fig.add_trace(go.Bar(x=x, y=t["tempbalance"], name="TempBalance (linear in α)", marker_color="#4c78a8"))
+    fig = figure()
+    fig.add_trace(go.Bar(x=x, y=t["tempbalance"], name="TempBalance (linear in α)", marker_color=COLORWAY[0]))
     fig.add_trace(
         go.Scatter(
             x=x, y=t["model_balancing"], name="Model Balancing (sigmoid, per block)", mode="markers",
-            marker={"color": "#e45756", "size": 10, "symbol": "diamond"},
+            marker={"color": COLORWAY[1], "size": 10, "symbol": "diamond"},
         )
     )  # fmt: skip
     fig.add_hline(y=1.0, line={"color": "grey", "dash": "dot"})
     fig.update_xaxes(title="weight matrix (input → output)", type="category", showticklabels=len(x) <= 40)
     fig.update_yaxes(title="learning-rate multiplier", rangemode="tozero")
-    return _layout(fig, title, height=400)
+    return layout(fig, title, height=400)
 
 
 def weight_scopes_figure(
@@ -381,7 +364,7 @@ def weight_scopes_figure(
     ref = depth_sorted(scopes[relative_to]).set_index("name") if relative_to in scopes else None
     labels = ("Δ mean μ", "Δ std σ") if ref is not None else ("mean μ", "std σ")
     fig = make_subplots(
-        rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=labels, figure=_figure()
+        rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=labels, figure=figure()
     )
     for label, table in scopes.items():
         if ref is not None and label == relative_to:
@@ -402,7 +385,4 @@ def weight_scopes_figure(
     fig.update_xaxes(type="category", showticklabels=False, row=1, col=1)
     n = max((len(t) for t in scopes.values()), default=0)
     fig.update_xaxes(type="category", title="layer (input → output)", showticklabels=n <= 40, row=2, col=1)
-    _layout(fig, title, height=560)
-    fig.update_layout(legend={"orientation": "v", "x": 1.01, "xanchor": "left", "y": 1, "yanchor": "top"})
-    fig.update_layout(margin={"t": 70 if title else 30, "r": 10})
-    return fig
+    return layout(fig, title, height=560, legend="side")

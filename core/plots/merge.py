@@ -12,6 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core.layers import TOWER_LABELS
+from core.plots.style import COLORWAY, figure, layout
 
 # One colour per model kind, the same on every figure.
 MODEL_COLOURS = {
@@ -23,17 +24,6 @@ MODEL_COLOURS = {
 KIND_COLOURS = {"LiNeS": "#d62728", "uniform": "#7f7f7f"}
 
 
-def _layout(fig: go.Figure, title: str, height: int = 360) -> go.Figure:
-    fig.update_layout(
-        title=title,
-        template="plotly_white",
-        height=height,
-        margin=dict(l=50, r=20, t=50, b=40),
-        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
-    )
-    return fig
-
-
 def accuracy_bars(table: pd.DataFrame, title: str = "Accuracy per task") -> go.Figure:
     """Grouped bars: one group per task, one bar per model.
 
@@ -43,7 +33,7 @@ def accuracy_bars(table: pd.DataFrame, title: str = "Accuracy per task") -> go.F
     missing = {"task", "model", "accuracy"} - set(table.columns)
     if missing:
         raise ValueError(f"accuracy_bars needs columns task, model, accuracy; missing {sorted(missing)}")
-    fig = go.Figure()
+    fig = figure()
     for model, rows in table.groupby("model", sort=False):
         fig.add_bar(
             name=str(model),
@@ -53,7 +43,7 @@ def accuracy_bars(table: pd.DataFrame, title: str = "Accuracy per task") -> go.F
             hovertemplate="%{x}: %{y:.1f}%<extra>" + str(model) + "</extra>",
         )
     fig.update_layout(barmode="group", yaxis=dict(title="accuracy (%)", range=[0, 100]))
-    return _layout(fig, title)
+    return layout(fig, title)
 
 
 def block_scale_curve(
@@ -69,10 +59,9 @@ def block_scale_curve(
     drawn as a dotted horizontal line of the same colour.
     `tower`: the tower the blocks belong to ("visual"/"text", core.layers), named on the x axis.
     """
-    fig = go.Figure()
-    palette = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#7f7f7f"]
+    fig = figure()
     for i, (label, scales) in enumerate(curves.items()):
-        colour = KIND_COLOURS.get(label, palette[i % len(palette)])
+        colour = KIND_COLOURS.get(label, COLORWAY[i % len(COLORWAY)])
         fig.add_scatter(
             name=label,
             x=list(range(len(scales))),
@@ -92,7 +81,7 @@ def block_scale_curve(
             )
     xtitle = "block ℓ" if tower is None else f"block ℓ of the {TOWER_LABELS.get(tower, tower)}"
     fig.update_layout(xaxis=dict(title=xtitle, dtick=1), yaxis=dict(title="scale λ(ℓ)", rangemode="tozero"))
-    return _layout(fig, title, height=300)
+    return layout(fig, title, height=300)
 
 
 def tradeoff_curve(
@@ -110,7 +99,7 @@ def tradeoff_curve(
     `references`: {label: (control_acc, target_acc)}, e.g. zero-shot and fine-tuned (crosses).
     `chosen`: the point picked on validation (a ring).
     """
-    fig = go.Figure()
+    fig = figure()
     for kind, rows in sweep.groupby("kind", sort=False):
         rows = rows.sort_values("alpha")
         fig.add_scatter(
@@ -149,4 +138,4 @@ def tradeoff_curve(
             marker=dict(symbol="star", size=16, color="#000"),
         )
     fig.update_layout(xaxis=dict(title="control accuracy (%)"), yaxis=dict(title="target accuracy (%)"))
-    return _layout(fig, title, height=380)
+    return layout(fig, title, height=380)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from core.plots.style import figure, layout
+from core.plots.style import SEQUENTIAL, figure, layout
 
 METRIC_LABELS = {"avg_norm": "avg normalized accuracy (%)", "avg_abs": "avg absolute accuracy (%)"}
 BEST_COLOUR = "#d62728"
@@ -78,12 +78,12 @@ def lines_heatmap(
     (e.g. α = auto) it is a one-row heatmap; use `beta_curve` for a line instead."""
     _need(frame, ["alpha", "beta", metric], "lines_heatmap")
     grid = frame.pivot_table(index="alpha", columns="beta", values=metric, aggfunc="mean").sort_index()
-    fig = go.Figure(
+    fig = figure(
         go.Heatmap(
             z=grid.values * 100,
             x=[f"{b:g}" for b in grid.columns],
             y=[f"{a:.3g}" for a in grid.index],
-            colorscale="Viridis",
+            colorscale=SEQUENTIAL,
             colorbar=dict(title="%"),
             hovertemplate="α=%{y}, β=%{x}: %{z:.1f}%<extra></extra>",
             text=[[f"{100 * v:.1f}" for v in row] for row in grid.values],
