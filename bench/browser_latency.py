@@ -48,8 +48,8 @@ PAGES = {
 
 SLIDER_VALUE_JS = """(label) => {
   const s = [...document.querySelectorAll('[data-testid="stSlider"]')].find(e => e.innerText.includes(label));
-  const thumb = s && s.querySelector('[role="slider"]');
-  return thumb ? parseFloat(thumb.getAttribute('aria-valuenow')) : null;
+  const thumb = s && s.querySelector('input[type="range"], [role="slider"]');
+  return thumb ? parseFloat(thumb.value ?? thumb.getAttribute('aria-valuenow')) : null;
 }"""
 NUMBERS_FOR_JS = """(text) => [...document.querySelectorAll('[data-testid="stCaptionContainer"], [data-testid="stMarkdownContainer"]')]
   .some(e => e.innerText.includes('Numbers for') && e.innerText.includes(text))"""
@@ -92,7 +92,7 @@ def measure(page, cfg: dict, presses: int, timeout_s: float = 60.0) -> tuple[flo
         raise RuntimeError(f"no slider labelled {label!r} on {page.url}")
     up = start + presses * cfg["step"] <= 1.0 + 1e-9
     final = round(start + (presses if up else -presses) * cfg["step"], 6)
-    thumb = page.locator('[data-testid="stSlider"]', has_text=label).locator('[role="slider"]')
+    thumb = page.locator('[data-testid="stSlider"]', has_text=label).locator('input[type="range"], [role="slider"]')
     thumb.focus()
     t0 = time.perf_counter()
     busy = None

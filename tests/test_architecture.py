@@ -58,7 +58,12 @@ def imports(module: str, path: Path, *, top_level_only: bool) -> list[tuple[str,
 
 
 def test_core_never_imports_streamlit():
-    bad = [m for m, p in core_modules().items() for t, _ in imports(m, p, top_level_only=False) if t.startswith("streamlit")]
+    bad = [
+        m
+        for m, p in core_modules().items()
+        for t, _ in imports(m, p, top_level_only=False)
+        if t.startswith("streamlit")
+    ]
     assert not bad, f"core modules importing streamlit: {bad}"
 
 

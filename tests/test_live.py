@@ -265,9 +265,10 @@ def test_anytime_rounds_sharpen_and_end_exactly_at_evaluate(micro_zoo):
     steps = list(live.evaluate_rounds(spec, first=4))
     assert steps[-1]["final"] and all(not s["final"] for s in steps[:-1])
     final = steps[-1]
-    assert final["n"] == final["total"] and final["accuracy"] == LiveMerger(
-        micro_zoo, evaluator_for=lambda es: ev
-    ).evaluate(spec)["accuracy"]
+    assert (
+        final["n"] == final["total"]
+        and final["accuracy"] == LiveMerger(micro_zoo, evaluator_for=lambda es: ev).evaluate(spec)["accuracy"]
+    )
     for s in steps[:-1]:
         for t, (lo, hi) in s["interval"].items():
             assert 0 <= lo <= s["accuracy"][t] <= hi <= 1 and s["n"][t] < s["total"][t]

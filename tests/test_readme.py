@@ -90,7 +90,11 @@ def test_every_readme_command_answers_help(tmp_path):
     assert not absent, f"README names {absent}, which do not exist"
     items = [["core", str(tmp_path), *h] for h in heads] + [["bench", str(ROOT), s] for s in bench_scripts()]
     out = subprocess.run(
-        [sys.executable, "-c", _HELP_RUNNER, json.dumps(items)], cwd=tmp_path, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", _HELP_RUNNER, json.dumps(items)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads(out.stdout.strip().splitlines()[-1])
