@@ -98,11 +98,18 @@ def _group_label(layer) -> str:
     return "outside" if layer is None or (isinstance(layer, float) and np.isnan(layer)) else f"block {int(layer)}"
 
 
-def block_table(base_sd: StateDict, task_vectors: Mapping[str, StateDict], *, tower: str | None = None) -> pd.DataFrame:
+def block_table(
+    base_sd: StateDict,
+    task_vectors: Mapping[str, StateDict],
+    *,
+    tower: str | None = None,
+    params: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """One row per (task, block of `tower`): norms aggregated over the block's parameters
     (sqrt of the summed squares), relative to the base block's norm.
-    The tower's parameters outside the blocks form one group with layer = -1 ("outside")."""
-    p = parameter_table(base_sd, task_vectors, tower=tower)
+    The tower's parameters outside the blocks form one group with layer = -1 ("outside").
+    `params`: the `parameter_table` of the same arguments when the caller has it already (not recomputed)."""
+    p = parameter_table(base_sd, task_vectors, tower=tower) if params is None else params
     if p.empty:
         return p
     p = p.assign(layer=p["layer"].fillna(-1).astype(int), sq=p["norm"] ** 2, bsq=p["base_norm"] ** 2)
@@ -112,9 +119,16 @@ def block_table(base_sd: StateDict, task_vectors: Mapping[str, StateDict], *, to
     return g.drop(columns=["sq", "bsq"])
 
 
-def kind_table(base_sd: StateDict, task_vectors: Mapping[str, StateDict], *, tower: str | None = None) -> pd.DataFrame:
-    """One row per (task, block of `tower`, kind): norm per parameter type (attention, mlp, norm, embedding)."""
-    p = parameter_table(base_sd, task_vectors, tower=tower)
+def kind_table(
+    base_sd: StateDict,
+    task_vectors: Mapping[str, StateDict],
+    *,
+    tower: str | None = None,
+    params: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """One row per (task, block of `tower`, kind): norm per parameter type (attention, mlp, norm, embedding).
+    `params`: the `parameter_table` of the same arguments when the caller has it already (not recomputed)."""
+    p = parameter_table(base_sd, task_vectors, tower=tower) if params is None else params
     if p.empty:
         return p
     p = p.assign(layer=p["layer"].fillna(-1).astype(int), sq=p["norm"] ** 2, bsq=p["base_norm"] ** 2)
