@@ -154,10 +154,15 @@ def cosine_matrix(
     if not names:
         return pd.DataFrame()
     keys = _keys_for(task_vectors[names[0]], layer, tower)
-    flats = torch.stack([_flat(task_vectors[t], keys) for t in names]) if keys else torch.zeros(len(names), 0)
-    norms = torch.linalg.vector_norm(flats, dim=1, keepdim=True).clamp_min(1e-30)
-    unit = flats / norms
-    cos = (unit @ unit.T).double().numpy()
+    # Gram matrix of the tasks accumulated key by key in float64: only one tensor per task is held at a time
+    # (a lazily read 20-task ViT-L/14 set would not fit in memory flattened).
+    gram = torch.zeros(len(names), len(names), dtype=torch.float64)
+    for k in keys:
+        f = torch.stack([task_vectors[t][k].reshape(-1).double() for t in names])
+        gram += f @ f.T
+        del f
+    norms = gram.diagonal().sqrt().clamp_min(1e-30)
+    cos = (gram / (norms[:, None] * norms[None, :])).numpy()
     return pd.DataFrame(cos, index=names, columns=names)
 
 

@@ -126,7 +126,8 @@ def validation_report(ms, *, check_finite: bool = True):
     return memo(ms, name, lambda cb: ms.validate(check_finite=check_finite, progress=cb), label)
 
 
-def _set_bytes(ms) -> int:
+def set_bytes(ms) -> int:
+    """Bytes on disk of the set's checkpoint files (from stat: no file is read)."""
     total = 0
     for p in [ms.base_path, *ms.finetuned_paths.values()]:
         p = Path(p)
@@ -146,7 +147,7 @@ def require_model_set():
         from ui import errors
 
         try:
-            report = validation_report(ms, check_finite=_set_bytes(ms) < AUTO_CHECK_BYTES)
+            report = validation_report(ms, check_finite=set_bytes(ms) < AUTO_CHECK_BYTES)
         except Exception as e:  # validate_model_set reports bad files itself; this is the last resort
             errors.show(e)
             st.stop()
