@@ -8,13 +8,14 @@ a fresh subprocess so peak RSS is per method:
   floor   one streaming pass that reads every input once and writes one output
   TA      task arithmetic (lambda 0.3)
   TIES    exact global top-k (k = 0.2), mass sign election, disjoint mean
+  every other method of the registry (core.merging.METHODS) at its default parameters
   TA+LiNeS  task arithmetic with LiNeS (alpha auto = 1/N, beta 0.5)
 
 and prints each time as a ratio to the floor, plus the peak RSS during the merge above the
 RSS at its start (VmHWM reset after imports), in model sizes.
 Targets (issue 2): TA <= 2x floor, TIES <= 10x floor, peak RSS <= 3 model sizes.
 
-    python bench/merge.py [--tasks 8] [--model ViT-B-32] [--keep DIR]
+    python bench/merge.py [--tasks 8] [--model ViT-B-32] [--keep DIR] [--methods ta,ties,tsv_m,...]
 """
 
 from __future__ import annotations
@@ -97,12 +98,27 @@ def run_one(dirpath: Path, what: str, n_tasks: int) -> dict:
     elif what == "ta_lines":
         out = merge(base, fts, "task_arithmetic", lines=("auto", 0.5))
     else:
-        raise ValueError(what)
+        out = merge(base, fts, what)  # any registered method, at its default parameters
     save_state_dict(out, out_path)
     dt = time.perf_counter() - t0
     out_path.unlink()
     rss = _status_bytes("VmHWM")
     return {"what": what, "seconds": dt, "peak_rss": rss, "baseline_rss": baseline, "import_peak_rss": import_peak}
+
+
+def timed_rows(subset: str | None) -> list[str]:
+    """ta, ties (at the bench's parameters), every other registered method, ta_lines; or the named subset."""
+    from core.merging import METHODS
+
+    named = {"task_arithmetic": "ta", "ties": "ties"}
+    rows = [named.get(m, m) for m in METHODS] + ["ta_lines"]
+    if subset is None:
+        return rows
+    want = [w.strip() for w in subset.split(",") if w.strip()]
+    unknown = [w for w in want if w not in rows]
+    if unknown:
+        raise SystemExit(f"unknown bench row(s) {unknown}; choose from {rows}")
+    return want
 
 
 def _reset_peak_rss() -> None:
@@ -123,6 +139,7 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=8)
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--keep", type=Path, help="reuse/keep the synthetic checkpoints in this folder")
+    ap.add_argument("--methods", help="comma-separated subset of the timed rows (default: every registered method)")
     ap.add_argument("--_one", help=argparse.SUPPRESS)
     ap.add_argument("--_dir", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -144,7 +161,8 @@ def main() -> int:
                 while fh.read(1 << 24):
                     pass
         results, floors = {}, []
-        for what in ("floor", "ta", "ties", "ta_lines", "floor"):  # the floor twice: first and last
+        rows = timed_rows(a.methods)
+        for what in ("floor", *rows, "floor"):  # the floor twice: first and last
             r = subprocess.run(
                 [sys.executable, __file__, "--_one", what, "--_dir", str(tmp), "--tasks", str(a.tasks)],
                 capture_output=True,
@@ -161,11 +179,11 @@ def main() -> int:
         results["floor"]["seconds"] = floor
         print(f"floor runs: {', '.join(f'{x:.2f}' for x in floors)} s (the ratios use the faster)")
         print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        print(f"{'method':<10} {'seconds':>8} {'x floor':>8} {'peak RSS':>10} {'above start':>12} {'x model':>8}")
+        print(f"{'method':<15} {'seconds':>8} {'x floor':>8} {'peak RSS':>10} {'above start':>12} {'x model':>8}")
         for what, r in results.items():
             above = r["peak_rss"] - r["baseline_rss"]
             print(
-                f"{what:<10} {r['seconds']:8.2f} {r['seconds'] / floor:8.2f} "
+                f"{what:<15} {r['seconds']:8.2f} {r['seconds'] / floor:8.2f} "
                 f"{r['peak_rss'] / 2**20:8.0f}Mi {above / 2**20:10.0f}Mi {above / model_bytes:8.2f}"
             )
         imp = max(r["import_peak_rss"] for r in results.values())

@@ -30,6 +30,9 @@ class NonFiniteError(CheckpointError):
             "(CLI: --allow-nonfinite), and the result will carry the NaN/Inf."
         )
 
+    def __reduce__(self):  # crosses process boundaries (sweep workers) with its fields intact
+        return (type(self), (self.source, self.key, self.n_bad, self.numel))
+
 
 class ModelSetError(MergeScopeError, ValueError):
     """A model set (modelset.json, a task's data or head) is incomplete or inconsistent."""

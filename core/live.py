@@ -123,8 +123,10 @@ class LiveMerger:
         max_results: int = 512,
         max_direction_mb: float = 1024.0,
         on_evaluated: Callable[[MergeSpec, EvalSpec, dict], None] | None = None,
+        allow_nonfinite: bool = False,
     ):
         self.ms = ms
+        self.allow_nonfinite = allow_nonfinite  # else NaN/Inf inputs raise core.errors.NonFiniteError
         self.eval_spec = eval_spec or EvalSpec(bf16=bool(getattr(evaluator, "bf16", False)))
         self._evaluator_for = evaluator_for or self._default_evaluator
         self._evaluators: dict[str, Evaluator] = {}
@@ -186,7 +188,7 @@ class LiveMerger:
                 return self._directions[key]
             tasks = self._merge_tasks(spec)
             fts = {t: self.ms.finetuned(t) for t in tasks}
-            d = merged_direction(self.base(), fts, spec.method, **spec.param_dict)
+            d = merged_direction(self.base(), fts, spec.method, allow_nonfinite=self.allow_nonfinite, **spec.param_dict)
             self.stats["direction_builds"] += 1
             entry = (d, {})
             self._directions[key] = entry
@@ -527,63 +529,6 @@ def manifest_accuracies(manifest: Mapping, split: str = "test") -> dict[str, dic
 
 
 # --------------------------------------------------------------------------- URL state
-QUERY_KEYS = ("method", "params", "lines", "curve", "outside", "tasks", "output_as_last_block")
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"'{what}' in the link must be comma-separated numbers, got {text!r}") from None
-
-
-def spec_to_query(spec: MergeSpec) -> dict[str, str]:
-    """A MergeSpec as URL query parameters (short, readable), e.g.
-    method=ties&params={"agg":"mean","coefficients":1.0,"k":0.2}&lines=auto,0.5&tasks=digits,shapes."""
-    q = {"method": spec.method, "params": json.dumps(spec.param_dict, sort_keys=True, separators=(",", ":"))}
-    if spec.lines is not None:
-        q["lines"] = ",".join(str(x) for x in spec.lines)
-    if spec.curve is not None:
-        q["curve"] = ",".join(str(float(x)) for x in spec.curve)
-    if spec.outside is not None:
-        q["outside"] = str(float(spec.outside))
-    if spec.tasks:
-        q["tasks"] = ",".join(spec.tasks)
-    if spec.output_as_last_block:
-        q["output_as_last_block"] = "1"
-    return q
-
-
-def spec_from_query(q: Mapping[str, str]) -> MergeSpec:
-    """The inverse of `spec_to_query`; raises ValueError naming the bad parameter."""
-    method = q.get("method", "task_arithmetic")
-    try:
-        params = json.loads(q["params"]) if q.get("params") else {}
-    except json.JSONDecodeError as e:
-        raise ValueError(f"'params' in the link is not valid JSON ({e})") from None
-    if not isinstance(params, dict):
-        raise ValueError("'params' in the link must be a JSON object")
-    kw: dict = {}
-    if q.get("lines"):
-        parts = q["lines"].split(",")
-        if len(parts) != 2:
-            raise ValueError(f"'lines' in the link must be 'alpha,beta' (alpha may be 'auto'), got {q['lines']!r}")
-        alpha = "auto" if parts[0].strip() == "auto" else _floats(parts[0], "lines")[0]
-        kw["lines"] = (alpha, _floats(parts[1], "lines")[0])
-    if q.get("curve"):
-        kw["curve"] = tuple(_floats(q["curve"], "curve"))
-    if q.get("outside"):
-        kw["outside"] = _floats(q["outside"], "outside")[0]
-    if q.get("tasks"):
-        kw["tasks"] = tuple(t for t in q["tasks"].split(",") if t)
-    if q.get("output_as_last_block") in ("1", "true", "True"):
-        kw["output_as_last_block"] = True
-    try:
-        return MergeSpec.make(method, params, **kw)
-    except KeyError as e:
-        raise ValueError(str(e).strip("'\"")) from None
-
-
 def run_log_recorder(run_log, ref, fingerprint: str | None = None, kind: str = "live"):
     """An `on_evaluated` callback that appends each new live evaluation to `run_log` (a RunLog, or a
     callable returning one at each write, e.g. the RunLog class: the log path is then read per write) as one

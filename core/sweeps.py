@@ -176,6 +176,7 @@ class EvalJob:
     eval: dict
     merge: dict | None = None
     reference: str | None = None
+    allow_nonfinite: bool = False  # merge NaN/Inf inputs (with a warning) instead of raising NonFiniteError
 
 
 _MODEL_SETS: dict[str, Any] = {}  # ModelSetRef key -> ModelSet, per process
@@ -206,17 +207,19 @@ def _model_set(ref: Mapping):
         return _MODEL_SETS[key]
 
 
-def _direction(ref: Mapping, ms, spec: MergeSpec) -> dict:
-    """{"direction": MergedDirection, "auto_alpha": float | None (computed on first use)}, cached."""
+def _direction(ref: Mapping, ms, spec: MergeSpec, allow_nonfinite: bool = False) -> dict:
+    """{"direction": MergedDirection, "auto_alpha": float | None (computed on first use)}, cached.
+    Non-finite inputs raise core.errors.NonFiniteError (unless allow_nonfinite), which fails the sweep."""
     from .merging import merged_direction
 
-    key = (_ref_key(ref), spec.direction_key())
+    key = (_ref_key(ref), spec.direction_key(), allow_nonfinite)
     with _LOCK:
         if key in _DIRECTIONS:
             _DIRECTIONS.move_to_end(key)
             return _DIRECTIONS[key]
         tasks = list(spec.tasks) if spec.tasks else ms.tasks
-        d = merged_direction(ms.base(), {t: ms.finetuned(t) for t in tasks}, spec.method, **spec.param_dict)
+        fts = {t: ms.finetuned(t) for t in tasks}
+        d = merged_direction(ms.base(), fts, spec.method, allow_nonfinite=allow_nonfinite, **spec.param_dict)
         entry = {"direction": d, "auto_alpha": None}
         _DIRECTIONS[key] = entry
         while len(_DIRECTIONS) > 4:
@@ -224,13 +227,15 @@ def _direction(ref: Mapping, ms, spec: MergeSpec) -> dict:
         return entry
 
 
-def spec_state_dict(ref: ModelSetRef | Mapping, spec: MergeSpec, ms=None) -> tuple[dict, float | None]:
+def spec_state_dict(
+    ref: ModelSetRef | Mapping, spec: MergeSpec, ms=None, *, allow_nonfinite: bool = False
+) -> tuple[dict, float | None]:
     """theta for `spec` from the process's cached direction; returns (state dict, LiNeS alpha used or None)."""
     from .live import apply_spec
 
     ref = ref.to_dict() if isinstance(ref, ModelSetRef) else dict(ref)
     ms = ms or _model_set(ref)
-    entry = _direction(ref, ms, spec)
+    entry = _direction(ref, ms, spec, allow_nonfinite)
     d = entry["direction"]
     alpha = None
     if spec.lines is not None:
@@ -260,7 +265,9 @@ def evaluate_job(job: EvalJob) -> dict:
     tasks = list(es.tasks) if es.tasks else list(ms.eval_tasks)
     alpha = None
     if job.merge is not None:
-        sd, alpha = spec_state_dict(job.model_set, MergeSpec.from_dict(job.merge), ms)
+        sd, alpha = spec_state_dict(
+            job.model_set, MergeSpec.from_dict(job.merge), ms, allow_nonfinite=job.allow_nonfinite
+        )
     elif job.reference == "zero_shot":
         sd = None
     elif job.reference and job.reference.startswith("finetuned:"):
@@ -401,6 +408,7 @@ def run_sweep(
     run_log=None,
     model_set=None,
     log: bool = True,
+    allow_nonfinite: bool = False,
 ) -> SweepResult:
     """Evaluate every grid point on val, pick the best average normalized accuracy, evaluate it on test.
 
@@ -408,6 +416,8 @@ def run_sweep(
     (used in this process; workers load their own). progress(done, total) counts every job
     (references and grid points on val, then the test evaluations). run_log: a RunLog (default
     RunLog()) unless log=False; the sweep is recorded as kind "sweep" with status ok/cancelled/error.
+    NaN/Inf in the model set's checkpoints fail the sweep with core.errors.NonFiniteError (logged as an
+    error) unless allow_nonfinite=True.
     """
     t0 = time.perf_counter()
     spec.validate()
@@ -423,7 +433,7 @@ def run_sweep(
     key_val, key_test = _refs_key(spec.model_set, ms, es_val), _refs_key(spec.model_set, ms, es_test)
     cached_val, cached_test = _cached_references(key_val), _cached_references(key_test)
     val_refs = [] if cached_val else reference_jobs(spec.model_set, ms, es_val, tasks)
-    grid_jobs = [EvalJob(ref, es_val.to_dict(), merge=p.to_dict()) for p in points]
+    grid_jobs = [EvalJob(ref, es_val.to_dict(), merge=p.to_dict(), allow_nonfinite=allow_nonfinite) for p in points]
     test_jobs = [] if cached_test else reference_jobs(spec.model_set, ms, es_test, tasks)
     total = len(val_refs) + len(grid_jobs) + len(test_jobs) + 1
 
@@ -458,7 +468,7 @@ def run_sweep(
         test: dict = {}
         refs_test = None
         if best and not cancelled:
-            best_job = EvalJob(ref, es_test.to_dict(), merge=best["spec"].to_dict())
+            best_job = EvalJob(ref, es_test.to_dict(), merge=best["spec"].to_dict(), allow_nonfinite=allow_nonfinite)
             try:
                 out = executor.map(evaluate_job, test_jobs + [best_job], prog(len(val_refs) + len(grid_jobs)), cancel)
             except Cancelled:
@@ -504,6 +514,7 @@ def evaluate_specs(
     model_set=None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    allow_nonfinite: bool = False,
 ) -> tuple[list[dict], pd.DataFrame]:
     """Evaluate several merges on one split (no choosing): per spec {"accuracy", "avg_abs", "avg_norm",
     "alpha"}, plus the reference table (zero-shot, fine-tuned) used to normalize."""
@@ -515,7 +526,7 @@ def evaluate_specs(
     key = _refs_key(ref, ms, es)
     cached = _cached_references(key)
     refs = [] if cached else reference_jobs(ref, ms, es, tasks)
-    jobs = [EvalJob(ref.to_dict(), es.to_dict(), merge=s.to_dict()) for s in specs]
+    jobs = [EvalJob(ref.to_dict(), es.to_dict(), merge=s.to_dict(), allow_nonfinite=allow_nonfinite) for s in specs]
     out = executor.map(evaluate_job, refs + jobs, progress, cancel)
     if not cached:
         cached = out[: len(refs)]

@@ -14,12 +14,14 @@ only tower) and covers that tower's parameters only; parameters of neither tower
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .errors import NonFiniteError
 from .layers import layer_index, param_kind, select_tower
 
 StateDict = Mapping[str, torch.Tensor]
@@ -29,12 +31,35 @@ def is_float(t: torch.Tensor) -> bool:
     return torch.is_floating_point(t)
 
 
-def task_vector(base_sd: StateDict, ft_sd: StateDict) -> dict[str, torch.Tensor]:
+def check_finite(t: torch.Tensor, source: str, key: str, allow_nonfinite: bool = False) -> None:
+    """Refuse NaN/Inf in a floating tensor read from checkpoint `source` (a task name or "base").
+
+    One `isfinite(...).all()` per tensor; the bad entries are counted only on failure. With
+    allow_nonfinite=True the merge goes on and a warning names the tensor instead.
+    """
+    if not torch.is_floating_point(t) or bool(torch.isfinite(t).all()):
+        return
+    n_bad = int((~torch.isfinite(t)).sum())
+    if not allow_nonfinite:
+        raise NonFiniteError(source, key, n_bad, t.numel())
+    warnings.warn(
+        f"{source}: tensor {key!r} holds {n_bad} non-finite value(s) (NaN/Inf) out of {t.numel()}; "
+        "merging anyway (allow_nonfinite=True), the result carries them",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def task_vector(
+    base_sd: StateDict, ft_sd: StateDict, *, name: str = "fine-tuned", allow_nonfinite: bool = False
+) -> dict[str, torch.Tensor]:
     """tau = ft - base over the floating-point keys of `ft_sd` (keys sorted by name).
 
     Keys of the fine-tuned checkpoint missing from the base raise KeyError with
-    the key name; shape mismatches raise ValueError. Computed in the
-    checkpoint's dtype, upcast to float32 when it is half precision.
+    the key name; shape mismatches raise ValueError; NaN/Inf in either input raise
+    `core.errors.NonFiniteError` naming the checkpoint ("base" or `name`) and the tensor
+    (allow_nonfinite=True: a warning instead).
+    Computed in the checkpoint's dtype, upcast to float32 when it is half precision.
     """
     out: dict[str, torch.Tensor] = {}
     for k in sorted(ft_sd.keys()):
@@ -46,6 +71,8 @@ def task_vector(base_sd: StateDict, ft_sd: StateDict) -> dict[str, torch.Tensor]
         b = base_sd[k]
         if b.shape != ft.shape:
             raise ValueError(f"shape mismatch for {k!r}: base {tuple(b.shape)} vs fine-tuned {tuple(ft.shape)}")
+        check_finite(b, "base", k, allow_nonfinite)
+        check_finite(ft, name, k, allow_nonfinite)
         out[k] = _f32(ft) - _f32(b)
     return out
 

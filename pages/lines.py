@@ -101,7 +101,10 @@ def live_panel() -> None:
             if result["cached"]
             else f"merge {result['merge_seconds'] * 1e3:.0f} ms + evaluation {result['eval_seconds'] * 1e3:.0f} ms"
         )
-        st.caption(f"Test split, {'all' if subsample is None else subsample} images per task; {timing}.")
+        st.caption(
+            f"Numbers for LiNeS α={alpha:.2f}, β={beta:.2f} on the {target} model · test split, "
+            f"{'all' if subsample is None else subsample} images per task; {timing}."
+        )
 
     sweeps = st.session_state.setdefault("lines_sweeps", {})
     sweep_key = (target, subsample, bf16)

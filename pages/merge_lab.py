@@ -15,17 +15,15 @@ from core.errors import MergeScopeError
 from core.layers import TOWER_LABELS, tower_depths
 from core.lines import resample_curve
 from core.live import (
-    QUERY_KEYS,
     SUBSAMPLE_CHOICES,
     comparison_table,
     default_subsample,
-    spec_from_query,
-    spec_to_query,
 )
 from core.merging import METHODS, get_method
 from core.plots.merge import accuracy_bars, block_scale_curve
 from core.runtime.paths import allow_any_path, export_dir, resolve_export_path
 from core.spec import MergeSpec, RunConfig
+from core.urlstate import QUERY_KEYS, spec_from_query, spec_to_query
 from ui import state as S
 from ui.widgets import param_widget
 
@@ -209,6 +207,18 @@ def sync_url(spec: MergeSpec) -> None:
             del st.query_params[k]
 
 
+def describe(spec: MergeSpec) -> str:
+    """What the numbers are for, in words a slider shows: the method, LiNeS α/β or a curve, else λ."""
+    if spec.curve is not None:
+        return f"{spec.method} with a block curve"
+    if spec.lines is not None:
+        a = spec.lines[0]
+        return f"{spec.method} + LiNeS α={'auto' if a == 'auto' else f'{float(a):.2f}'}, β={float(spec.lines[1]):.2f}"
+    c = spec.param_dict.get("coefficients")
+    lam = f"λ={float(c):.2f}" if isinstance(c, int | float) else f"λ per task {c}"
+    return f"{spec.method} {lam}"
+
+
 def results(spec: MergeSpec) -> None:
     with st.spinner("Merging and evaluating…"):
         r = live.evaluate(spec)
@@ -231,7 +241,10 @@ def results(spec: MergeSpec) -> None:
     how = (
         "cached" if r["cached"] else f"merge {r['merge_seconds'] * 1e3:.0f} ms + eval {r['eval_seconds'] * 1e3:.0f} ms"
     )
-    st.caption(f"Test split, {'all' if subsample is None else subsample} images per task; {how}. Spec {spec.key()}.")
+    st.caption(
+        f"Numbers for {describe(spec)} · test split, {'all' if subsample is None else subsample} images per task; "
+        f"{how}. Spec {spec.key()}."
+    )
 
 
 def export(spec: MergeSpec) -> None:

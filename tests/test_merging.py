@@ -1,4 +1,4 @@
-"""Merge methods: hand-computed cases, a flat reference written from METHODS.md
+"""Merge methods: hand-computed cases, a flat reference written from the official code
 (the official code's semantics: global top-k trim over the whole flattened task
 vector, mass sign election with the majority-sign fallback, disjoint mean), and
 property tests."""
@@ -51,7 +51,7 @@ def flat(sd, keys=None):
 
 
 def reference_ties(base, fts, k=0.2, lam=1.0, agg="mean"):
-    """Straight from METHODS.md on the stacked, flattened [N, d] matrix."""
+    """Straight from nik-dim/tall_masks ties_utils.py semantics, on the stacked, flattened [N, d] matrix."""
     fb = flat(base)
     tv = torch.stack([flat(f) for f in fts]) - fb
     d = tv.shape[1]
@@ -299,11 +299,11 @@ def test_merging_identical_finetunes_recovers_the_finetune(seed, n):
 
 
 def test_chunk_boundaries_inside_tensors_change_nothing(monkeypatch):
-    import core.merging as merging
+    import core.merging.streaming as streaming
 
     base, fts = make_models(3, seed=5)
     want = {m: flat(merge(base, fts, m)) for m in ("task_arithmetic", "ties", "consensus")}
-    monkeypatch.setattr(merging, "CHUNK", 7)  # chunks now cut through every tensor
+    monkeypatch.setattr(streaming, "CHUNK", 7)  # chunks now cut through every tensor
     for m, w in want.items():
         assert torch.allclose(flat(merge(base, fts, m)), w, atol=1e-6), m
 

@@ -3,15 +3,17 @@
 They read the same JSON specs the app writes (core.spec.RunConfig; core.sweeps.SweepSpec
 for sweeps), so any result seen in the UI reproduces from a shell:
 
-    python -m core merge   --config spec.json --out merged.safetensors [--hf-names]
-    python -m core eval    --config spec.json [--split val|test] [--json]
+    python -m core merge   --config spec.json --out merged.safetensors [--hf-names] [--allow-nonfinite]
+    python -m core eval    --config spec.json [--split val|test] [--json] [--allow-nonfinite]
     python -m core sweep   --config sweep.json [--processes N] [--ray ADDRESS] [--out grid.csv] [--json]
+                           [--allow-nonfinite]
     python -m core analyze (--zoo demo|micro | --base B.safetensors --finetuned task=FT.safetensors ...)
                            --what norms|spectra|scopes [--tower visual|text] [--out table.csv]
 
 Evaluations and sweeps are appended to the run log (core.runs; --no-log to skip).
 Bad input (missing file, bad JSON, unknown method, parameter or task) prints one
-line starting with "error:" and exits with status 1 (2 for bad command-line usage).
+line starting with "error:" and exits with status 1 (2 for bad command-line usage); so do
+checkpoints holding NaN/Inf (naming the checkpoint and the tensor) unless --allow-nonfinite.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def check_tasks(ms, merge: MergeSpec, es: EvalSpec | None = None) -> None:
 
 
 # --------------------------------------------------------------------------- merge
-def merge_from_config(config: RunConfig, ms=None) -> dict:
+def merge_from_config(config: RunConfig, ms=None, *, allow_nonfinite: bool = False) -> dict:
     """core.merging.merge applied to the spec: exactly what the Merge lab computes."""
     from ..merging import merge
 
@@ -108,6 +110,7 @@ def merge_from_config(config: RunConfig, ms=None) -> dict:
         curve=spec.curve,
         outside=spec.outside,
         output_as_last_block=spec.output_as_last_block,
+        allow_nonfinite=allow_nonfinite,
         **spec.param_dict,
     )
 
@@ -116,7 +119,7 @@ def cmd_merge(args) -> int:
     from ..checkpoints import save_state_dict
 
     config = load_run_config(args.config)
-    sd = merge_from_config(config)
+    sd = merge_from_config(config, allow_nonfinite=args.allow_nonfinite)
     meta = {"mergescope_config": config.to_json()}
     try:
         save_state_dict(sd, args.out, hf_names=args.hf_names, metadata=meta)
@@ -127,14 +130,16 @@ def cmd_merge(args) -> int:
 
 
 # --------------------------------------------------------------------------- eval
-def evaluate_config(config: RunConfig, *, ms=None, executor=None) -> dict:
+def evaluate_config(config: RunConfig, *, ms=None, executor=None, allow_nonfinite: bool = False) -> dict:
     """Merge and evaluate one RunConfig on its split: accuracy per task, zero-shot and fine-tuned
     references on the same split, avg_abs and avg_norm (acc / acc_finetuned)."""
     from ..sweeps import evaluate_specs
 
     ms = ms or load_model_set(config.model_set)
     check_tasks(ms, config.merge, config.eval)
-    rows, refs = evaluate_specs(config.model_set, [config.merge], config.eval, executor=executor, model_set=ms)
+    rows, refs = evaluate_specs(
+        config.model_set, [config.merge], config.eval, executor=executor, model_set=ms, allow_nonfinite=allow_nonfinite
+    )
     r = rows[0]
     table = refs.assign(accuracy=refs["task"].map(r["accuracy"]))
     table["normalized"] = table["accuracy"] / table["finetuned"]
@@ -170,7 +175,7 @@ def cmd_eval(args) -> int:
         config = replace(config, eval=replace(config.eval, split=args.split))
     if config.eval.split not in ("val", "test"):
         raise UserError(f"eval.split must be 'val' or 'test', got {config.eval.split!r}")
-    res = evaluate_config(config)
+    res = evaluate_config(config, allow_nonfinite=args.allow_nonfinite)
     metrics = {k: res[k] for k in ("split", "accuracy", "avg_abs", "avg_norm", "lines_alpha")}
     metrics["references"] = res["table"][["task", "zero_shot", "finetuned"]].to_dict(orient="records")
     run_id = None
@@ -191,7 +196,15 @@ def _stderr_progress(done: int, total: int) -> None:
     print(f"\r  {done}/{total} evaluations", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
 
-def run_sweep_config(spec, *, processes: int | None = None, ray: str | None = None, log: bool = True, quiet=False):
+def run_sweep_config(
+    spec,
+    *,
+    processes: int | None = None,
+    ray: str | None = None,
+    log: bool = True,
+    quiet=False,
+    allow_nonfinite: bool = False,
+):
     """core.sweeps.run_sweep with the executor the flags ask for (the path bench/ uses too)."""
     from ..runtime.executors import get_executor
     from ..sweeps import run_sweep
@@ -210,12 +223,20 @@ def run_sweep_config(spec, *, processes: int | None = None, ray: str | None = No
             progress=None if quiet else _stderr_progress,
             cancel=threading.Event(),
             log=log,
+            allow_nonfinite=allow_nonfinite,
         )
 
 
 def cmd_sweep(args) -> int:
     spec = load_sweep_spec(args.config)
-    res = run_sweep_config(spec, processes=args.processes, ray=args.ray, log=not args.no_log, quiet=args.json)
+    res = run_sweep_config(
+        spec,
+        processes=args.processes,
+        ray=args.ray,
+        log=not args.no_log,
+        quiet=args.json,
+        allow_nonfinite=args.allow_nonfinite,
+    )
     if args.out:
         res.frame.to_csv(args.out, index=False)
     if args.json:
@@ -307,6 +328,14 @@ def cmd_analyze(args) -> int:
 
 
 # --------------------------------------------------------------------------- entry point
+def _add_nonfinite_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="merge checkpoints holding NaN/Inf anyway (default: refuse, naming the tensor); the result carries them",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m core", description="MergeScope headless commands")
     sub = p.add_subparsers(dest="command", required=True)
@@ -315,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--config", required=True, help="RunConfig JSON (model_set, merge, eval)")
     m.add_argument("--out", required=True, help="output .safetensors file")
     m.add_argument("--hf-names", action="store_true", help="write Hugging Face CLIP parameter names")
+    _add_nonfinite_option(m)
     m.set_defaults(fn=cmd_merge)
 
     e = sub.add_parser("eval", help="merge and evaluate a spec on every task")
@@ -322,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=("val", "test"), help="override eval.split")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.add_argument("--no-log", action="store_true", help="do not append to the run log")
+    _add_nonfinite_option(e)
     e.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("sweep", help="grid over lambda or LiNeS (alpha, beta) on val; best point on test")
@@ -335,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write the grid (one row per point) as CSV")
     s.add_argument("--json", action="store_true")
     s.add_argument("--no-log", action="store_true")
+    _add_nonfinite_option(s)
     s.set_defaults(fn=cmd_sweep)
 
     a = sub.add_parser("analyze", help="per-layer tables: task-vector norms, spectra, scopes")

@@ -1,0 +1,133 @@
+"""The merged direction and how it becomes a model.
+
+Every method computes a *merged direction* tau_merged (a task-vector-shaped dict) and a global
+scale lambda. `apply_direction` then returns
+
+    theta = theta_0 + lambda * tau_merged                 (no LiNeS)
+    theta = theta_0 + lambda(l) (.) tau_merged            (LiNeS / any per-block curve; no extra global lambda)
+
+following wang-kee/LiNeS. Splitting direction and scale is what makes the live loop fast:
+sliders over lambda, LiNeS (alpha, beta) or the block curve only re-apply a cached direction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..lines import infer_num_blocks, key_scales, lines_curve, multitask_alpha
+from .streaming import StateDict, as_compute
+
+
+@dataclass
+class MergedDirection:
+    """tau_merged, the global scale lambda, and ||sum_t tau_t||_1 for the LiNeS multi-task alpha."""
+
+    vector: dict[str, torch.Tensor]
+    scale: float
+    summed_l1: float
+    num_tasks: int
+    info: dict = field(default_factory=dict)
+    merged_l1_value: float | None = None  # accumulated chunk by chunk exactly like summed_l1
+
+    def merged_l1(self) -> float:
+        if self.merged_l1_value is not None:
+            return self.merged_l1_value
+        return float(sum(float(v.abs().sum()) for v in self.vector.values()))
+
+    def auto_alpha(self) -> float:
+        return multitask_alpha(self.summed_l1, self.merged_l1(), self.num_tasks)
+
+
+def split_coefficients(coefficients, n: int) -> tuple[list[float] | None, float]:
+    """`coefficients` as (per-task list or None, global scale)."""
+    if isinstance(coefficients, (list, tuple)):
+        if len(coefficients) != n:
+            raise ValueError(f"got {len(coefficients)} coefficients for {n} tasks")
+        return [float(c) for c in coefficients], 1.0
+    return None, float(coefficients)
+
+
+def global_scale(coefficients, method: str) -> float:
+    """A method whose `coefficients` is only the final global lambda: one number."""
+    if isinstance(coefficients, (list, tuple)) or isinstance(coefficients, bool):
+        raise ValueError(f"{method}: coefficients is the global scale lambda (one number), got {coefficients!r}")
+    return float(coefficients)
+
+
+def l1(t: torch.Tensor) -> float:
+    """||t||_1 as a Python float (float32 sums over at most one chunk, accumulated in Python floats)."""
+    return float(t.abs().sum())
+
+
+def total(tensors) -> torch.Tensor:
+    """sum_t tensors[t], added in task order into one new tensor (no [T, ...] stack)."""
+    out = tensors[0].clone()
+    for t in tensors[1:]:
+        out += t
+    return out
+
+
+def weighted(tvs: torch.Tensor, per_task: list[float] | None) -> torch.Tensor:
+    """[N, width] task vectors scaled row by row (None: unchanged)."""
+    if per_task is None:
+        return tvs
+    return tvs * torch.tensor(per_task, dtype=tvs.dtype).unsqueeze(1)
+
+
+def apply_direction(
+    base_sd: StateDict,
+    direction: MergedDirection,
+    *,
+    lines: tuple[float | str, float] | None = None,
+    curve: Sequence[float] | None = None,
+    outside: float | None = None,
+    scale: float | None = None,
+    num_blocks: int | None = None,
+    output_as_last_block: bool = False,
+    inplace: bool = False,
+) -> dict[str, torch.Tensor]:
+    """theta_0 + (scaled) direction, as a full state dict in the base's dtypes.
+
+    lines=(alpha, beta): LiNeS, alpha may be "auto" (the multi-task rule);
+    curve=[s_0..s_{L-1}] with `outside`: any per-block curve. Either replaces the
+    global lambda (official LiNeS applies no extra global scale). Without them,
+    `scale` (default: the method's lambda) multiplies the direction.
+    inplace=True reuses the direction's tensors for the output (one model less memory;
+    the direction is spent).
+    """
+    if lines is not None and curve is not None:
+        raise ValueError("give either lines=(alpha, beta) or a per-block curve, not both")
+    vec = direction.vector
+    if lines is not None or curve is not None:
+        L = num_blocks or infer_num_blocks(vec)
+        if lines is not None:
+            alpha, beta = lines
+            if alpha == "auto":
+                alpha = direction.auto_alpha()
+            curve, outside = lines_curve(float(alpha), float(beta), L), float(alpha)
+        elif len(curve) != L:
+            raise ValueError(f"the block curve has {len(curve)} values but the model has {L} blocks")
+        if outside is None:
+            outside = curve[0]
+        scales = key_scales(vec.keys(), list(curve), outside, output_as_last_block=output_as_last_block)
+    else:
+        lam = direction.scale if scale is None else float(scale)
+        scales = dict.fromkeys(vec, lam)
+    # theta_0 + s * tau, as the reference computes it (LiNeS: theta_0 + 1.0 * (tau * s), the same bits)
+    # key by key, so a lazy base is read one tensor at a time and never held twice
+    out = {}
+    for k in base_sd.keys():
+        b = base_sd[k]
+        v = vec.get(k)
+        if v is None:
+            out[k] = b
+            continue
+        if inplace:
+            merged = v.mul_(scales[k]).add_(as_compute(b))
+        else:
+            merged = as_compute(b) + scales[k] * v
+        out[k] = merged.to(b.dtype)
+    return out

@@ -1,0 +1,283 @@
+"""Merges in the singular-vector bases of the task matrices: TSV-M, Iso-C, Iso-CTS, CART.
+
+Each walks the task vectors one key at a time (memory: the N task matrices of one key, like task
+arithmetic) and computes its SVDs with torch.linalg (on the GPU when there is one). Truncated SVDs of
+single task matrices run in the compute dtype, as in the official code; the steps whose conditioning
+needs it - polar factors of stacked bases and the flattened spectra of Iso, which lift the poorly
+determined tail singular vectors to the mean singular value - run in float64. The merged matrix is
+written back in the compute dtype. Tensors that are not matrices are averaged
+over the tasks, as in the official code. Every method is a MergedDirection whose global scale is
+`coefficients`: theta = theta_0 + coefficients * tau_merged (LiNeS or a block curve may replace it).
+
+With allow_nonfinite=True, a matrix whose task vectors hold NaN/Inf cannot be decomposed: its merged
+value is NaN (the result carries the non-finite input, as the opt-in warns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .direction import MergedDirection, global_scale, l1, total
+from .registry import Param, merge_method
+from .streaming import TaskVectors
+
+SVD_DTYPE = torch.float64
+
+
+def svd_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def is_matrix(key: str, shape: Sequence[int]) -> bool:
+    """A tensor the TSV / Iso code decomposes: every 2-D tensor (positional embedding and the output
+    projection included) except the text tower's `text_projection`, which the official code averages."""
+    return len(shape) == 2 and "text_projection" not in key
+
+
+def polar(a: torch.Tensor) -> torch.Tensor:
+    """The orthogonal polar factor U V^T of a (from a = U S V^T, computed in float64): the nearest
+    matrix with orthonormal columns (or rows, for a wide a)."""
+    u, _, vh = torch.linalg.svd(a.to(SVD_DTYPE), full_matrices=False)
+    return u @ vh
+
+
+def running_mean(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """m_1 = x_1, m_i = m_{i-1} + (x_i - m_{i-1}) / i: the official code's mean of non-matrix tensors."""
+    m = tensors[0].clone()
+    for i, x in enumerate(tensors[1:], start=2):
+        m += (x - m) / i
+    return m
+
+
+def _decompose(tvs: TaskVectors, key: str, mats: list[torch.Tensor], fn: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """fn(matrices on the SVD device) -> merged matrix, back in the compute dtype on the CPU."""
+    if tvs.allow_nonfinite and not all(bool(torch.isfinite(m).all()) for m in mats):
+        return torch.full(tvs.shapes[key], float("nan"), dtype=tvs.dtype)
+    dev = svd_device()
+    out = fn([m.to(dev) for m in mats])
+    return out.to("cpu", tvs.dtype)
+
+
+def _direction(tvs: TaskVectors, merge_key: Callable[[str, list[torch.Tensor]], torch.Tensor], scale: float, info=None):
+    out, summed = {}, 0.0
+    for key in tvs.keys:
+        ts = tvs.get(key)
+        summed += l1(total(ts))
+        out[key] = merge_key(key, ts)
+    return MergedDirection(out, scale, summed, len(tvs), info or {})
+
+
+# --------------------------------------------------------------------------- TSV-M
+def tsv_rank(shape: Sequence[int], sv_reduction: float) -> int:
+    """Singular triplets kept per task: int(min(m, n) * sv_reduction), as the official code."""
+    return int(min(shape) * sv_reduction)
+
+
+def tsv_matrix(mats: list[torch.Tensor], sv_reduction: float) -> torch.Tensor:
+    """One matrix of TSV-M: each task's top-k triplets, stacked; U and V replaced by their polar factors."""
+    k = tsv_rank(mats[0].shape, sv_reduction)
+    if k == 0:
+        return torch.zeros_like(mats[0])
+    us, ss, vs = [], [], []
+    for m in mats:
+        u, s, vh = torch.linalg.svd(m, full_matrices=False)
+        us.append(u[:, :k])
+        ss.append(s[:k])
+        vs.append(vh[:k, :])
+    # The official code writes the blocks into zero-padded min(m, n)-wide buffers; the padding only
+    # meets zero singular values, so the compact stacks give the same product.
+    u_perp, v_perp = polar(torch.cat(us, dim=1)), polar(torch.cat(vs, dim=0))
+    return (u_perp * torch.cat(ss).to(SVD_DTYPE)) @ v_perp
+
+
+@merge_method(
+    "tsv_m",
+    params=(
+        Param(
+            "sv_reduction", "float", 0.01, 1.0, 0.01, help="fraction of each task's singular triplets kept (None: 1/T)"
+        ),
+        Param("coefficients", "float", 0.0, 3.0, 0.1, help="global lambda"),
+    ),
+    reference="Gargiulo et al. 2025 (Task Singular Vectors); AntoAndGar/task_singular_vectors "
+    "src/utils/TSVM_utils.py compute_and_sum_svd_mem_reduction",
+    description="Per matrix: each task's top singular triplets, stacked; U and V orthogonalised (polar factors).",
+    lambda_grid=tuple(round(0.1 * i, 1) for i in range(1, 31)),
+)
+def tsv_m(tvs: TaskVectors, sv_reduction: float | None = None, coefficients: float = 1.0) -> MergedDirection:
+    """TSV-M, following AntoAndGar/task_singular_vectors `compute_and_sum_svd_mem_reduction`.
+
+    Every 2-D tensor but `text_projection`: per task the top k = int(min(m, n) * sv_reduction)
+    singular triplets (U_t, S_t, V_t); stacked U = [U_1 .. U_T], V = [V_1 .. V_T], S = [S_1 .. S_T];
+    tau = polar(U) diag(S) polar(V)^T with polar(A) = P Q^T from A = P Sigma Q^T. Other tensors: the mean
+    of the task vectors. sv_reduction None means 1/T (the official setting). Where the official code
+    needs T*k <= min(m, n) (zero-padded buffers), larger sv_reduction simply stacks wider.
+    """
+    frac = 1 / len(tvs) if sv_reduction is None else float(sv_reduction)
+    if not 0 < frac <= 1:
+        raise ValueError(f"tsv_m: sv_reduction must be in (0, 1] (or None for 1/T), got {sv_reduction}")
+    scale = global_scale(coefficients, "tsv_m")
+
+    def merge_key(key, ts):
+        if not is_matrix(key, ts[0].shape):
+            return running_mean(ts)
+        return _decompose(tvs, key, ts, lambda ms: tsv_matrix(ms, frac))
+
+    return _direction(tvs, merge_key, scale, {"sv_reduction": frac})
+
+
+# --------------------------------------------------------------------------- Iso-C / Iso-CTS
+def iso_c_matrix(mats: list[torch.Tensor]) -> torch.Tensor:
+    """sum_t tau_t with every singular value replaced by their mean (float64)."""
+    u, s, vh = torch.linalg.svd(total(mats).to(SVD_DTYPE), full_matrices=False)
+    return s.mean() * (u @ vh)
+
+
+@merge_method(
+    "iso_c",
+    params=(Param("coefficients", "float", 0.0, 3.0, 0.1, help="global lambda"),),
+    reference="Marczak et al. 2025 (Iso-C); danielm1405/iso-merging src/utils/iso.py iso_c",
+    description="Per matrix: the SVD of sum_t tau_t with a flat spectrum (every singular value -> their mean).",
+    lambda_grid=tuple(round(0.1 * i, 1) for i in range(1, 31)),
+)
+def iso_c(tvs: TaskVectors, coefficients: float = 1.0) -> MergedDirection:
+    """Iso-C, following danielm1405/iso-merging `iso_c`: for every 2-D tensor but `text_projection`,
+    sum_t tau_t = U S V^T becomes mean(S) U V^T; other tensors: the mean of the task vectors."""
+    scale = global_scale(coefficients, "iso_c")
+    n = len(tvs)
+
+    def merge_key(key, ts):
+        if not is_matrix(key, ts[0].shape):
+            return sum(ts) / n
+        return _decompose(tvs, key, ts, iso_c_matrix)
+
+    return _direction(tvs, merge_key, scale)
+
+
+def iso_cts_sizes(shape: Sequence[int], n_tasks: int, common_space_fraction: float) -> tuple[int, int]:
+    """(common size k, directions per task) for one matrix, exactly as the official code rounds:
+    k = r - round((r - int(r * f)) / T) * T with r = min(m, n) (Python round: half to even)."""
+    r = min(shape)
+    common = int(r * common_space_fraction)
+    specific_total = round((r - common) / n_tasks) * n_tasks
+    common = r - specific_total
+    return common, int((r - common) / n_tasks)
+
+
+def iso_cts_matrix(mats: list[torch.Tensor], common_space_fraction: float, key: str = "") -> torch.Tensor:
+    """One matrix of Iso-CTS: the common subspace of sum_t tau_t plus each task's own directions."""
+    n = len(mats)
+    common, per_task = iso_cts_sizes(mats[0].shape, n, common_space_fraction)
+    if common < 0:
+        raise ValueError(
+            f"iso_cts: common_space_fraction={common_space_fraction} leaves no common space for {key!r} "
+            f"(min dimension {min(mats[0].shape)}, {n} tasks); use a larger fraction"
+        )
+    u, s, vh = torch.linalg.svd(total(mats).to(SVD_DTYPE), full_matrices=False)
+    uc, sc, vc = u[:, :common], s[:common], vh[:common, :]
+    us, ss, vs = [], [], []
+    for m in mats:  # each task's own directions, outside the common space (its SVD in the compute dtype)
+        m64 = m.to(SVD_DTYPE)
+        ut, st, vt = torch.linalg.svd((m64 - uc @ (uc.T @ m64)).to(m.dtype), full_matrices=False)
+        us.append(ut[:, :per_task])
+        ss.append(st[:per_task])
+        vs.append(vt[:per_task, :])
+    u_all = polar(torch.cat([u_.to(SVD_DTYPE) for u_ in (*us, uc)], dim=1))
+    v_all = polar(torch.cat([v_.to(SVD_DTYPE) for v_ in (*vs, vc)], dim=0))
+    return torch.cat([s_.to(SVD_DTYPE) for s_ in (*ss, sc)]).mean() * (u_all @ v_all)
+
+
+@merge_method(
+    "iso_cts",
+    params=(
+        Param("common_space_fraction", "float", 0.0, 1.0, 0.05, help="share of the rank given to the common subspace"),
+        Param("coefficients", "float", 0.0, 3.0, 0.1, help="global lambda"),
+    ),
+    reference="Marczak et al. 2025 (Iso-CTS); danielm1405/iso-merging src/utils/iso.py iso_cts",
+    description="Per matrix: common subspace of sum_t tau_t plus task-specific directions, flat spectrum.",
+    lambda_grid=tuple(round(0.1 * i, 1) for i in range(1, 31)),
+)
+def iso_cts(tvs: TaskVectors, common_space_fraction: float = 0.8, coefficients: float = 1.0) -> MergedDirection:
+    """Iso-CTS, following danielm1405/iso-merging `iso_cts`.
+
+    For every 2-D tensor but `text_projection` (r = min(m, n), T tasks): the top k singular directions
+    of sum_t tau_t (k = r - round((r - int(r f)) / T) T) form the common space U_c; each task adds the
+    top (r - k)/T directions of tau_t - U_c U_c^T tau_t. The stacked U and V are replaced by their polar
+    factors and every singular value by the mean of the stacked ones. Other tensors: the task mean.
+    """
+    f = float(common_space_fraction)
+    if not 0 <= f <= 1:
+        raise ValueError(f"iso_cts: common_space_fraction must be in [0, 1], got {common_space_fraction}")
+    scale = global_scale(coefficients, "iso_cts")
+
+    def merge_key(key, ts):
+        if not is_matrix(key, ts[0].shape):
+            return running_mean(ts)
+        return _decompose(tvs, key, ts, lambda ms: iso_cts_matrix(ms, f, key))
+
+    return _direction(tvs, merge_key, scale, {"common_space_fraction": f})
+
+
+# --------------------------------------------------------------------------- CART
+def cart_key(key: str, shape: Sequence[int]) -> bool:
+    """The keys CART decomposes: names with "attn" or "mlp" and neither "ln" nor "bias" (substrings, as
+    the official code tests them); only matrices can be decomposed, so other shapes stay theta_avg."""
+    return ("attn" in key or "mlp" in key) and not ("ln" in key or "bias" in key) and len(shape) == 2
+
+
+def cart_rank(dim: int, rank_ratio: float) -> int:
+    """Rank kept per task: 0 at rank_ratio 0, all at 1, else max(1, int(rank_ratio * dim))."""
+    if rank_ratio == 0.0:
+        return 0
+    if rank_ratio == 1.0:
+        return dim
+    return max(1, int(rank_ratio * dim))
+
+
+def cart_matrix(mats: list[torch.Tensor], rank_ratio: float, prior: float) -> torch.Tensor:
+    """mean tau + prior * sum_t SVD_k(tau_t - mean tau) = (theta_avg - theta_0) + prior * sum_t SVD_k(theta_t - theta_avg)."""
+    mean = total(mats) / len(mats)
+    low = torch.zeros_like(mean)
+    for m in mats:
+        u, s, vh = torch.linalg.svd(m - mean, full_matrices=False)
+        k = cart_rank(s.shape[0], rank_ratio)
+        low += (u[:, :k] * s[:k]) @ vh[:k, :]
+    return mean + prior * low
+
+
+@merge_method(
+    "cart",
+    params=(
+        Param("rank_ratio", "float", 0.0, 1.0, 0.01, help="share of each deviation's rank kept"),
+        Param("prior", "float", 0.0, 4.0, 0.1, help="CART's lambda on the low-rank deviations"),
+        Param("coefficients", "float", 0.0, 2.0, 0.1, help="global lambda (1: CART as published)"),
+    ),
+    reference="Choi et al. 2025 (CART, 'Revisiting weight averaging for model merging'); JH-GEECS/CART "
+    "src/merging.py StaticMergeModule._merge_weights('CART')",
+    description="theta_avg plus a low-rank SVD of each model's deviation from theta_avg (attention and MLP matrices).",
+)
+def cart(tvs: TaskVectors, rank_ratio: float = 0.12, prior: float = 2.0, coefficients: float = 1.0) -> MergedDirection:
+    """CART, following JH-GEECS/CART `StaticMergeModule._merge_weights("CART")` with
+    `_get_truncated_task_vectors(rank_ratio, prev_origin=theta_0, new_origin=theta_avg)`.
+
+    theta_avg = theta_0 + (1/T) sum_t tau_t. Keys with "attn" or "mlp" and neither "ln" nor "bias"
+    (2-D): theta_avg + prior * sum_t SVD_k(theta_t - theta_avg), k = max(1, int(rank_ratio min(m, n)))
+    (0 at rank_ratio 0, full at 1). Every other key stays theta_avg (the official code adds
+    prior * sum_t (theta_t - theta_avg), which is zero). CART's own lambda is `prior` (official config
+    `prior`, default 2.0); `coefficients` is the global scale of this whole direction, as for every
+    method here (theta = theta_0 + coefficients * tau_merged), so coefficients = 1 is CART as published.
+    """
+    r = float(rank_ratio)
+    if not 0 <= r <= 1:
+        raise ValueError(f"cart: rank_ratio must be in [0, 1], got {rank_ratio}")
+    prior = float(prior)
+    scale = global_scale(coefficients, "cart")
+    n = len(tvs)
+
+    def merge_key(key, ts):
+        if not cart_key(key, ts[0].shape):
+            return sum(ts) / n
+        return _decompose(tvs, key, ts, lambda ms: cart_matrix(ms, r, prior))
+
+    return _direction(tvs, merge_key, scale, {"rank_ratio": r, "prior": prior})
