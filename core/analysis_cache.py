@@ -196,19 +196,37 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def float_keys(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """The floating-point keys of a state dict; for a lazy safetensors one, from its header (no tensor is read)."""
+def header_dtypes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.dtype | None] | None:
+    """{key: dtype} of a lazy safetensors state dict, from its header (no tensor is read; None for a dtype
+    torch cannot hold); None when `state_dict` is not lazy (its tensors are in memory: ask them)."""
     from core.checkpoints.formats import SAFETENSORS_DTYPES, LazyStateDict, read_safetensors_header
 
-    if isinstance(state_dict, LazyStateDict):
-        header, _ = read_safetensors_header(Path(state_dict.path))
-        out = []
-        for k, e in header.items():
-            dtype = SAFETENSORS_DTYPES.get(e.get("dtype")) if k != "__metadata__" else None
-            if dtype is not None and dtype.is_floating_point:
-                out.append(k)
-        return out
+    if not isinstance(state_dict, LazyStateDict):
+        return None
+    header, _ = read_safetensors_header(Path(state_dict.path))
+    return {k: SAFETENSORS_DTYPES.get(e.get("dtype")) for k, e in header.items() if k != "__metadata__"}
+
+
+def float_keys(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """The floating-point keys of a state dict, in its order; for a lazy one from its header (nothing is read)."""
+    dtypes = header_dtypes(state_dict)
+    if dtypes is not None:
+        return [k for k in state_dict if dtypes.get(k) is not None and dtypes[k].is_floating_point]
     return [k for k, v in state_dict.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+
+
+def tensor_shape(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.Size:
+    """Shape of one tensor; for a lazy safetensors state dict from its header (the tensor is not read)."""
+    shape = getattr(state_dict, "shape", None)
+    if callable(shape):
+        return torch.Size(shape(key))
+    return state_dict[key].shape
+
+
+def tensor_dtype(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.dtype | None:
+    """Dtype of one tensor; for a lazy safetensors state dict from its header (the tensor is not read)."""
+    dtypes = header_dtypes(state_dict)
+    return dtypes.get(key) if dtypes is not None else state_dict[key].dtype
 
 
 class _Restricted(Mapping):
