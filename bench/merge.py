@@ -79,8 +79,9 @@ def run_one(dirpath: Path, what: str, n_tasks: int) -> dict:
 
     from core.checkpoints import open_state_dict, save_state_dict
     from core.merging import merge
+    from core.runtime.threads import auto_threads
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(auto_threads())  # 1 on a busy machine: 2 OpenMP threads stall at barriers there
     base = open_state_dict(dirpath / "base.safetensors")
     fts = [open_state_dict(dirpath / f"task{t}.safetensors") for t in range(n_tasks)]
     out_path = dirpath / f"out-{what}.safetensors"

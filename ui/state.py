@@ -298,7 +298,9 @@ def analysis_cache():
 def _open(path):
     """A state dict read one tensor at a time from disk (`core.checkpoints.open_state_dict`): never held whole."""
     from core.checkpoints import open_state_dict
+    from core.merging.streaming import bound_heap
 
+    bound_heap()  # tables stream tensors through memory: freed blocks go back to the OS
     return open_state_dict(path)
 
 

@@ -27,6 +27,32 @@ from ..task_vectors import check_finite
 StateDict = Mapping[str, torch.Tensor]
 
 CHUNK = 1 << 20
+MMAP_THRESHOLD = 256 * 1024  # bytes: larger blocks get their own mapping, returned to the OS when freed
+
+_heap_bounded = False
+
+
+def bound_heap() -> bool:
+    """Make glibc serve blocks over MMAP_THRESHOLD from their own mappings, for the rest of the process.
+
+    Streaming passes allocate and free thousands of tensors of a few MB. glibc's default raises its
+    mmap threshold each time such a block is freed, after which same-sized blocks come from the heap,
+    where freed memory stays resident: measured, a TIES merge of 8 files then kept ~3 model sizes of
+    freed memory (RssAnon), against ~1 with a fixed threshold. Fixing the threshold (mallopt
+    M_MMAP_THRESHOLD, which also turns the dynamic adjustment off) keeps a stream's memory at what it
+    holds. Returns whether the setting applies (glibc only; elsewhere nothing changes).
+    """
+    global _heap_bounded
+    if _heap_bounded:
+        return True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        _heap_bounded = bool(libc.mallopt(-3, MMAP_THRESHOLD))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+    return _heap_bounded
 
 
 def as_compute(t: torch.Tensor) -> torch.Tensor:
@@ -65,6 +91,7 @@ class TaskVectors:
     ):
         if len(finetuned) == 0:
             raise ValueError("merging needs at least one fine-tuned checkpoint")
+        bound_heap()
         self.base = base
         self.finetuned = list(finetuned)
         self.names = list(names) if names is not None else [f"task{i}" for i in range(len(finetuned))]
