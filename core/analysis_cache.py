@@ -171,6 +171,7 @@ class StreamedTaskVector(Mapping):
     def __init__(self, base: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.Tensor], keys=None):
         self.base, self.finetuned = base, finetuned
         self._keys = sorted(keys if keys is not None else finetuned.keys())
+        self._set = set(self._keys)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
@@ -179,7 +180,7 @@ class StreamedTaskVector(Mapping):
         return len(self._keys)
 
     def __contains__(self, key) -> bool:
-        return key in set(self._keys)
+        return key in self._set
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self.finetuned:
