@@ -78,10 +78,30 @@ EMBEDDING_PATTERNS = ("token_embedding", "embed_tokens", "wte", "word_embeddings
 # --------------------------------------------------------------------------- ESD
 
 
-def _as_float64(weight) -> torch.Tensor:
+def _host_array(weight) -> np.ndarray:
+    """`weight` as a NumPy array in its own float precision (no copy for a CPU float32/float64 tensor)."""
     if isinstance(weight, torch.Tensor):
-        return weight.detach().to(dtype=torch.float64)
-    return torch.as_tensor(np.asarray(weight), dtype=torch.float64)
+        t = weight.detach()
+        if t.dtype not in (torch.float32, torch.float64):
+            t = t.to(torch.float32) if t.is_floating_point() else t.to(torch.float64)
+        return t.cpu().numpy()
+    a = np.asarray(weight)
+    return a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
+
+
+def _host_stack(weight) -> np.ndarray:
+    """The (B, N, M) float64 stack of `weight_matrices`, as a NumPy array (no torch ops: no thread-pool spin-up)."""
+    w = _host_array(weight)
+    if w.ndim not in (2, 4):
+        raise ValueError(f"expected a 2-D weight matrix or a 4-D conv kernel, got shape {tuple(w.shape)}")
+    if not np.isfinite(w).all():
+        raise ValueError(f"weight of shape {tuple(w.shape)} has NaN or inf entries: its spectrum is undefined")
+    if w.ndim == 2:
+        return w.astype(np.float64)[None]
+    out_ch, in_ch, kh, kw = w.shape
+    stack = np.ascontiguousarray(w.transpose(2, 3, 0, 1), dtype=np.float64).reshape(kh * kw, out_ch, in_ch)
+    stack *= CONV2D_SCALE
+    return stack
 
 
 def weight_matrices(weight) -> torch.Tensor:
@@ -92,41 +112,63 @@ def weight_matrices(weight) -> torch.Tensor:
     PyTorch kernels (channels "last"): even when its channel detection disagrees (kh + kw > out + in)
     it flips back to these same slices.
     """
-    w = _as_float64(weight)
-    if not bool(torch.isfinite(w).all()):
-        raise ValueError(f"weight of shape {tuple(w.shape)} has NaN or inf entries: its spectrum is undefined")
-    if w.ndim == 2:
-        return w.unsqueeze(0)
-    if w.ndim == 4:
-        out_ch, in_ch, kh, kw = w.shape
-        return w.permute(2, 3, 0, 1).reshape(kh * kw, out_ch, in_ch) * CONV2D_SCALE
-    raise ValueError(f"expected a 2-D weight matrix or a 4-D conv kernel, got shape {tuple(w.shape)}")
+    return torch.from_numpy(_host_stack(weight))
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The device ESDs run on: "auto"/None is CUDA when torch sees a GPU, else the CPU; "cpu"/"cuda[:i]" force one.
+
+    Forcing CUDA without a visible GPU raises ValueError.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but torch sees no CUDA GPU; use device='cpu' or 'auto'")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}: expected 'auto', 'cpu' or 'cuda[:index]'")
+    return dev
+
+
+def _device_batch(device: torch.device, per_matrix_bytes: int) -> int:
+    """How many matrices of one shape fit one batched Gram/eigen step: half the free GPU memory, or _BATCH_BYTES."""
+    budget = _BATCH_BYTES
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        budget = max(_BATCH_BYTES, free // 2)
+    return max(1, budget // per_matrix_bytes)
 
 
 def _gram_eigenvalues_torch(mats: torch.Tensor, device: torch.device) -> np.ndarray:
-    """Eigenvalues of the smaller Gram matrix of each matrix in the stack (B, N, M), batched in torch."""
+    """Eigenvalues of the smaller Gram matrix of each matrix in the stack (B, N, M), batched in torch.
+
+    The stack is moved to `device` a chunk at a time, so a GPU only ever holds what fits its free memory.
+    """
     b, n, m = mats.shape
     small = min(n, m)
-    step = max(1, _BATCH_BYTES // (8 * (n * m + 2 * small * small)))
+    step = _device_batch(device, 8 * (n * m + 2 * small * small))
     out = []
     for start in range(0, b, step):
-        x = mats[start : start + step].to(device)
+        x = mats[start : start + step].to(device, dtype=torch.float64)
         gram = x.mT @ x if n >= m else x @ x.mT
+        del x
         out.append(torch.linalg.eigvalsh(gram).clamp_min_(0.0).cpu().numpy())
+        del gram
     return np.concatenate(out, axis=0)
 
 
-def _gram_eigenvalues_numpy(mats: torch.Tensor) -> np.ndarray:
-    """Eigenvalues of the smaller Gram matrix of each matrix in the stack (B, N, M), on the CPU.
+def _gram_eigenvalues_numpy(weight) -> np.ndarray:
+    """Eigenvalues of the smaller Gram matrix of each matrix of `weight`'s stack, on the CPU, float64.
 
     One matrix: WᵀW through BLAS syrk (numpy recognises `x.T @ x`) and LAPACK's symmetric
     eigenvalue solver, values only. Stacks (conv slices): numpy's batched matmul and eigvalsh.
     """
-    x = mats.numpy()
+    x = _host_stack(weight)
     n, m = x.shape[1:]
     if x.shape[0] == 1:
         w = x[0]
         gram = w.T @ w if n >= m else w @ w.T
+        del x, w
         eigs = scipy.linalg.eigvalsh(gram, driver="ev", overwrite_a=True, check_finite=False)[None, :]
     else:
         gram = np.swapaxes(x, 1, 2) @ x if n >= m else x @ np.swapaxes(x, 1, 2)
@@ -134,49 +176,58 @@ def _gram_eigenvalues_numpy(mats: torch.Tensor) -> np.ndarray:
     return np.maximum(eigs, 0.0)
 
 
-def esd_many(weights: Sequence, *, workers: int | None = None) -> list[np.ndarray]:
+def _default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def esd_many(
+    weights: Sequence, *, workers: int | None = None, device: str | torch.device | None = None
+) -> list[np.ndarray]:
     """ESDs of many weights at once: one sorted float64 array per weight, in input order.
 
     All arithmetic is float64: the Gram matrix of a float32 weight is formed exactly enough that its
     eigenvalues agree with a float64 SVD to ~1e-9 relative even at the bottom of a square matrix's
     spectrum (and to ~1e-14 elsewhere), far below what moves alpha; eigenvalues of the Gram matrix
-    cost a fraction of an SVD. On a GPU, same-shaped matrices are stacked and decomposed in batches.
-    On the CPU, `workers` threads (default: up to 2, one per core) each decompose whole matrices
-    with single-threaded BLAS: on a shared machine that beats one multi-threaded call by far,
-    because threaded BLAS spins waiting for cores other processes hold.
+    cost a fraction of an SVD. `device` ("auto" by default: a CUDA GPU when torch sees one): on a GPU,
+    same-shaped matrices are stacked and decomposed in batches sized to its free memory. On the CPU,
+    `workers` threads (default: one per core) each convert and decompose whole matrices with
+    single-threaded BLAS: on a shared machine that beats one multi-threaded call by far, because
+    threaded BLAS spins waiting for cores other processes hold. Only the matrices being decomposed
+    are ever held in float64.
     """
-    stacks = [weight_matrices(w) for w in weights]
-    if torch.cuda.is_available():
-        device = torch.device("cuda")
+    weights = list(weights)
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        stacks = [weight_matrices(w) for w in weights]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, st in enumerate(stacks):
             groups.setdefault(tuple(st.shape[1:]), []).append(i)
         result: list[np.ndarray | None] = [None] * len(stacks)
         for idx in groups.values():
-            eigs = _gram_eigenvalues_torch(torch.cat([stacks[i] for i in idx]), device)
+            eigs = _gram_eigenvalues_torch(torch.cat([stacks[i] for i in idx]), dev)
             for i, chunk in zip(idx, np.split(eigs, np.cumsum([stacks[i].shape[0] for i in idx])[:-1])):
                 result[i] = np.sort(chunk.ravel())
         return result  # type: ignore[return-value]
     if workers is None:
-        workers = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    workers = max(1, min(workers, len(stacks)))
+        workers = _default_workers()
+    workers = max(1, min(workers, len(weights)))
     limit = threadpool_limits(1) if threadpool_limits is not None else contextlib.nullcontext()
     with limit:
         if workers == 1:
-            spectra = [_gram_eigenvalues_numpy(st) for st in stacks]
+            spectra = [_gram_eigenvalues_numpy(w) for w in weights]
         else:
             with ThreadPoolExecutor(workers) as pool:
-                spectra = list(pool.map(_gram_eigenvalues_numpy, stacks))
+                spectra = list(pool.map(_gram_eigenvalues_numpy, weights))
     return [np.sort(e.ravel()) for e in spectra]
 
 
-def esd(weight) -> np.ndarray:
+def esd(weight, *, device: str | torch.device | None = None) -> np.ndarray:
     """Eigenvalues of WᵀW (squared singular values, no 1/N normalization), float64, ascending.
 
     `weight` is a 2-D matrix or a 4-D conv kernel (torch tensor or array); see `weight_matrices`
     for how kernels are sliced and scaled. A conv kernel's slices are pooled into one ESD.
     """
-    return esd_many([weight])[0]
+    return esd_many([weight], device=device)[0]
 
 
 # --------------------------------------------------------------------- power law
@@ -449,7 +500,7 @@ def analysed_matrices(
     return out
 
 
-def _chunked_spectra(items: list[tuple[str, torch.Tensor]]):
+def _chunked_spectra(items: list[tuple[str, torch.Tensor]], device=None):
     """((name, weight), eigenvalues) in order, computed _TABLE_CHUNK matrices at a time.
 
     Bounds the float64 copies held at once (a ViT-L/14 tower in float64 is ~2.4 GB) and lets
@@ -457,7 +508,7 @@ def _chunked_spectra(items: list[tuple[str, torch.Tensor]]):
     """
     for start in range(0, len(items), _TABLE_CHUNK):
         chunk = items[start : start + _TABLE_CHUNK]
-        yield from zip(chunk, esd_many([t for _, t in chunk]))
+        yield from zip(chunk, esd_many([t for _, t in chunk], device=device))
 
 
 def spectral_table(
@@ -467,6 +518,7 @@ def spectral_table(
     progress: Callable[[int, int], None] | None = None,
     include_embeddings: bool = False,
     tower: str | None = None,
+    device: str | torch.device | None = None,
 ) -> pd.DataFrame:
     """One row per analysed weight matrix (see `analysed_matrices`) of one tower with its spectral metrics.
 
@@ -477,16 +529,16 @@ def spectral_table(
     `progress(done, total)` is called after each matrix is fitted (eigenvalues are computed
     a few matrices at a time, so progress moves steadily). `tower`: "visual" or "text" (None: the
     image tower, or a model's only tower; `core.layers.select_tower`), so a full CLIP's text blocks
-    never share a layer number with its image blocks.
+    never share a layer number with its image blocks. `device`: where the ESDs run (`esd_many`).
     """
     keys = select_tower(state_dict if keys is None else list(keys), tower)
     items = analysed_matrices(state_dict, keys=keys, include_embeddings=include_embeddings)
     for name, t in items:
-        if not bool(torch.isfinite(t).all()):
+        if not np.isfinite(_host_array(t)).all():
             raise ValueError(f"{name}: NaN or inf entries, so no spectrum; check the checkpoint this tensor came from")
     total = len(items)
     rows = []
-    for done, ((name, t), eigs) in enumerate(_chunked_spectra(items), start=1):
+    for done, ((name, t), eigs) in enumerate(_chunked_spectra(items, device), start=1):
         fit = fit_powerlaw(eigs)
         lam_max = float(eigs[-1]) if eigs.size else float("nan")
         ok = fit["status"] != "failed"

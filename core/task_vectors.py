@@ -125,11 +125,18 @@ def _group_label(layer) -> str:
     return "outside" if layer is None or (isinstance(layer, float) and np.isnan(layer)) else f"block {int(layer)}"
 
 
-def block_table(base_sd: StateDict, task_vectors: Mapping[str, StateDict], *, tower: str | None = None) -> pd.DataFrame:
+def block_table(
+    base_sd: StateDict,
+    task_vectors: Mapping[str, StateDict],
+    *,
+    tower: str | None = None,
+    params: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """One row per (task, block of `tower`): norms aggregated over the block's parameters
     (sqrt of the summed squares), relative to the base block's norm.
-    The tower's parameters outside the blocks form one group with layer = -1 ("outside")."""
-    p = parameter_table(base_sd, task_vectors, tower=tower)
+    The tower's parameters outside the blocks form one group with layer = -1 ("outside").
+    `params`: the `parameter_table` of the same arguments when the caller has it already (not recomputed)."""
+    p = parameter_table(base_sd, task_vectors, tower=tower) if params is None else params
     if p.empty:
         return p
     p = p.assign(layer=p["layer"].fillna(-1).astype(int), sq=p["norm"] ** 2, bsq=p["base_norm"] ** 2)
@@ -139,9 +146,16 @@ def block_table(base_sd: StateDict, task_vectors: Mapping[str, StateDict], *, to
     return g.drop(columns=["sq", "bsq"])
 
 
-def kind_table(base_sd: StateDict, task_vectors: Mapping[str, StateDict], *, tower: str | None = None) -> pd.DataFrame:
-    """One row per (task, block of `tower`, kind): norm per parameter type (attention, mlp, norm, embedding)."""
-    p = parameter_table(base_sd, task_vectors, tower=tower)
+def kind_table(
+    base_sd: StateDict,
+    task_vectors: Mapping[str, StateDict],
+    *,
+    tower: str | None = None,
+    params: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """One row per (task, block of `tower`, kind): norm per parameter type (attention, mlp, norm, embedding).
+    `params`: the `parameter_table` of the same arguments when the caller has it already (not recomputed)."""
+    p = parameter_table(base_sd, task_vectors, tower=tower) if params is None else params
     if p.empty:
         return p
     p = p.assign(layer=p["layer"].fillna(-1).astype(int), sq=p["norm"] ** 2, bsq=p["base_norm"] ** 2)
@@ -167,10 +181,15 @@ def cosine_matrix(
     if not names:
         return pd.DataFrame()
     keys = _keys_for(task_vectors[names[0]], layer, tower)
-    flats = torch.stack([_flat(task_vectors[t], keys) for t in names]) if keys else torch.zeros(len(names), 0)
-    norms = torch.linalg.vector_norm(flats, dim=1, keepdim=True).clamp_min(1e-30)
-    unit = flats / norms
-    cos = (unit @ unit.T).double().numpy()
+    # Gram matrix of the tasks accumulated key by key in float64: only one tensor per task is held at a time
+    # (a lazily read 20-task ViT-L/14 set would not fit in memory flattened).
+    gram = torch.zeros(len(names), len(names), dtype=torch.float64)
+    for k in keys:
+        f = torch.stack([task_vectors[t][k].reshape(-1).double() for t in names])
+        gram += f @ f.T
+        del f
+    norms = gram.diagonal().sqrt().clamp_min(1e-30)
+    cos = (gram / (norms[:, None] * norms[None, :])).numpy()
     return pd.DataFrame(cos, index=names, columns=names)
 
 

@@ -31,8 +31,8 @@ def _accept(ref: ModelSetRef, what: str) -> None:
     except Exception as e:  # a zoo that is not built, an incomplete ref: one message, no traceback
         st.session_state[REFUSED_KEY] = (what, f"Cannot open {what}: {e}")
         st.rerun()
-    try:
-        report = S.validation_report(ms)
+    try:  # a big set is accepted from its headers (seconds); its values are checked on request
+        report = S.validation_report(ms, check_finite=S.set_bytes(ms) < S.AUTO_CHECK_BYTES)
     except Exception as e:  # validate_model_set reports bad files itself; this is the last resort
         st.session_state[REFUSED_KEY] = (what, f"Checking {what} failed ({type(e).__name__}: {e})")
         st.rerun()

@@ -126,7 +126,8 @@ def validation_report(ms, *, check_finite: bool = True):
     return memo(ms, name, lambda cb: ms.validate(check_finite=check_finite, progress=cb), label)
 
 
-def _set_bytes(ms) -> int:
+def set_bytes(ms) -> int:
+    """Bytes on disk of the set's checkpoint files (from stat: no file is read)."""
     total = 0
     for p in [ms.base_path, *ms.finetuned_paths.values()]:
         p = Path(p)
@@ -146,7 +147,7 @@ def require_model_set():
         from ui import errors
 
         try:
-            report = validation_report(ms, check_finite=_set_bytes(ms) < AUTO_CHECK_BYTES)
+            report = validation_report(ms, check_finite=set_bytes(ms) < AUTO_CHECK_BYTES)
         except Exception as e:  # validate_model_set reports bad files itself; this is the last resort
             errors.show(e)
             st.stop()
@@ -288,65 +289,103 @@ def live_merger(ms, subsample: int | None, bf16: bool):
     return memo(ms, f"live:{subsample}:{bf16}:{es.seed}", build, "Preparing the live merger")
 
 
+def analysis_cache():
+    """The on-disk table cache (`core.analysis_cache.AnalysisCache` under the cache directory)."""
+    from core.analysis_cache import AnalysisCache
+
+    return AnalysisCache()
+
+
+def _open(path):
+    """A state dict read one tensor at a time from disk (`core.checkpoints.open_state_dict`): never held whole."""
+    from core.checkpoints import open_state_dict
+    from core.merging.streaming import bound_heap
+
+    bound_heap()  # tables stream tensors through memory: freed blocks go back to the OS
+    return open_state_dict(path)
+
+
 def analysis_keys(ms) -> list[str]:
-    """The floating-point keys the fine-tuned checkpoints share with the base (what task vectors cover)."""
+    """The floating-point keys the fine-tuned checkpoints share with the base (what task vectors cover),
+    read from the files' headers where the format allows (no weights are loaded)."""
 
     def compute(cb):
-        base = ms.base()
-        ft = ms.finetuned(ms.tasks[0]) if ms.tasks else {}
-        return [k for k in ft if k in base and ft[k].is_floating_point()]
+        from core.analysis_cache import float_keys
 
-    return memo(ms, "keys", compute, "Reading checkpoints")
+        if not ms.tasks:
+            return []
+        base, ft = _open(ms.base_path), _open(ms.finetuned_paths[ms.tasks[0]])
+        floating = set(float_keys(ft))
+        return [k for k in ft if k in floating and k in base]
+
+    return memo(ms, "keys", compute, "Reading checkpoint headers")
 
 
 def cached_task_vectors(ms) -> dict:
-    """{task: task vector} (ft - base over the shared floating-point keys), computed once per model set."""
+    """{task: task vector} (ft - base over the shared floating-point keys). Each is a
+    `core.analysis_cache.StreamedTaskVector`: a tensor is computed from the two files when it is read
+    and not kept, so a 20-task ViT-L/14 set never sits in memory."""
 
     def compute(cb):
-        out = {}
-        for i, t in enumerate(ms.tasks):
-            cb(f"task vector of {t}", i, len(ms.tasks))
-            out[t] = ms.task_vector(t)
-        return out
+        from core.analysis_cache import StreamedTaskVector
 
-    return memo(ms, "task_vectors", compute, "Loading checkpoints and computing task vectors")
+        keys = analysis_keys(ms)
+        base = _open(ms.base_path)
+        return {t: StreamedTaskVector(base, _open(ms.finetuned_paths[t]), keys) for t in ms.tasks}
+
+    return memo(ms, "task_vectors", compute, "Opening checkpoints")
+
+
+def _set_files(ms) -> list:
+    return [ms.base_path, *ms.finetuned_paths.values()]
+
+
+def _keys_param(keys: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
 
 
 def cached_tv_tables(ms, tower: str | None = None) -> dict:
     """Task-vector statistics of one tower (None: the default, core.layers.select_tower): parameter,
-    block, kind and sign-conflict tables (core.task_vectors)."""
+    block, kind and sign-conflict tables (core.task_vectors), on disk keyed by the files' fingerprints."""
 
-    def compute(cb):
+    def tables(cb):
         from core import task_vectors as T
 
         tvs = cached_task_vectors(ms)
-        base = ms.base()
-        out = {}
+        base = _open(ms.base_path)
         steps = [
-            ("parameter", T.parameter_table),
-            ("block", T.block_table),
-            ("kind", T.kind_table),
-            ("sign_conflict", lambda b, tv, tower: T.sign_conflict_table(tv, tower=tower)),
+            ("parameter", lambda: T.parameter_table(base, tvs, tower=tower)),
+            ("sign_conflict", lambda: T.sign_conflict_table(tvs, tower=tower)),
         ]
+        out = {}
         for i, (name, fn) in enumerate(steps):
             cb(f"{name} table", i, len(steps))
-            out[name] = fn(base, tvs, tower=tower)
-        return out
+            out[name] = fn()
+        out["block"] = T.block_table(base, tvs, tower=tower, params=out["parameter"])
+        out["kind"] = T.kind_table(base, tvs, tower=tower, params=out["parameter"])
+        return {k: out[k] for k in ("parameter", "block", "kind", "sign_conflict")}
+
+    def compute(cb):
+        params = {"tower": tower, "keys": _keys_param(analysis_keys(ms)), "tasks": ms.tasks}
+        return analysis_cache().get_or_compute("tv_tables", _set_files(ms), params, lambda: tables(cb))
 
     return memo(ms, "tv_tables" + ("" if tower is None else f":{tower}"), compute, "Task-vector statistics")
 
 
 def cached_cosine(ms, layer: int | None | str = "all", tower: str | None = None):
     """Task x task cosine matrix of one tower over all its parameters ("all"), one block (int) or
-    outside the blocks (None)."""
+    outside the blocks (None); on disk keyed by the files' fingerprints."""
     from core.task_vectors import cosine_matrix
 
-    return memo(
-        ms,
-        f"cosine:{layer}" + ("" if tower is None else f":{tower}"),
-        lambda cb: cosine_matrix(cached_task_vectors(ms), layer, tower=tower),
-        "Cosine similarity",
-    )
+    def compute(cb):
+        params = {"layer": layer, "tower": tower, "keys": _keys_param(analysis_keys(ms)), "tasks": ms.tasks}
+        return analysis_cache().get_or_compute(
+            "cosine", _set_files(ms), params, lambda: cosine_matrix(cached_task_vectors(ms), layer, tower=tower)
+        )
+
+    return memo(ms, f"cosine:{layer}" + ("" if tower is None else f":{tower}"), compute, "Cosine similarity")
 
 
 def merged_entry() -> tuple[str, dict] | None:
@@ -372,9 +411,10 @@ def source_label(which: str) -> str:
 
 
 def _resolve(ms, which: str) -> tuple[str, dict]:
-    """(cache name, state dict) for "base", a task name, "tv:<task>" or "merged"."""
+    """(cache name, state dict) for "base", a task name, "tv:<task>" or "merged". Checkpoints are opened
+    lazily (a tensor is read when accessed), so analysing one model of a big set never loads the others."""
     if which == "base":
-        return "base", ms.base()
+        return "base", _open(ms.base_path)
     if which == "merged":
         entry = merged_entry()
         if entry is None:
@@ -383,8 +423,26 @@ def _resolve(ms, which: str) -> tuple[str, dict]:
     if which.startswith("tv:"):
         return which, cached_task_vectors(ms)[which[3:]]
     if which in ms.tasks:
-        return f"ft:{which}", ms.finetuned(which)
+        return f"ft:{which}", _open(ms.finetuned_paths[which])
     raise KeyError(f"unknown model {which!r}; expected 'base', a task of {ms.tasks}, 'tv:<task>' or 'merged'")
+
+
+def _source_files(ms, which: str) -> list | None:
+    """The files a model's analysis depends on (None for the in-memory merged model: not cached on disk)."""
+    if which == "base":
+        return [ms.base_path]
+    if which.startswith("tv:"):
+        return [ms.base_path, ms.finetuned_paths[which[3:]]]
+    if which in ms.tasks:
+        return [ms.finetuned_paths[which]]
+    return None
+
+
+def _on_disk(ms, which: str, kind: str, params: dict, compute: Callable):
+    files = _source_files(ms, which)
+    if files is None:
+        return compute()
+    return analysis_cache().get_or_compute(kind, files, params, compute)
 
 
 def _drop_old_merged(store: dict, prefix: str, keep: str) -> None:
@@ -394,7 +452,8 @@ def _drop_old_merged(store: dict, prefix: str, keep: str) -> None:
 
 def cached_spectral_table(ms, which: str, tower: str | None = None):
     """`core.spectra.spectral_table` of one model ("base", a task, "tv:<task>", "merged") and one
-    tower, over the keys the fine-tuned checkpoints cover; computed once per model."""
+    tower, over the keys the fine-tuned checkpoints cover; computed once per model and kept on disk
+    (keyed by the files' fingerprints), so reopening the app reads it back."""
     from core.spectra import spectral_table
 
     name, sd = _resolve(ms, which)
@@ -403,16 +462,20 @@ def cached_spectral_table(ms, which: str, tower: str | None = None):
         _drop_old_merged(
             _store(ms_key(ms)), "spectra:merged:", f"spectra:{name}" + ("" if tower is None else f":{tower}")
         )
+    params = {"which": which, "tower": tower, "keys": _keys_param(keys)}
     return memo(
         ms,
         f"spectra:{name}" + ("" if tower is None else f":{tower}"),
-        lambda cb: spectral_table(sd, keys=keys, progress=cb, tower=tower),
+        lambda cb: _on_disk(
+            ms, which, "spectra", params, lambda: spectral_table(sd, keys=keys, progress=cb, tower=tower)
+        ),
         f"Spectra of {source_label(which)} (once per model)",
     )
 
 
 def cached_scopes(ms, which: str, tower: str | None = None):
-    """`core.scopes.weight_scopes` of one model and tower (same `which` as cached_spectral_table)."""
+    """`core.scopes.weight_scopes` of one model and tower (same `which` as cached_spectral_table), kept on disk."""
+    from core.analysis_cache import restrict
     from core.scopes import weight_scopes
 
     name, sd = _resolve(ms, which)
@@ -421,10 +484,11 @@ def cached_scopes(ms, which: str, tower: str | None = None):
         _drop_old_merged(
             _store(ms_key(ms)), "scopes:merged:", f"scopes:{name}" + ("" if tower is None else f":{tower}")
         )
+    params = {"which": which, "tower": tower, "keys": _keys_param(keys)}
     return memo(
         ms,
         f"scopes:{name}" + ("" if tower is None else f":{tower}"),
-        lambda cb: weight_scopes({k: sd[k] for k in keys}, tower=tower),
+        lambda cb: _on_disk(ms, which, "scopes", params, lambda: weight_scopes(restrict(sd, keys), tower=tower)),
         "Weight scopes",
     )
 

@@ -247,6 +247,9 @@ class LazyStateDict(Mapping):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key) -> bool:  # Mapping's default would read the tensor
+        return key in self._entries
+
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._entries[key]["shape"])
 

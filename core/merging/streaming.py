@@ -21,11 +21,38 @@ from dataclasses import dataclass
 
 import torch
 
+from ..analysis_cache import float_keys, tensor_dtype, tensor_shape
 from ..task_vectors import check_finite
 
 StateDict = Mapping[str, torch.Tensor]
 
 CHUNK = 1 << 20
+MMAP_THRESHOLD = 256 * 1024  # bytes: larger blocks get their own mapping, returned to the OS when freed
+
+_heap_bounded = False
+
+
+def bound_heap() -> bool:
+    """Make glibc serve blocks over MMAP_THRESHOLD from their own mappings, for the rest of the process.
+
+    Streaming passes allocate and free thousands of tensors of a few MB. glibc's default raises its
+    mmap threshold each time such a block is freed, after which same-sized blocks come from the heap,
+    where freed memory stays resident: measured, a TIES merge of 8 files then kept ~3 model sizes of
+    freed memory (RssAnon), against ~1 with a fixed threshold. Fixing the threshold (mallopt
+    M_MMAP_THRESHOLD, which also turns the dynamic adjustment off) keeps a stream's memory at what it
+    holds. Returns whether the setting applies (glibc only; elsewhere nothing changes).
+    """
+    global _heap_bounded
+    if _heap_bounded:
+        return True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        _heap_bounded = bool(libc.mallopt(-3, MMAP_THRESHOLD))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+    return _heap_bounded
 
 
 def as_compute(t: torch.Tensor) -> torch.Tensor:
@@ -64,16 +91,18 @@ class TaskVectors:
     ):
         if len(finetuned) == 0:
             raise ValueError("merging needs at least one fine-tuned checkpoint")
+        bound_heap()
         self.base = base
         self.finetuned = list(finetuned)
         self.names = list(names) if names is not None else [f"task{i}" for i in range(len(finetuned))]
         self.allow_nonfinite = allow_nonfinite
         self._checked: set[tuple[int, str]] = set()  # (source, key) already checked; -1 is the base
+        # Keys, shapes and dtypes come from the headers of lazy checkpoints: no tensor is read before the merge.
         first = self.finetuned[0]
-        self.keys = sorted(k for k in first.keys() if torch.is_floating_point(first[k]))
+        self.keys = sorted(float_keys(first))
         ref = set(self.keys)
         for name, sd in zip(self.names, self.finetuned):
-            ks = {k for k in sd.keys() if torch.is_floating_point(sd[k])}
+            ks = set(float_keys(sd)) if sd is not first else ref
             if ks != ref:
                 missing, extra = sorted(ref - ks)[:3], sorted(ks - ref)[:3]
                 raise ValueError(
@@ -84,12 +113,12 @@ class TaskVectors:
         for k in self.keys:
             if k not in base:
                 raise KeyError(f"parameter {k!r} of the fine-tuned checkpoints is not in the base checkpoint")
-            self.shapes[k] = base[k].shape
+            self.shapes[k] = tensor_shape(base, k)
         self.preprocess: Callable[[int, str, torch.Tensor], torch.Tensor] | None = None
         # Compute dtype: float32 (half-precision inputs are upcast), float64 when any input is float64,
         # so a float64 model set merges at the reference's own precision.
         k0 = self.keys[0] if self.keys else None
-        wide = k0 is not None and any(sd[k0].dtype == torch.float64 for sd in (base, *self.finetuned))
+        wide = k0 is not None and any(tensor_dtype(sd, k0) == torch.float64 for sd in (base, *self.finetuned))
         self.dtype = torch.float64 if wide else torch.float32
 
     def __len__(self) -> int:
