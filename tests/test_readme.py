@@ -115,3 +115,17 @@ def test_core_imports_from_a_folder_outside_the_repository(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == "True"
+
+
+def test_the_readme_spec_and_model_set_examples_parse(tmp_path):
+    """The JSON examples README shows are valid: the spec for eval/merge and the model-set layout."""
+    from core.spec import MergeSpec, RunConfig
+
+    blocks = re.findall(r"```json\n(.*?)```", README, re.S)
+    specs = [json.loads(b) for b in blocks if '"merge"' in b]
+    assert specs, "README shows no spec JSON for python -m core merge/eval"
+    for d in specs:
+        cfg = RunConfig.from_dict(d)
+        assert isinstance(cfg.merge, MergeSpec)
+    sets = [json.loads(b) for b in blocks if '"finetuned"' in b and '"tasks"' in b]
+    assert sets and all({"base", "finetuned", "tasks"} <= set(d) for d in sets)
