@@ -145,7 +145,15 @@ class LiveMerger:
 
     # -- plumbing -------------------------------------------------------------------------
     def _default_evaluator(self, es: EvalSpec) -> Evaluator:
-        return Evaluator.for_model_set(self.ms, split=es.split, subsample=es.subsample, bf16=es.bf16, seed=es.seed)
+        return Evaluator.for_model_set(
+            self.ms,
+            split=es.split,
+            subsample=es.subsample,
+            bf16=es.bf16,
+            seed=es.seed,
+            fp16=getattr(es, "fp16", False),
+            device=getattr(es, "device", "auto"),
+        )
 
     def evaluator(self, split: str | None = None) -> Evaluator:
         split = split or self.eval_spec.split
