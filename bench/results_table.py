@@ -30,7 +30,15 @@ METHODS = [
     ("Task arithmetic", "task_arithmetic", {}),
     ("TIES", "ties", {"k": 0.2}),
     ("Consensus (TA, k=2)", "consensus", {"k": 2}),
+    ("TSV-M", "tsv_m", {}),
+    ("Iso-C", "iso_c", {}),
+    ("Iso-CTS", "iso_cts", {}),
+    ("CART", "cart", {}),
+    ("Breadcrumbs", "breadcrumbs", {}),
+    ("MagMax", "magmax", {}),
+    ("PCB", "pcb", {}),
 ]
+WITH_LINES = {"task_arithmetic", "ties", "consensus"}  # LiNeS rows as in the paper's table
 
 
 def sweeps(ref: ModelSetRef, es: EvalSpec):
@@ -38,7 +46,8 @@ def sweeps(ref: ModelSetRef, es: EvalSpec):
     for label, method, params in METHODS:
         m = MergeSpec.make(method, params)
         yield label, SweepSpec.make(ref, m, default_grid(method, lines=False), es)
-        yield f"{label} + LiNeS", SweepSpec.make(ref, m, default_grid(method, lines=True), es)
+        if method in WITH_LINES:
+            yield f"{label} + LiNeS", SweepSpec.make(ref, m, default_grid(method, lines=True), es)
 
 
 def markdown(rows: list[dict]) -> str:

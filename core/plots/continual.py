@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.plots.style import figure, layout
+from core.plots.style import SEQUENTIAL, figure, layout
 
 RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f"]
 
@@ -34,7 +34,7 @@ def accuracy_heatmap(acc: pd.DataFrame, title: str = "Accuracy matrix A[i, j]") 
             y=list(acc.index),
             zmin=0,
             zmax=100,
-            colorscale="Viridis",
+            colorscale=SEQUENTIAL,
             text=_cells(z, "{:.0f}"),
             texttemplate="%{text}",
             colorbar=dict(title="%"),
@@ -90,7 +90,7 @@ def angle_heatmap(
             y=list(angles.index),
             zmin=0,
             zmax=90,
-            colorscale="Cividis",
+            colorscale=SEQUENTIAL,
             text=_cells(z, "{:.0f}°"),
             texttemplate="%{text}",
             colorbar=dict(title="degrees"),
@@ -128,7 +128,7 @@ def ntk_block_heatmap(blocks: pd.DataFrame, title: str = "Empirical NTK: RMS ent
             z=z,
             x=list(blocks.columns),
             y=list(blocks.index),
-            colorscale="Magma",
+            colorscale=SEQUENTIAL,
             text=_cells(z, "{:.3g}"),
             texttemplate="%{text}",
             colorbar=dict(title="RMS"),

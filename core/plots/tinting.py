@@ -12,6 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from core.plots.style import layout
+
 # One colour per method, the same on every figure.
 METHOD_COLOURS = {
     "zero-shot": "#9aa0a6",
@@ -22,17 +24,6 @@ METHOD_COLOURS = {
     "individual": "#1f77b4",
 }
 TINT_COLOURS = ["#2ca02c", "#17becf", "#9467bd", "#bcbd22", "#7f7f7f"]
-
-
-def _layout(fig: go.Figure, title: str, height: int = 340) -> go.Figure:
-    fig.update_layout(
-        title=title,
-        template="plotly_white",
-        height=height,
-        margin=dict(l=50, r=20, t=60, b=40),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0),
-    )
-    return fig
 
 
 def _need(df: pd.DataFrame, cols: set[str], who: str) -> None:
@@ -60,7 +51,7 @@ def training_curves(history: pd.DataFrame, title: str = "Training") -> go.Figure
         )
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(range=[0, 100], row=1, col=2)
-    return _layout(fig, title)
+    return layout(fig, title, height=340)
 
 
 def accuracy_curves(evals: pd.DataFrame, title: str = "Test accuracy per task (own tint)") -> go.Figure:
@@ -85,7 +76,7 @@ def accuracy_curves(evals: pd.DataFrame, title: str = "Test accuracy per task (o
             line=dict(color="black", dash="dash", width=3),
         )
     fig.update_layout(xaxis_title="step", yaxis=dict(title="accuracy (%)", range=[0, 100]))
-    return _layout(fig, title)
+    return layout(fig, title, height=340)
 
 
 def _colour(method: str, i: int) -> str:
@@ -108,7 +99,7 @@ def normalized_bars(table: pd.DataFrame, title: str = "Normalized accuracy (acc 
     )
     top = max(105.0, float(table["avg_norm"].max() * 100) + 8)
     fig.update_layout(yaxis=dict(title="normalized accuracy (%)", range=[0, top]), showlegend=False)
-    return _layout(fig, title)
+    return layout(fig, title, height=340, legend="none")
 
 
 def task_bars(table: pd.DataFrame, tasks: list[str], title: str = "Test accuracy per task") -> go.Figure:
@@ -123,7 +114,7 @@ def task_bars(table: pd.DataFrame, tasks: list[str], title: str = "Test accuracy
             hovertemplate="%{x}: %{y:.1f}%<extra>" + str(method) + "</extra>",
         )
     fig.update_layout(barmode="group", yaxis=dict(title="accuracy (%)", range=[0, 100]))
-    return _layout(fig, title, height=380)
+    return layout(fig, title, height=380)
 
 
 def lambda_heatmap(frame: pd.DataFrame, title: str = "Learned λ(layer, task)") -> go.Figure:
@@ -143,4 +134,4 @@ def lambda_heatmap(frame: pd.DataFrame, title: str = "Learned λ(layer, task)") 
         )
     )
     fig.update_yaxes(autorange="reversed")
-    return _layout(fig, title, height=height)
+    return layout(fig, title, height=height)

@@ -9,7 +9,7 @@ import torch
 
 
 @dataclass
-class TaskData:
+class ContinualTask:
     """Preprocessed images of one task: train (also the prototype images), test and NTK probe."""
 
     name: str
@@ -25,13 +25,13 @@ class TaskData:
 
 
 @functools.lru_cache(maxsize=32)
-def load_task(name: str, n_train: int, n_test: int, image_size: int = 32) -> TaskData:
+def load_task(name: str, n_train: int, n_test: int, image_size: int = 32) -> ContinualTask:
     """A demo task's train and test images, preprocessed once per process (cached)."""
     from core.models import preprocess
     from core.zoo import data as D
 
     xtr, ytr = D.load_split(name, "train", n=n_train)
     xte, yte = D.load_split(name, "test", n=n_test)
-    return TaskData(
+    return ContinualTask(
         name, list(D.get_task(name).classnames), preprocess(xtr, image_size), ytr, preprocess(xte, image_size), yte
     )
