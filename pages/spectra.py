@@ -33,10 +33,10 @@ tower = (
     else None
 )
 base_table = S.cached_spectral_table(ms, "base", tower)
-TABS = ["Summary", "α over depth", "One layer: ESD", "TempBalance learning rates", "Weight scopes"]
+TABS = ["Summary", "α over depth", "One layer: ESD", "TempBalance learning rates", "Weight scopes", "Merge spectra"]
 # on_change="rerun": only the open tab is computed and drawn. The first tab shows numbers only: a page whose
 # first view draws a chart makes a fresh browser tab load Plotly's 4.7 MB bundle first (bench/app.py).
-tab_summary, tab_depth, tab_layer, tab_lr, tab_scopes = st.tabs(TABS, key="spec_tab", on_change="rerun")
+tab_summary, tab_depth, tab_layer, tab_lr, tab_scopes, tab_merge = st.tabs(TABS, key="spec_tab", on_change="rerun")
 DEFAULT_MODELS = ["base", *ms.tasks[:2]] + (["merged"] if "merged" in models else [])
 
 
@@ -140,8 +140,77 @@ def scopes_view() -> None:
     st.plotly_chart(P.weight_scopes_figure(scopes, relative_to=ref), key="spec_scopes")
 
 
+SVD_METHODS = ["tsv_m", "iso_c", "iso_cts", "cart", "task_arithmetic"]
+
+
+def merge_spectra_view() -> None:
+    """What a merge does to each matrix's singular spectrum, and how much the tasks' subspaces overlap
+    (the interference TSV-M removes): why the SVD methods beat task arithmetic, layer by layer."""
+    from core.merge_spectra import (
+        interference_matrix,
+        interference_profile,
+        interference_table,
+        matrix_keys,
+        rank_table,
+        singular_values_table,
+    )
+    from core.merging import merged_direction
+    from core.plots import merge_spectra as MP
+
+    st.markdown(
+        "Singular values of each task's τ and of the merged τ for one matrix (Iso flattens the merged spectrum, "
+        "TSV-M keeps each task's top 1/T), the overlap of the tasks' top singular subspaces (0: orthogonal, "
+        "no interference; 1: the same directions) per block, and how much of each τ's energy a rank-k cut keeps."
+    )
+    tv = S.cached_task_vectors(ms)
+    keys = [k for k in matrix_keys(tv) if (tower is None or k.startswith("visual.") == (tower == "visual"))]
+    if not keys:
+        st.info("No matrices shared by the fine-tuned models in this tower.")
+        return
+    c1, c2, c3 = st.columns([2, 3, 2])
+    method = c1.selectbox("Merge method", SVD_METHODS, key="spec_ms_method")
+    key = c2.selectbox("Matrix", keys, index=min(len(keys) - 1, len(keys) // 2), key="spec_ms_key")
+    frac = c3.slider(
+        "sv_reduction (rank kept per task)", 0.05, 1.0, round(1 / max(1, len(ms.tasks)), 2), 0.05, key="spec_ms_frac"
+    )
+    direction = S.memo(
+        ms,
+        f"merge-dir:{method}",
+        lambda cb: merged_direction(ms.base(), ms.finetuned_all(), method),
+        f"Merging with {method}",
+    )
+    sv = singular_values_table(tv, key, merged=direction.vector, merged_scale=direction.scale)
+    st.plotly_chart(MP.singular_values_figure(sv), key="spec_ms_sv")
+    inter = S.memo(
+        ms,
+        f"interference:{frac}:{tower}",
+        lambda cb: interference_table(tv, sv_reduction=frac, keys=keys),
+        "Singular subspaces of every task's matrices",
+    )
+    layer = int(sv["layer"].iloc[0])
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(
+            MP.interference_heatmap(interference_matrix(inter, layer=layer), f"Subspace overlap, block {layer}"),
+            key="spec_ms_heat",
+        )
+    with right:
+        st.plotly_chart(MP.interference_profile_figure(interference_profile(inter)), key="spec_ms_profile")
+    ranks = S.memo(ms, f"ranks:{frac}:{tower}", lambda cb: rank_table(tv, sv_reduction=frac), "Effective ranks")
+    ranks = ranks[ranks["key"].isin(keys)]
+    summary = ranks.groupby("task")[["effective_rank", "energy_kept"]].mean()
+    st.markdown(
+        f"**Per task, mean over the matrices:** effective rank, and the energy a rank-k cut keeps at sv_reduction {frac:g}"
+    )
+    st.dataframe(summary.style.format("{:.3f}"), key="spec_ms_ranks")
+    d1, d2, d3 = st.columns(3)
+    d1.download_button("Singular values (CSV)", sv.to_csv(index=False), "singular_values.csv", key="spec_ms_csv1")
+    d2.download_button("Interference (CSV)", inter.to_csv(index=False), "interference.csv", key="spec_ms_csv2")
+    d3.download_button("Ranks and energy (CSV)", ranks.to_csv(index=False), "ranks.csv", key="spec_ms_csv3")
+
+
 VIEWS = [(tab_summary, summary_view), (tab_depth, depth_view), (tab_layer, layer_view), (tab_lr, lr_view)]
-for tab, view in [*VIEWS, (tab_scopes, scopes_view)]:
+for tab, view in [*VIEWS, (tab_scopes, scopes_view), (tab_merge, merge_spectra_view)]:
     if tab.open:
         with tab:
             view()

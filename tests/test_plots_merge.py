@@ -66,3 +66,26 @@ def test_block_scale_curve_names_the_tower():
     fig = block_scale_curve({"LiNeS": lines_curve(0.2, 0.8, 3)}, tower="text")
     assert fig.layout.xaxis.title.text == "block ℓ of the text tower"
     assert block_scale_curve({"LiNeS": [1.0]}).layout.xaxis.title.text == "block ℓ"
+
+
+def test_merge_spectra_figures_draw_every_source_and_the_overlap():
+    import pandas as pd
+
+    from core.plots.merge_spectra import interference_heatmap, interference_profile_figure, singular_values_figure
+
+    sv = pd.DataFrame(
+        [
+            {"key": "k", "source": s, "index": i, "singular_value": v}
+            for s in ("a", "b", "merged")
+            for i, v in ((1, 2.0), (2, 0.5))
+        ]
+    )
+    fig = singular_values_figure(sv)
+    assert [t.name for t in fig.data] == ["a", "b", "merged"] and fig.layout.yaxis.type == "log"
+    m = pd.DataFrame([[1.0, 0.2], [0.2, 1.0]], index=["a", "b"], columns=["a", "b"])
+    heat = interference_heatmap(m)
+    assert heat.data[0].zmax == 1 and heat.data[0].text[0][1] == "0.20"
+    prof = interference_profile_figure(
+        pd.DataFrame({"layer": [-1, 0, 1], "mean": [0.1, 0.2, 0.3], "max": [0.2, 0.4, 0.5]})
+    )
+    assert list(prof.data[0].x) == ["outside", "0", "1"]
