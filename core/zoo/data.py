@@ -1,8 +1,10 @@
 """The demo tasks: offline image classification, generated deterministically.
 
-Eight tasks ask different questions about scenes from one generator
+Thirteen tasks ask different questions about scenes from one generator
 (`core.zoo.scenes`): which shape, which colour, which digit, which letter, how
-many objects, where, which arrow direction, which fill pattern. A `TaskSpec`
+many objects, where, which arrow direction, which fill pattern. Five style-shifted
+tasks (`core.zoo.styles`) ask the same kinds of question about looks pretraining
+never showed; `DEMO_TASKS` are the eight the demo zoo fine-tunes. A `TaskSpec`
 holds a task's class names and prompt templates (for the zero-shot head);
 `load_split` returns its images and labels.
 
