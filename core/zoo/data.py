@@ -1,8 +1,10 @@
 """The demo tasks: offline image classification, generated deterministically.
 
-Eight tasks ask different questions about scenes from one generator
+Thirteen tasks ask different questions about scenes from one generator
 (`core.zoo.scenes`): which shape, which colour, which digit, which letter, how
-many objects, where, which arrow direction, which fill pattern. A `TaskSpec`
+many objects, where, which arrow direction, which fill pattern. Five style-shifted
+tasks (`core.zoo.styles`) ask the same kinds of question about looks pretraining
+never showed; `DEMO_TASKS` are the eight the demo zoo fine-tunes. A `TaskSpec`
 holds a task's class names and prompt templates (for the zero-shot head);
 `load_split` returns its images and labels.
 
@@ -31,6 +33,7 @@ from .scenes import (
     SHAPES,
     SPLITS,
     make_scene,
+    make_styled_scene,
     render,
 )
 
@@ -117,9 +120,57 @@ _TASKS: dict[str, TaskSpec] = {
             "Fill of the main shape: solid, striped, dotted or outlined.",
             "pattern",
         ),
+        # Style-shifted tasks (core.zoo.styles): classes pretraining's captions name, drawn in a look it never showed.
+        TaskSpec(
+            "digits_typed",
+            [str(i) for i in range(10)],
+            ["a photo of the digit {c}.", "the number {c}.", "a printed {c}.", "the digit {c}."],
+            "Which digit, typeset in faces pretraining never saw (Computer Modern, STIX); textured backgrounds.",
+            "digit",
+        ),
+        TaskSpec(
+            "letters_novel",
+            LETTERS,
+            ["a photo of the letter {c}.", "the letter {c}.", "a {c} glyph.", "the character {c}."],
+            "Which letter, in faces pretraining never saw, hollow half the time; textured backgrounds.",
+            "letter",
+        ),
+        TaskSpec(
+            "shapes_textured",
+            SHAPES,
+            ["a photo of a {c}.", "a {c}.", "a drawing of a {c}.", "a {c} shape."],
+            "Which shape, filled with textures pretraining never saw (checker, grid, rings, speckle).",
+            "shape",
+        ),
+        TaskSpec(
+            "arrows_line",
+            DIRECTIONS,
+            ["an arrow pointing {c}.", "a photo of an arrow pointing {c}.", "the arrow points {c}.", "{c} arrow."],
+            "Direction of a thin line arrow (pretraining drew block arrows only).",
+            "direction",
+        ),
+        TaskSpec(
+            "counts_mixed",
+            COUNTS,
+            ["a photo of {c} objects.", "{c} shapes.", "there are {c} things.", "a picture of {c} items."],
+            "How many small objects (1-5), each of its own shape and colour (pretraining's groups were uniform).",
+            "count",
+        ),
     ]
 }
 TASK_NAMES: list[str] = list(_TASKS)
+STYLED_TASKS: tuple[str, ...] = ("digits_typed", "letters_novel", "shapes_textured", "arrows_line", "counts_mixed")
+# The demo zoo's tasks: the three the base solves zero-shot (colors, position, arrows) replaced by style-shifted ones.
+DEMO_TASKS: tuple[str, ...] = (
+    "shapes",
+    "digits",
+    "letters",
+    "counts",
+    "patterns",
+    "digits_typed",
+    "letters_novel",
+    "shapes_textured",
+)
 
 
 def get_task(name: str) -> TaskSpec:
@@ -141,11 +192,20 @@ _TASK_KIND = {
     "arrows": "arrow",
     "patterns": "shape",
 }
+_TASK_STYLE = {  # keys: STYLED_TASKS
+    "digits_typed": "typed_digit",
+    "letters_novel": "novel_letter",
+    "shapes_textured": "textured_shape",
+    "arrows_line": "line_arrow",
+    "counts_mixed": "mixed_count",
+}
 
 
 def sample_task_scene(task: str, label: int, rng: np.random.Generator, split: str) -> dict:
     """A scene of demo task `task` whose answer is class `label`."""
     spec = get_task(task)
+    if task in _TASK_STYLE:
+        return make_styled_scene(rng, split, _TASK_STYLE[task], **{spec.attribute: label})
     kind = _TASK_KIND[task]
     if kind is None:
         kind = ["shape", "digit", "letter", "arrow"][int(rng.integers(4))]

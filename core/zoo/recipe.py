@@ -14,8 +14,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from . import scenes
-from .data import TASK_NAMES
+from . import scenes, styles
+from .data import DEMO_TASKS, STYLED_TASKS, TASK_NAMES
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,10 @@ class Recipe:
         for k, v in HASH_OMITS_DEFAULT.items():  # fields added later: at their default, old hashes hold
             if d[k] == v:
                 d.pop(k)
-        return _hash(d | {"generator": generator_signature()})
+        extra = {"generator": generator_signature()}
+        if any(t in STYLED_TASKS for t in self.tasks):  # the style-shifted looks (core.zoo.styles)
+            extra["styles"] = styles.STYLE_VERSION
+        return _hash(d | extra)
 
 
 # Recipe fields added after the first builds: left out of the hashes while at these defaults.
@@ -98,7 +101,7 @@ def _hash(d: dict) -> str:
 
 
 RECIPES: dict[str, Recipe] = {
-    "demo": Recipe(kind="demo", arch="mergescope-zoo", tasks=tuple(TASK_NAMES)),
+    "demo": Recipe(kind="demo", arch="mergescope-zoo", tasks=DEMO_TASKS),
     # Plumbing only: a few gentle pretraining steps keep the random text tower's class
     # embeddings apart (longer short runs collapse them first), then quick fine-tunes.
     "micro": Recipe(

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from . import styles
+
 IMAGE_SIZE = 32
 _MASK = 48  # resolution of the object masks before scaling
 
@@ -216,6 +218,16 @@ def _arrow_mask() -> np.ndarray:  # pointing right; rotated at render time
 
 
 def _object_mask(obj: dict) -> np.ndarray:
+    if "glyph" in obj:  # style-shifted tasks only (core.zoo.styles): typeset in a novel face
+        m = styles.glyph_mask(obj["glyph"], obj["font"], _MASK, obj.get("stroke", 0))
+    elif obj.get("line"):
+        m = styles.line_arrow_mask(_MASK)
+    else:
+        m = _plain_mask(obj)
+    return m * styles.texture(obj["texture"], _MASK) if "texture" in obj else m
+
+
+def _plain_mask(obj: dict) -> np.ndarray:
     kind = obj["kind"]
     if kind == "shape":
         return _patterned(obj["shape"], obj.get("pattern", 0))
@@ -243,6 +255,9 @@ def render(scene: dict) -> np.ndarray:
     lin = np.linspace(-1, 1, S, dtype=np.float32)
     canvas = bg + lin[None, :, None] * grad[0] + lin[:, None, None] * grad[1]
     canvas += rng.standard_normal((S, S, 3), dtype=np.float32) * scene.get("bg_noise", 12.0)
+    if "bg_texture" in scene:  # style-shifted tasks only: (texture index, seed, amplitude)
+        kind, seed, amp = scene["bg_texture"]
+        canvas += styles.background_texture(kind, seed, S) * amp
     for obj in scene["objects"]:
         m = _object_mask(obj)
         size = max(2, int(round(obj["size"])))
@@ -371,3 +386,54 @@ def make_scene(
         "bg": _background(rng, [o["colour"] for o in objects]),
         "noise_seed": noise_seed,
     }
+
+
+# ---------------------------------------------------------------------------
+# Style-shifted scenes: what pretraining's captions name, in a look it never showed.
+# Style -> the scene kind it redraws.
+STYLE_KIND = {
+    "typed_digit": "digit",
+    "novel_letter": "letter",
+    "textured_shape": "shape",
+    "line_arrow": "arrow",
+    "mixed_count": "group",
+}
+
+
+def make_styled_scene(rng: np.random.Generator, split: str, style: str, bg_prob: float = 0.5, **attrs) -> dict:
+    """A `make_scene` scene redrawn in a look pretraining never used (`styles`); same attrs and labels.
+
+    typed_digit: the digit typeset in a novel face; novel_letter: the letter in a novel face, hollow half
+    the time; textured_shape: a shape filled with a novel texture; line_arrow: a thin line arrow;
+    mixed_count: each counted object gets its own shape and colour. With probability `bg_prob` the
+    background gets a texture (stripes, checker or blobs) of amplitude 15-30.
+    """
+    if style not in STYLE_KIND:
+        raise ValueError(f"unknown style {style!r}; styles are {list(STYLE_KIND)}")
+    if style == "textured_shape":
+        attrs.setdefault("pattern", 0)
+    scene = make_scene(rng, split, STYLE_KIND[style], **attrs)
+    main = scene["objects"][0]
+    if style == "typed_digit":
+        main.update(glyph=str(main["digit"]), font=int(rng.integers(len(styles.NOVEL_FONT_FILES))))
+    elif style == "novel_letter":
+        stroke = 3 if rng.random() < 0.5 else 0
+        main.update(glyph=LETTERS[main["letter"]], font=int(rng.integers(len(styles.NOVEL_FONT_FILES))), stroke=stroke)
+    elif style == "textured_shape":
+        main["texture"] = int(rng.integers(len(styles.TEXTURES)))
+    elif style == "line_arrow":
+        main["line"] = True
+    elif style == "mixed_count":
+        for obj in scene["objects"]:
+            obj["shape"] = int(rng.integers(len(SHAPES)))
+            obj["colour"] = int(rng.integers(len(COLOURS)))
+            obj["rgb"] = _jitter_colour(rng, obj["colour"])
+        scene["bg"] = _background(rng, [o["colour"] for o in scene["objects"]])
+    if rng.random() < bg_prob:
+        scene["bg_texture"] = (
+            int(rng.integers(len(styles.BG_TEXTURES))),
+            int(rng.integers(2**31)),
+            float(rng.uniform(15, 30)),
+        )
+    scene["style"] = style
+    return scene

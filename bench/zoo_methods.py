@@ -1,0 +1,228 @@
+"""Does the demo zoo separate the merge methods? One row of docs/methods/zoo.md's "what was tried" table.
+
+    python bench/zoo_methods.py --cache DIR [--n-test 2000] [--n-val 500] [--label NAME]
+
+On a built demo zoo (in DIR, e.g. a MERGESCOPE_CACHE of one experiment) it reports, on fresh draws of
+`--n-test` test images per task (hyperparameters chosen on `--n-val` val images per task, average
+normalized accuracy, `core.select.normalized_accuracy`):
+
+- zero-shot, fine-tuned (each model on its own task), task arithmetic (lambda on val), TA + LiNeS
+  (multi-task alpha rule, beta on val), and a TSV-M *prototype* (see `tsv_merge`, alpha on val);
+- paired standard errors of the differences that the goals are about (same images for both methods);
+- the relative task-vector norm per visual block, ||tau|| / ||theta_0||.
+
+Results are printed and stored as JSON (``--out``, default ``<DIR>/methods.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.evaluate import Evaluator  # noqa: E402
+from core.merging import apply_direction, merged_direction  # noqa: E402
+from core.task_vectors import task_vector  # noqa: E402
+from core.zoo import load_model_set, manifest  # noqa: E402
+from core.zoo.data import get_task, load_split  # noqa: E402
+
+LAMBDAS = [round(0.1 * i, 1) for i in range(1, 11)]
+BETAS = [round(0.1 * i, 1) for i in range(0, 11)]
+TSV_ALPHAS = [0.5, 0.75, 1.0, 1.25, 1.5, 2.0]
+
+
+def tsv_merge(tvs: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """TSV-M prototype (a bench-local sketch, not the library's method): per weight matrix, each task's
+    top k = rank/T singular triplets are stacked, the stacked U and V are replaced by their nearest
+    orthogonal matrices (polar factor, via SVD), and the merged update is U_perp diag(S) V_perpᵀ.
+    Tensors that are not matrices (biases, norms, embeddings of one dimension) are averaged. Follows
+    `compute_and_sum_svd_mem_reduction` in AntoAndGar/task_singular_vectors (its alpha multiplies the
+    result, chosen here on val). 4-D conv weights are flattened to (out, in·kh·kw)."""
+    tasks = list(tvs)
+    T = len(tasks)
+    out = {}
+    for key in tvs[tasks[0]]:
+        mats = [tvs[t][key] for t in tasks]
+        if mats[0].ndim < 2 or key.endswith("positional_embedding"):
+            out[key] = torch.stack(mats).mean(0)
+            continue
+        shape = mats[0].shape
+        mats = [m.reshape(shape[0], -1).double() for m in mats]
+        k = max(1, min(mats[0].shape) // T)
+        us, ss, vs = [], [], []
+        for m in mats:
+            u, s, vh = torch.linalg.svd(m, full_matrices=False)
+            us.append(u[:, :k])
+            ss.append(s[:k])
+            vs.append(vh[:k].T)
+        U, S, V = torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 1)
+        pu, _, qu = torch.linalg.svd(U, full_matrices=False)
+        pv, _, qv = torch.linalg.svd(V, full_matrices=False)
+        out[key] = ((pu @ qu) @ torch.diag(S) @ (pv @ qv).T).reshape(shape).float()
+    return out
+
+
+def _correct(ev: Evaluator, sd) -> dict[str, np.ndarray]:
+    return {t: (lg.argmax(1) == ev.tasks[t].labels).numpy() for t, lg in ev.logits(sd).items()}
+
+
+def _norm_acc(c: dict[str, np.ndarray], ft: dict[str, float]) -> float:
+    return float(np.mean([c[t].mean() / ft[t] for t in c]))
+
+
+def _abs(c: dict[str, np.ndarray]) -> float:
+    return float(np.mean([c[t].mean() for t in c]))
+
+
+def paired_se(a: dict[str, np.ndarray], b: dict[str, np.ndarray], ft: dict[str, float] | None = None) -> float:
+    """Standard error of the difference of task-averaged accuracies of two methods on the same images
+    (normalized by the fine-tuned accuracies when `ft` is given)."""
+    var = 0.0
+    for t in a:
+        d = a[t].astype(float) - b[t].astype(float)
+        if ft:
+            d = d / ft[t]
+        var += d.var(ddof=1) / len(d)
+    return float(np.sqrt(var) / len(a))
+
+
+def _evaluator(ms, split: str, n: int) -> Evaluator:
+    tasks = {}
+    for t in ms.eval_tasks:
+        x, y = load_split(t, split, n=n)
+        tasks[t] = (x, y, get_task(t))
+    return Evaluator(ms.base(), tasks)
+
+
+def run(cache: str, n_val: int, n_test: int) -> dict:
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_flush_denormal(True)
+    ms = load_model_set("demo", cache)
+    tasks = ms.tasks
+    base = {k: v for k, v in ms.base().items() if k.startswith("visual.")}
+    fts = ms.finetuned_all()
+    tvs = {t: task_vector(base, fts[t]) for t in tasks}
+    val, test = _evaluator(ms, "val", n_val), _evaluator(ms, "test", n_test)
+
+    def both(sd):
+        return _correct(val, sd), _correct(test, sd)
+
+    zs_v, zs_t = both(None)
+    ft_v = {t: float(_correct(val, fts[t])[t].mean()) for t in tasks}
+    ft_c = {}
+    for t in tasks:
+        ft_c[t] = test.logits(fts[t], [t])[t].argmax(1).eq(test.tasks[t].labels).numpy()
+    ft_t = {t: float(ft_c[t].mean()) for t in tasks}
+
+    def pick(grid, make):
+        curve = {g: _norm_acc(_correct(val, make(g)), ft_v) for g in grid}
+        best = max(curve, key=curve.get)
+        return best, curve, _correct(test, make(best))
+
+    direction = merged_direction(base, fts, "task_arithmetic", coefficients=1.0)
+    lam, ta_curve, ta = pick(LAMBDAS, lambda g: apply_direction(base, direction, scale=g))
+    beta, li_curve, li = pick(BETAS, lambda g: apply_direction(base, direction, lines=("auto", g)))
+    tsv_tau = tsv_merge(tvs)
+    alpha, tsv_curve, tsv = pick(TSV_ALPHAS, lambda g: {k: base[k] + g * v for k, v in tsv_tau.items()})
+
+    blocks = 1 + max(int(k.split("resblocks.")[1].split(".")[0]) for k in base if "resblocks." in k)
+
+    def block_norm(sd, i):
+        return sum(float(v.norm() ** 2) for k, v in sd.items() if f"resblocks.{i}." in k) ** 0.5
+
+    rel = [float(np.mean([block_norm(tvs[t], i) / block_norm(base, i) for t in tasks])) for i in range(blocks)]
+    row = {
+        "tasks": tasks,
+        "n_val": n_val,
+        "n_test": n_test,
+        "recipe_hash": manifest("demo", cache)["recipe_hash"],
+        "per_task": {
+            t: {
+                "zero_shot": float(zs_t[t].mean()),
+                "finetuned": ft_t[t],
+                "ta": float(ta[t].mean()),
+                "ta_lines": float(li[t].mean()),
+                "tsv_m": float(tsv[t].mean()),
+            }
+            for t in tasks
+        },
+        "abs": {
+            "zero_shot": _abs(zs_t),
+            "finetuned": float(np.mean(list(ft_t.values()))),
+            "ta": _abs(ta),
+            "ta_lines": _abs(li),
+            "tsv_m": _abs(tsv),
+        },
+        "normalized": {
+            "zero_shot": _norm_acc(zs_t, ft_t),
+            "ta": _norm_acc(ta, ft_t),
+            "ta_lines": _norm_acc(li, ft_t),
+            "tsv_m": _norm_acc(tsv, ft_t),
+        },
+        "chosen": {"ta_lambda": lam, "lines_beta": beta, "lines_alpha": direction.auto_alpha(), "tsv_alpha": alpha},
+        "val_curves": {"ta": ta_curve, "lines": li_curve, "tsv": tsv_curve},
+        "paired_se": {
+            "ft_minus_zs": paired_se(ft_c, zs_t),
+            "ta_minus_zs": paired_se(ta, zs_t),
+            "tsv_minus_ta": paired_se(tsv, ta),
+            "lines_minus_ta_normalized": paired_se(li, ta, ft_t),
+            "tsv_minus_ta_normalized": paired_se(tsv, ta, ft_t),
+        },
+        "relative_tv_norm_per_block": rel,
+    }
+    return row
+
+
+def report(r: dict) -> None:
+    a, n, se = r["abs"], r["normalized"], r["paired_se"]
+    print(f"tasks {r['tasks']}  ({r['n_test']} test / {r['n_val']} val images per task)")
+    print(f"{'task':<16} {'ZS':>6} {'FT':>6} {'TA':>6} {'LiNeS':>6} {'TSV-M':>6}")
+    for t, row in r["per_task"].items():
+        print(f"{t:<16} " + " ".join(f"{row[k]:6.3f}" for k in ("zero_shot", "finetuned", "ta", "ta_lines", "tsv_m")))
+    print(f"{'mean':<16} " + " ".join(f"{a[k]:6.3f}" for k in ("zero_shot", "finetuned", "ta", "ta_lines", "tsv_m")))
+    print(f"normalized: ZS {n['zero_shot']:.3f} TA {n['ta']:.3f} TA+LiNeS {n['ta_lines']:.3f} TSV-M {n['tsv_m']:.3f}")
+    c = r["chosen"]
+    print(
+        f"chosen on val: TA lambda {c['ta_lambda']}, LiNeS beta {c['lines_beta']} (alpha {c['lines_alpha']:.3f}), "
+        f"TSV-M alpha {c['tsv_alpha']}"
+    )
+    print(
+        f"FT-ZS {100 * (a['finetuned'] - a['zero_shot']):+.1f} ± {100 * se['ft_minus_zs']:.1f} pts; "
+        f"TA-ZS {100 * (a['ta'] - a['zero_shot']):+.1f} ± {100 * se['ta_minus_zs']:.1f}; "
+        f"TSV-M-TA {100 * (a['tsv_m'] - a['ta']):+.1f} ± {100 * se['tsv_minus_ta']:.1f} (abs), "
+        f"{100 * (n['tsv_m'] - n['ta']):+.1f} ± {100 * se['tsv_minus_ta_normalized']:.1f} (norm); "
+        f"LiNeS-TA {100 * (n['ta_lines'] - n['ta']):+.1f} ± {100 * se['lines_minus_ta_normalized']:.1f} (norm)"
+    )
+    print("||tau||/||theta0|| per block:", " ".join(f"{x:.4f}" for x in r["relative_tv_norm_per_block"]))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", default=None, help="cache holding zoo-demo (default $MERGESCOPE_CACHE)")
+    ap.add_argument("--n-val", type=int, default=500)
+    ap.add_argument("--n-test", type=int, default=2000)
+    ap.add_argument("--out", default=None, help="JSON output (default <cache>/zoo-demo/methods.json)")
+    args = ap.parse_args(argv)
+    if args.n_val < 2 or args.n_test < 2:
+        raise SystemExit("--n-val and --n-test need at least 2 images per task")
+    t0 = time.perf_counter()
+    r = run(args.cache, args.n_val, args.n_test)
+    r["seconds"] = round(time.perf_counter() - t0, 1)
+    r["load_avg"] = os.getloadavg()
+    report(r)
+    out = Path(args.out) if args.out else Path(load_model_set("demo", args.cache).zoo_dir) / "methods.json"
+    out.write_text(json.dumps(r, indent=2, default=float) + "\n")
+    print(f"({r['seconds']}s; stored in {out})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
