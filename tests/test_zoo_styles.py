@@ -16,13 +16,15 @@ def _digest(x) -> str:
     return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
 
 
-def test_styled_tasks_are_registered_and_the_demo_uses_them():
+def test_styled_tasks_are_registered_and_the_styled_suite_uses_them():
     assert set(STYLED) <= set(D.TASK_NAMES)
-    assert set(D.DEMO_TASKS) <= set(D.TASK_NAMES) and len(D.DEMO_TASKS) == 8
-    assert R.RECIPES["demo"].tasks == D.DEMO_TASKS
-    # the tasks the base solves zero-shot are out of the demo, but still available
-    assert not {"colors", "position", "arrows"} & set(D.DEMO_TASKS)
+    assert set(D.STYLED_DEMO_TASKS) <= set(D.TASK_NAMES) and len(D.STYLED_DEMO_TASKS) == 8
+    assert R.RECIPES["demo"].tasks == D.DEMO_TASKS and len(D.DEMO_TASKS) == 8
+    # the styled suite drops the tasks the base solves zero-shot (still available), and builds with --set
+    assert not {"colors", "position", "arrows"} & set(D.STYLED_DEMO_TASKS)
     assert {"colors", "position", "arrows"} <= set(D.TASK_NAMES)
+    styled = R.recipe_for("demo", {"tasks": ",".join(D.STYLED_DEMO_TASKS)})
+    assert styled.tasks == D.STYLED_DEMO_TASKS and styled.hash() != R.RECIPES["demo"].hash()
 
 
 @pytest.mark.parametrize("name", STYLED)
@@ -97,8 +99,10 @@ def test_bad_style_inputs_name_the_problem():
 
 
 def test_style_version_is_in_the_hash_of_styled_recipes_only(monkeypatch):
+    styled = R.recipe_for("demo", {"tasks": ",".join(D.STYLED_DEMO_TASKS)})
     demo, micro = R.RECIPES["demo"], R.RECIPES["micro"]
-    h, ph, mh = demo.hash(), demo.pretrain_hash(), micro.hash()
+    h, ph, mh, dh = styled.hash(), styled.pretrain_hash(), micro.hash(), demo.hash()
     monkeypatch.setattr(ST, "STYLE_VERSION", ST.STYLE_VERSION + 1)
-    assert demo.hash() != h  # a zoo with the older looks is rebuilt
-    assert demo.pretrain_hash() == ph and micro.hash() == mh  # the base and the micro zoo are not affected
+    assert styled.hash() != h  # a zoo with the older looks is rebuilt
+    assert styled.pretrain_hash() == ph and micro.hash() == mh  # the base and the micro zoo are not affected
+    assert demo.hash() == dh  # nor the default demo zoo, which has no styled task
