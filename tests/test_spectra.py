@@ -305,3 +305,22 @@ def test_spectral_table_of_full_clip_is_per_tower():
     assert len(text) == full_clip.TEXT_LAYERS * 6 + 1  # q, k, v, out, c_fc, c_proj per block + text_projection
     with pytest.raises(ValueError, match="no text tower"):
         spectral_table(visual, tower="text")
+
+
+# ---------------------------------------------------------------------- devices
+
+
+def test_device_auto_is_the_cpu_without_a_gpu_and_forcing_cuda_without_one_is_an_error():
+    from core.spectra import resolve_device
+
+    rng = np.random.default_rng(3)
+    weights = [rng.standard_normal((12, 9)).astype(np.float32), rng.standard_normal((4, 3, 2, 2))]
+    cpu = esd_many(weights, device="cpu")
+    assert all(np.array_equal(a, b) for a, b in zip(cpu, esd_many(weights, device="cpu", workers=1)))
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type == "cpu" and resolve_device(None).type == "cpu"
+        assert all(np.array_equal(a, b) for a, b in zip(cpu, esd_many(weights)))
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            esd_many(weights, device="cuda")
+    with pytest.raises(ValueError, match="unsupported device"):
+        resolve_device("meta")
