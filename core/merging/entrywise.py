@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from . import streaming
 from .direction import MergedDirection, global_scale, l1, total
 from .kselect import kth_smallest
 from .registry import Param, merge_method
@@ -135,7 +136,8 @@ def pcb(tvs: TaskVectors, pcb_ratio: float = 0.1, coefficients: float = 1.2) -> 
     if d == 0:
         return MergedDirection({}, scale, 0.0, n)
     lo_i, hi_i = int(d * PCB_CLAMP), int(d * (1 - PCB_CLAMP) - 1)
-    q = kth_smallest(lambda: (ch.tvs.abs() for ch in tvs.chunks()), [[lo_i + 1, hi_i + 1]] * n)
+    size = max(1, streaming.CHUNK // 4)  # PCB holds a dozen [T, width] temporaries per chunk
+    q = kth_smallest(lambda: (ch.tvs.abs() for ch in tvs.chunks(size=size)), [[lo_i + 1, hi_i + 1]] * n)
     lo = torch.tensor([v[0] for v in q], dtype=tvs.dtype).unsqueeze(1)
     hi = torch.tensor([v[1] for v in q], dtype=tvs.dtype).unsqueeze(1)
 
@@ -149,7 +151,7 @@ def pcb(tvs: TaskVectors, pcb_ratio: float = 0.1, coefficients: float = 1.2) -> 
     top = torch.full((n,), -float("inf"), dtype=tvs.dtype)
 
     def scores():
-        for ch in tvs.chunks():
+        for ch in tvs.chunks(size=size):
             b = balance(ch.tvs)[1]
             torch.maximum(top, b.max(dim=1).values, out=top)
             yield b
@@ -157,7 +159,7 @@ def pcb(tvs: TaskVectors, pcb_ratio: float = 0.1, coefficients: float = 1.2) -> 
     c_i = int(d * (1 - r))
     cut = torch.tensor([v[0] for v in kth_smallest(scores, [[c_i + 1]] * n)], dtype=tvs.dtype).unsqueeze(1)
     w, summed, merged, kept = FlatWriter(tvs.shapes, tvs.dtype), 0.0, 0.0, 0
-    for ch in tvs.chunks():
+    for ch in tvs.chunks(size=size):
         clamped, b = balance(ch.tvs)
         sc = min_max(torch.maximum(b, cut), cut, top.unsqueeze(1))
         kept += int((sc > 0).sum())

@@ -9,6 +9,7 @@ for any streamed [N, d] matrix of signed values (PCB's quantiles).
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
@@ -103,7 +104,7 @@ def kth_smallest(batches: Callable[[], Iterable[torch.Tensor]], ranks: Sequence[
         raise ValueError(f"got ranks for {len(ranks)} rows of a {n}-row matrix")
     if first.dtype != torch.float32:
         rows: list[list[torch.Tensor]] = [[] for _ in range(n)]
-        for blk in (first, *it):
+        for blk in itertools.chain([first], it):  # one block at a time
             for t in range(n):
                 rows[t].append(blk[t].clone())
         cat = [torch.cat(r) for r in rows]
@@ -111,7 +112,7 @@ def kth_smallest(batches: Callable[[], Iterable[torch.Tensor]], ranks: Sequence[
     nbins = 1 << 16
     hist = torch.zeros(n, nbins, dtype=torch.int64)
     d = 0
-    for blk in (first, *it):
+    for blk in itertools.chain([first], it):  # one block at a time
         high = order_key_high(blk.contiguous())
         d += blk.shape[1]
         for t in range(n):
