@@ -102,6 +102,8 @@ def test_lines_slider_updates_the_numbers_in_the_browser(served_app):
             slider.focus()
             page.keyboard.press("End")  # alpha = 1, beta = 0: the fine-tuned model itself
             page.get_by_text("β = 1 − α = 0.00").wait_for(timeout=30_000)
+            # the numbers are anytime: wait for the exact ones for alpha = 1 (the page names their slider value)
+            page.get_by_text("Numbers for LiNeS α=1.00").first.wait_for(timeout=60_000)
             deadline = time.time() + 30
             while _metrics(page) == before and time.time() < deadline:
                 time.sleep(0.2)
