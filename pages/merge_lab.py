@@ -246,8 +246,8 @@ def partial(r: dict, spec: MergeSpec) -> None:
     n, total = sum(r["n"].values()), sum(r["total"].values())
     half = max((hi - lo) / 2 for lo, hi in r["interval"].values())
     c1, c2 = st.columns(2)
-    c1.metric("Absolute accuracy (estimate)", f"{r['mean']:.1%}", help="95% Wilson intervals per task below")
-    c2.metric("Normalized accuracy (estimate)", f"{r['normalized_mean']:.1%}")
+    c1.metric("Absolute (estimate)", f"{r['mean']:.1%}", help="95% Wilson intervals per task below")
+    c2.metric("Normalized (estimate)", f"{r['normalized_mean']:.1%}")
     rows = [
         {"task": t, "accuracy": a, "low": r["interval"][t][0], "high": r["interval"][t][1], "images": r["n"][t]}
         for t, a in r["accuracy"].items()
@@ -258,9 +258,14 @@ def partial(r: dict, spec: MergeSpec) -> None:
 
 def final(r: dict, spec: MergeSpec, delta: dict, ta_lam: float) -> None:
     c1, c2, c3 = st.columns(3)
-    c1.metric("Absolute accuracy (merged tasks)", f"{r['mean']:.1%}", f"{delta['mean']:+.1%} vs TA")
-    c2.metric("Normalized accuracy", f"{r['normalized_mean']:.1%}", f"{delta['normalized_mean']:+.1%} vs TA")
-    c3.metric(f"Task arithmetic (λ = {ta_lam:g})", f"{delta['task_arithmetic']['mean']:.1%}")
+    c1.metric("Absolute", f"{r['mean']:.1%}", f"{delta['mean']:+.1%} vs TA", help="mean accuracy over the merged tasks")
+    c2.metric(
+        "Normalized",
+        f"{r['normalized_mean']:.1%}",
+        f"{delta['normalized_mean']:+.1%} vs TA",
+        help="mean of accuracy / the task's fine-tuned accuracy",
+    )
+    c3.metric(f"TA, λ = {ta_lam:g}", f"{delta['task_arithmetic']['mean']:.1%}", help="plain task arithmetic, absolute")
     table = comparison_table(r, live.reference_rows(), {"task arithmetic": delta["task_arithmetic"]["accuracy"]})
     st.session_state["ml_table"] = table
     st.plotly_chart(accuracy_bars(table, "Accuracy per task: merged vs zero-shot vs fine-tuned"), key="ml_bars")
