@@ -279,7 +279,8 @@ def evaluate_job(job: EvalJob) -> dict:
         raise ValueError(f"an evaluation job needs a merge spec or a reference, got {job.reference!r}")
     with FORWARD_LOCK:  # never interleave with a slider's forward pass on the shared evaluator
         acc = ev.accuracy(sd, tasks)
-    return {"accuracy": acc, "alpha": alpha, "seconds": time.perf_counter() - t0}
+    n = {t: int(ev.num_images(t)) for t in acc} if hasattr(ev, "num_images") else {}
+    return {"accuracy": acc, "alpha": alpha, "seconds": time.perf_counter() - t0, "n": n}
 
 
 # --------------------------------------------------------------------------- driver side
@@ -398,6 +399,8 @@ def _row(spec: MergeSpec, res: dict, refs: pd.DataFrame) -> dict:
         row["beta"] = float(spec.lines[1])
     row.update(res["accuracy"])
     row.update(summarize(res["accuracy"], refs))
+    if res.get("n"):
+        row["images"] = int(sum(res["n"].values()))  # what each number of this row rests on
     return row
 
 
@@ -481,6 +484,8 @@ def run_sweep(
                     _store_references(key_test, cached_test)
                 refs_test = reference_table(cached_test, tasks)
                 test = {"accuracy": out[-1]["accuracy"], **summarize(out[-1]["accuracy"], refs_test), "split": "test"}
+                if out[-1].get("n"):
+                    test["images"] = int(sum(out[-1]["n"].values()))
         result = SweepResult(
             spec,
             frame,

@@ -120,10 +120,19 @@ if res is not None and not running:
     if not res.frame.empty:
         shown = ["point", *res.tasks, "avg_abs", "avg_norm"]
         st.dataframe(res.frame[shown].style.format({c: "{:.3f}" for c in shown[1:]}), key="sweep_table")
+    rests = ""
+    if "images" in res.frame and not res.frame.empty:
+        rests = f"Each validation number rests on {int(res.frame['images'].iloc[0]):,} images ({len(res.tasks)} tasks)"
+        if res.test.get("images"):
+            rests += f"; the test numbers on {res.test['images']:,}"
+        rests += ". "
     st.caption(
-        f"{res.executor}, {res.seconds:.1f} s. Stored in the run log as run {res.run_id}."
-        if res.run_id
-        else f"{res.executor}, {res.seconds:.1f} s."
+        rests
+        + (
+            f"{res.executor}, {res.seconds:.1f} s. Stored in the run log as run {res.run_id}."
+            if res.run_id
+            else f"{res.executor}, {res.seconds:.1f} s."
+        )
     )
     with st.expander("Reproduce headless"):
         st.code("python -m core sweep --config sweep.json", language="bash")

@@ -53,6 +53,8 @@ def test_lambda_sweep_picks_on_val_and_reports_core_test_numbers(page, micro_zoo
     sd = merge(micro_zoo.base(), micro_zoo.finetuned_all(), "task_arithmetic", coefficients=res.best["lambda"])
     assert res.test["accuracy"] == Evaluator.for_model_set(micro_zoo, split="test").accuracy(sd, res.tasks)
     assert page.get("plotly_chart")
+    assert res.frame["images"].iloc[0] == 50 * len(res.tasks)  # each val number rests on 50 images per task
+    assert any("rests on" in c.value for c in page.caption)
     runs = RunLog().list(kind="sweep")
     assert runs["id"].tolist() == [res.run_id] and runs["status"].tolist() == ["ok"]
 
