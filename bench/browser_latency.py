@@ -19,15 +19,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.app import serve  # noqa: E402 - the one way the benchmarks serve the app
+
 CHROMIUM = os.environ.get("MERGESCOPE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -55,33 +55,6 @@ NUMBERS_FOR_JS = """(text) => [...document.querySelectorAll('[data-testid="stCap
   .some(e => e.innerText.includes('Numbers for') && e.innerText.includes(text))"""
 BUSY_JS = """() => !!document.querySelector('[data-stale="true"], [data-testid="stStatusWidget"]')
   || [...document.querySelectorAll('[data-testid="stCaptionContainer"]')].some(e => e.innerText.includes('Updating'))"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(zoo: str, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "MERGESCOPE_DEFAULT_ZOO": zoo}
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"), "--server.port", str(port)]
-    cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"streamlit exited ({proc.returncode}); see {log}")
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return proc, url
-        except OSError:
-            time.sleep(0.3)
-    proc.terminate()
-    raise SystemExit(f"the server did not answer; see {log}")
 
 
 def measure(page, cfg: dict, presses: int, timeout_s: float = 60.0) -> tuple[float, float | None]:

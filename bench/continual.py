@@ -36,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.jobreport import job_row, print_report  # noqa: E402
 
 
 def step_cost(reps: int = 3) -> dict:
@@ -198,29 +199,8 @@ def job_vs_cli(args) -> int:
             if job.error:
                 print(f"the job failed: {job.error}")
                 return 1
-            rows.append(
-                {
-                    "path": "job",
-                    "seconds": job.elapsed,
-                    "cpu": time.process_time() - cpu0,
-                    "load": load,
-                    "first_progress": job.first_progress,
-                    "first_step": job.first_step,
-                    "polls": polls,
-                }
-            )
-    t = pd.DataFrame(rows)
-    print(t.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    cli_s, job_s = t[t.path == "cli"]["seconds"].mean(), t[t.path == "job"]["seconds"].mean()
-    cli_c, job_c = t[t.path == "cli"]["cpu"].mean(), t[t.path == "job"]["cpu"].mean()
-    j = t[t.path == "job"]
-    print(
-        f"\nmean wall time: CLI {cli_s:.1f} s, job {job_s:.1f} s; job / CLI = {job_s / cli_s:.2f} "
-        f"(CPU {cli_c:.1f} s vs {job_c:.1f} s: {job_c / cli_c:.2f}) "
-        f"(target <= 1.3); first progress {j['first_progress'].max():.3f} s, first training step "
-        f"{j['first_step'].max():.2f} s (worst of {len(j)}); load average now "
-        f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores"
-    )
+            rows.append(job_row(job, cpu0, load, polls))
+    print_report(rows)
     return 0
 
 
