@@ -249,6 +249,12 @@ class _Restricted(Mapping):
             raise KeyError(key)
         return self._sd[key]
 
+    def __getattr__(self, name: str):
+        # read_into / nbytes / shape of a lazy state dict pass through (core.merging.streaming's pooled reads)
+        if name in ("read_into", "read_range", "nbytes", "shape", "dtype"):
+            return getattr(self._sd, name)
+        raise AttributeError(name)
+
 
 def restrict(state_dict: Mapping[str, torch.Tensor], keys: Sequence[str]) -> Mapping[str, torch.Tensor]:
     """A view of `state_dict` with only `keys` (in that order); values are read through it on access."""

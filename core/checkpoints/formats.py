@@ -226,6 +226,40 @@ class LazyStateDict(Mapping):
         self._fd = os.open(path, os.O_RDONLY)
 
     def __getitem__(self, key: str) -> torch.Tensor:
+        return self.read_into(key, None)
+
+    def dtype(self, key: str) -> torch.dtype | None:
+        """The torch dtype of tensor `key` from the header (None when torch cannot hold it)."""
+        return SAFETENSORS_DTYPES.get(self._entries[key]["dtype"])
+
+    def nbytes(self, key: str) -> int:
+        """Bytes of tensor `key` in the file (from the header; nothing is read)."""
+        start, end = self._entries[key]["data_offsets"]
+        return end - start
+
+    def read_range(self, key: str, start: int, out: torch.Tensor) -> torch.Tensor:
+        """Elements [start, start + out.numel()) of tensor `key` (flattened), read with pread straight into
+        `out` (contiguous, of the tensor's dtype): a streaming pass reads a slice into its slab, no copy."""
+        e = self._entries[key]
+        dtype = SAFETENSORS_DTYPES.get(e["dtype"])
+        if out.dtype != dtype or not out.is_contiguous():
+            raise ValueError(f"read_range of {key!r} needs a contiguous {dtype} buffer, got {out.dtype}")
+        size = out.element_size()
+        first, end = e["data_offsets"]
+        offset = first + start * size
+        nbytes = out.numel() * size
+        if start < 0 or offset + nbytes > end:
+            raise ValueError(f"elements [{start}, {start + out.numel()}) are outside tensor {key!r}")
+        if nbytes:
+            got = os.preadv(self._fd, [out.view(torch.uint8).numpy()], self._data_start + offset)
+            if got != nbytes:
+                raise CheckpointError(f"{self.path}: tensor {key!r} is cut short; the file is truncated")
+        return out
+
+    def read_into(self, key: str, buffer: torch.Tensor | None) -> torch.Tensor:
+        """Tensor `key`, read with pread into the front of `buffer` (a contiguous tensor of at least
+        `nbytes(key)` bytes, any dtype; reused by streaming passes so no pass allocates per tensor), or
+        into a new tensor when `buffer` is None. The result is a view of `buffer`: valid until it is reused."""
         if key not in self._entries:
             raise KeyError(key)
         e = self._entries[key]
@@ -233,7 +267,13 @@ class LazyStateDict(Mapping):
         dtype = SAFETENSORS_DTYPES.get(e["dtype"])
         if dtype is None:
             raise CheckpointError(f"{self.path}: tensor {key!r} has dtype {e['dtype']}, which is not supported")
-        out = torch.empty(e["shape"], dtype=dtype)
+        if buffer is None:
+            out = torch.empty(e["shape"], dtype=dtype)
+        else:
+            raw = buffer.view(-1).view(torch.uint8)
+            if raw.numel() < end - start:
+                raise ValueError(f"buffer of {raw.numel()} bytes is too small for {key!r} ({end - start} bytes)")
+            out = raw[: end - start].view(dtype).view(e["shape"])
         if end > start:
             view = out.reshape(-1).view(torch.uint8).numpy()
             got = os.preadv(self._fd, [view], self._data_start + start)

@@ -136,7 +136,7 @@ def pcb(tvs: TaskVectors, pcb_ratio: float = 0.1, coefficients: float = 1.2) -> 
     if d == 0:
         return MergedDirection({}, scale, 0.0, n)
     lo_i, hi_i = int(d * PCB_CLAMP), int(d * (1 - PCB_CLAMP) - 1)
-    size = max(1, streaming.CHUNK // 4)  # PCB holds a dozen [T, width] temporaries per chunk
+    size = max(1, streaming.chunk_columns(n) // 4)  # PCB holds a dozen [T, width] temporaries per chunk
     q = kth_smallest(lambda: (ch.tvs.abs() for ch in tvs.chunks(size=size)), [[lo_i + 1, hi_i + 1]] * n)
     lo = torch.tensor([v[0] for v in q], dtype=tvs.dtype).unsqueeze(1)
     hi = torch.tensor([v[1] for v in q], dtype=tvs.dtype).unsqueeze(1)

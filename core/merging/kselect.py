@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from .streaming import TaskVectors
+from .streaming import TaskVectors, chunk_columns
 
 
 def trim_fraction(k: float) -> float:
@@ -36,28 +36,28 @@ def high_bits(x: torch.Tensor) -> torch.Tensor:
     return ((x.view(torch.int32) >> 16) & 0x7FFF).to(torch.int16)
 
 
-def global_topk_thresholds(tvs: TaskVectors, k: float) -> list[float] | None:
-    """Per task, the TIES trim threshold over the whole flattened task vector.
-
-    Reference (nik-dim/tall_masks topk_values_mask): with d entries, the
-    threshold is the (d - int(d*k))-th smallest |tau| (1-indexed) and entries
-    with |tau| >= threshold are kept. Returns None when k >= 1 (keep everything).
-    """
+def _rank(tvs: TaskVectors, k: float) -> int | None:
+    """1-indexed rank of the TIES threshold among ascending |tau| (None: keep everything)."""
     frac = trim_fraction(k)
     if frac >= 1:
         return None
     d = tvs.numel()
-    rank = max(1, d - int(d * frac))  # 1-indexed rank of the threshold among ascending |tau|
+    return max(1, d - int(d * frac))
+
+
+def topk_bins(tvs: TaskVectors, k: float) -> tuple[list[int], list[int]] | None:
+    """Pass 1 of the TIES threshold: per task, the high-16-bit bin of |tau| holding the threshold and the
+    threshold's rank inside that bin, from one histogram pass (None when k keeps everything).
+    float32 task vectors only; `bin_edges` turns the bins into |tau| intervals."""
+    rank = _rank(tvs, k)
+    if rank is None:
+        return None
     n = len(tvs)
-    if tvs.dtype == torch.float64:  # rare (float64 checkpoints): an exact selection over one copy per task
-        per_task: list[list[torch.Tensor]] = [[] for _ in range(n)]
-        for ch in tvs.chunks():
-            for t in range(n):
-                per_task[t].append(ch.tvs[t].abs().clone())
-        return [float(torch.kthvalue(torch.cat(c), rank).values) for c in per_task]
     nbins = 1 << 15  # high 16 bits of a non-negative float32 (sign bit 0)
     hist = torch.zeros(n, nbins, dtype=torch.int64)
-    for ch in tvs.chunks():
+    # 4x wider slabs than the merge pass: a bincount per task and slab, so fewer, larger ones (measured
+    # 2.05 vs 2.8 s for 8 ViT-B/32 task vectors)
+    for ch in tvs.chunks(size=4 * chunk_columns(n)):
         high = high_bits(ch.tvs)
         for t in range(n):
             hist[t] += torch.bincount(high[t], minlength=nbins)
@@ -65,9 +65,46 @@ def global_topk_thresholds(tvs: TaskVectors, k: float) -> list[float] | None:
     bins, ranks = [], []
     for t in range(n):
         b = int(torch.searchsorted(cum[t], torch.tensor(rank, dtype=torch.int64)))
-        before = int(cum[t, b - 1]) if b > 0 else 0
         bins.append(b)
-        ranks.append(rank - before)
+        ranks.append(rank - (int(cum[t, b - 1]) if b > 0 else 0))
+    return bins, ranks
+
+
+def bin_edges(bins: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """([N, 1] lowest |tau| of each bin, [N, 1] lowest |tau| of the next bin) as float32: for finite
+    non-negative floats the bit order is the value order, so "in bin b" is lo <= |tau| < hi."""
+    b = torch.tensor(bins, dtype=torch.int64)
+    lo = (b << 16).to(torch.int32).view(torch.float32).unsqueeze(1)
+    hi = ((b + 1) << 16).to(torch.int32).view(torch.float32).unsqueeze(1)  # bin 0x7F80 is +inf: no finite value above
+    return lo, hi
+
+
+def global_topk_thresholds(tvs: TaskVectors, k: float) -> list[float] | None:
+    """Per task, the TIES trim threshold over the whole flattened task vector.
+
+    Reference (nik-dim/tall_masks topk_values_mask): with d entries, the
+    threshold is the (d - int(d*k))-th smallest |tau| (1-indexed) and entries
+    with |tau| >= threshold are kept. Returns None when k >= 1 (keep everything).
+    Two streaming passes (histogram, then the candidates of one bin); TIES itself needs only the
+    histogram pass (core.merging.methods.ties_direction decides the in-bin entries after its merge pass).
+    """
+    rank = _rank(tvs, k)
+    if rank is None:
+        return None
+    n = len(tvs)
+    if tvs.dtype == torch.float64:  # rare (float64 checkpoints): an exact selection over one copy per task
+        per_task: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        for ch in tvs.chunks():
+            for t in range(n):
+                per_task[t].append(ch.tvs[t].abs().clone())
+        return [float(torch.kthvalue(torch.cat(c), rank).values) for c in per_task]
+    bins, ranks = topk_bins(tvs, k)
+    return gather_thresholds(tvs, bins, ranks)
+
+
+def gather_thresholds(tvs: TaskVectors, bins: list[int], ranks: list[int]) -> list[float]:
+    """Pass 2 of the exact threshold: gather each task's values in its bin, select the rank inside it."""
+    n = len(tvs)
     want = torch.tensor(bins, dtype=torch.int16).unsqueeze(1)
     cands: list[list[torch.Tensor]] = [[] for _ in range(n)]
     for ch in tvs.chunks():

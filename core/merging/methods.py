@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .direction import MergedDirection, l1, split_coefficients, weighted
-from .kselect import global_topk_thresholds
+from .kselect import bin_edges, gather_thresholds, global_topk_thresholds, topk_bins, trim_fraction
 from .registry import Param, merge_method
-from .streaming import Chunk, FlatWriter, TaskVectors
+from .streaming import FlatWriter, TaskVectors, chunk_columns
 
 
 @merge_method(
@@ -41,7 +41,8 @@ def weight_average(tvs: TaskVectors) -> MergedDirection:
 def task_arithmetic(tvs: TaskVectors, coefficients: float | Sequence[float] = 0.3) -> MergedDirection:
     per_task, scale = split_coefficients(coefficients, len(tvs))
     w, summed, merged = FlatWriter(tvs.shapes, tvs.dtype), 0.0, 0.0
-    for ch in tvs.chunks():
+    # one sum per slab: 4x wider slabs than the default cost fewer Python steps (measured faster on 2 cores)
+    for ch in tvs.chunks(size=4 * chunk_columns(len(tvs))):
         raw_sum = ch.tvs.sum(dim=0)
         summed += l1(raw_sum)
         if per_task is None:
@@ -53,56 +54,165 @@ def task_arithmetic(tvs: TaskVectors, coefficients: float | Sequence[float] = 0.
     return MergedDirection(w.out, scale, summed, len(tvs), merged_l1_value=summed if per_task is None else merged)
 
 
+DEFER_BUDGET = 0.5  # model sizes of deferred TIES columns held before falling back to an exact threshold pass
+
+
+class _DeferOverflow(Exception):
+    pass
+
+
 def ties_direction(tvs: TaskVectors, k: float = 0.2, agg: str = "mean", per_task: list[float] | None = None):
-    """TIES: trim (global top-k per task), elect (mass sign, majority fallback), disjoint mean/sum."""
+    """TIES: trim (global top-k per task), elect (mass sign, majority fallback), disjoint mean/sum.
+
+    Follows nik-dim/tall_masks src/utils/ties_utils.py (topk_values_mask, resolve_sign, disjoint_merge)
+    bit for bit, in two streaming passes instead of a sort of the stacked [N, d] matrix:
+      1. a histogram of |tau|'s high 16 bits per task (core.merging.kselect.topk_bins) finds the bin that
+         holds each task's threshold;
+      2. the merge pass decides every entry outside that bin (below: trimmed, above: kept) and defers the
+         few columns where some task has an entry inside its bin, keeping their N values; afterwards the
+         in-bin values give the exact thresholds (kthvalue inside the bin) and the deferred columns are
+         merged. If the deferred columns outgrow DEFER_BUDGET model sizes (e.g. heavily quantized task
+         vectors, where a bin holds many equal values) one gather pass finds the exact thresholds first.
+    """
     if agg not in ("mean", "sum"):
         raise ValueError(f"TIES aggregation must be 'mean' or 'sum', got {agg!r}")
-    thresholds = global_topk_thresholds(tvs, k)
-    thr = None if thresholds is None else torch.tensor(thresholds, dtype=tvs.dtype).unsqueeze(1)
+    if trim_fraction(k) >= 1:
+        return _ties_pass(tvs, None, None, None, agg, per_task)
+    if tvs.dtype == torch.float64:  # rare: exact thresholds by selection, then one merge pass
+        thr = torch.tensor(global_topk_thresholds(tvs, k), dtype=tvs.dtype).unsqueeze(1)
+        return _ties_pass(tvs, thr, thr, None, agg, per_task)
+    bins, ranks = topk_bins(tvs, k)
+    lo, hi = bin_edges(bins)
+    try:
+        return _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget=DEFER_BUDGET * tvs.numel() * 4)
+    except _DeferOverflow:
+        thr = torch.tensor(gather_thresholds(tvs, bins, ranks), dtype=tvs.dtype).unsqueeze(1)
+        return _ties_pass(tvs, thr, thr, None, agg, per_task)
 
-    def trimmed(ch: Chunk) -> torch.Tensor:
-        t = ch.tvs if thr is None else ch.tvs * (ch.tvs.abs() >= thr)
-        return weighted(t, per_task)
 
-    # Elect and merge in one pass. The elected sign of an entry is sign(sum_t trimmed); only where that
-    # sum is exactly 0 does the global majority sign (known after the pass) decide. There, every trimmed
-    # value is 0 (the result is 0 either way) except at exact cancellations: those few entries are
-    # computed under both signs and patched once the majority is known.
-    def disjoint(tr: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
-        # sign is +-1 here, so "same sign as the elected one" is tr * sign > 0, and the kept entries
-        # are exactly the non-zero selected ones: the reference's where/!= 0 in fewer passes
-        keep = (tr * sign.unsqueeze(0)) > 0
-        selected = tr * keep
-        if agg == "mean":
-            count = keep.sum(dim=0).float()
-            return torch.sum(selected, dim=0) / torch.clamp(count, min=1)
-        return torch.sum(selected, dim=0)
+def _mask(b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool tensor as 0/1 of `dtype` (through a uint8 view: torch's bool->float conversion is 3x slower)."""
+    return b.view(torch.uint8).to(dtype)
 
-    w, summed, merged, total = FlatWriter(tvs.shapes, tvs.dtype), 0.0, 0.0, 0
-    pending = []  # (segments, columns, value under a negative majority, value written)
+
+def _elect(tr: torch.Tensor, agg: str):
+    """Elect and merge the trimmed [N, w] slab `tr` (the reference's resolve_sign + disjoint_merge).
+
+    Returns (merged values [w], raw elected sign [w], columns of exact cancellation, their values under a
+    negative majority). The elected sign of a column is sign(sum_t tr); only where that sum is exactly 0
+    does the global majority sign (known after the pass) decide. There every trimmed value is 0 (the
+    result is 0 either way) except at exact cancellations: those few columns are computed under both
+    signs and patched once the majority is known.
+
+    Disjoint merge: with s = +-1 and u = tr * s, the kept entries (sign equal to the elected one) are
+    those with u > 0, all of sign s: their sum is s * sum(max(u, 0)) exactly (negation is exact and the
+    terms are added in the same order as the reference's masked sum), their count is sum(sign(max(u, 0))).
+    """
+    raw = torch.sign(tr.sum(dim=0))
+    zero = raw == 0
+    s = raw + _mask(zero, raw.dtype)  # 0 -> +1
+    out, count = _disjoint(tr, s, agg)
+    cancel = zero & (count > 0)  # a zero sum with non-zero terms: they cancel exactly
+    if not bool(cancel.any()):
+        return out, raw, None, None
+    cols = cancel.nonzero().flatten()
+    neg, _ = _disjoint(tr[:, cols], -torch.ones(cols.numel(), dtype=tr.dtype), agg)
+    return out, raw, cols, neg
+
+
+def _disjoint(tr: torch.Tensor, s: torch.Tensor, agg: str) -> tuple[torch.Tensor, torch.Tensor]:
+    u = tr * s.unsqueeze(0)
+    u.clamp_min_(0)
+    total = u.sum(dim=0).mul_(s)
+    count = torch.sign(u).sum(dim=0)
+    if agg == "mean":
+        return total / count.clamp(min=1), count
+    return total, count
+
+
+class _Deferred:
+    """The deferred columns of a TIES merge pass: their N task-vector values, in one buffer grown by
+    doubling (not one small tensor per chunk: long-lived small tensors pin the heap's freed slabs, which
+    measured +1 model size of resident memory), with the chunk each batch came from."""
+
+    def __init__(self, n: int, dtype: torch.dtype):
+        self.vals = torch.empty(0, n, dtype=dtype)  # [m, N]: one row per deferred column
+        self.cols = torch.empty(0, dtype=torch.int64)  # its column in its chunk
+        self.size = 0
+        self.batches: list[tuple[list, int, int]] = []  # (segments, first row, rows)
+
+    def add(self, segments: list, cols: torch.Tensor, T: torch.Tensor) -> int:
+        m = cols.numel()
+        if self.size + m > self.vals.shape[0]:
+            cap = max(2 * self.vals.shape[0], self.size + m, 1024)
+            vals, idx = torch.empty(cap, self.vals.shape[1], dtype=self.vals.dtype), torch.empty(cap, dtype=torch.int64)
+            vals[: self.size], idx[: self.size] = self.vals[: self.size], self.cols[: self.size]
+            self.vals, self.cols = vals, idx
+        self.vals[self.size : self.size + m] = T[:, cols].t()
+        self.cols[self.size : self.size + m] = cols
+        self.batches.append((segments, self.size, m))
+        self.size += m
+        return self.size * self.vals.shape[1] * self.vals.element_size()
+
+    def __iter__(self):
+        """(segments, chunk columns, contiguous [N, m] values) per batch."""
+        for segments, first, m in self.batches:
+            yield segments, self.cols[first : first + m], self.vals[first : first + m].t().contiguous()
+
+
+def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf")):
+    """The TIES merge pass; entries with lo <= |tau| < hi are undecided (their columns deferred)."""
+    w, summed, total = FlatWriter(tvs.shapes, tvs.dtype), 0.0, 0
+    pending = []  # (segments, columns, value under a negative majority)
+    deferred = _Deferred(len(tvs), tvs.dtype)
+    undecided_possible = lo is not None and lo is not hi
     for ch in tvs.chunks():
-        tr = trimmed(ch)
-        summed += l1(ch.tvs.sum(dim=0))
-        sign = torch.sign(tr.sum(dim=0))
-        total += int(sign.sum(dtype=torch.int64))
-        zero = sign == 0
-        sign[zero] = 1
-        out = disjoint(tr, sign)
-        cols = zero.nonzero().flatten()
-        if cols.numel():
-            cols = cols[(tr[:, cols] != 0).any(dim=0)]
-        if cols.numel():
-            sub = tr[:, cols]
-            pending.append(
-                (list(ch.segments), cols, disjoint(sub, -torch.ones(cols.numel(), dtype=tr.dtype)), out[cols])
-            )
-        merged += l1(out)
+        T = ch.tvs  # the chunk's scratch buffer: trimmed in place
+        summed += l1(T.sum(dim=0))
+        dcols = None
+        if lo is not None:
+            a = T.abs()
+            sure = a >= hi
+            if undecided_possible:
+                und = torch.ge(a, lo).bitwise_xor_(sure)  # lo <= |tau| < hi: inside the threshold's bin
+                hits = und.view(torch.int8).sum(dim=0, dtype=torch.int16)
+                if bool(hits.any()):
+                    dcols = hits.nonzero().flatten()
+                    if deferred.add(list(ch.segments), dcols, T) > budget:
+                        raise _DeferOverflow
+            del a
+            T.mul_(_mask(sure, T.dtype))
+        tr = weighted(T, per_task)
+        out, raw, cols, neg = _elect(tr, agg)
+        if dcols is not None:  # provisional values: counted when the deferred columns are merged
+            total -= int(raw[dcols].sum(dtype=torch.int64))
+            if cols is not None:
+                keep = ~torch.isin(cols, dcols)
+                cols, neg = cols[keep], neg[keep]
+        total += int(raw.sum(dtype=torch.int64))
+        if cols is not None and cols.numel():
+            pending.append((list(ch.segments), cols, neg))
         w.write(ch, out)
+    thresholds = None if lo is None else [float(x) for x in lo.flatten()]
+    if deferred.size:
+        n = len(tvs)
+        thresholds = []
+        for t in range(n):
+            v = deferred.vals[: deferred.size, t].abs()
+            thresholds.append(float(torch.kthvalue(v[(v >= lo[t]) & (v < hi[t])], ranks[t]).values))
+        thr = torch.tensor(thresholds, dtype=tvs.dtype).unsqueeze(1)
+        for segments, dcols, vals in deferred:
+            tr = weighted(vals * (vals.abs() >= thr), per_task)
+            out, raw, cols, neg = _elect(tr, agg)
+            total += int(raw.sum(dtype=torch.int64))
+            if cols is not None:
+                pending.append((segments, dcols[cols], neg))
+            w.write_at(segments, dcols, out)
     majority = (total > 0) - (total < 0)
     if majority <= 0:  # sign 0 keeps the negative entries, exactly like -1
-        for segments, cols, neg, pos in pending:
+        for segments, cols, neg in pending:
             w.write_at(segments, cols, neg)
-            merged += float(neg.abs().sum()) - float(pos.abs().sum())
+    merged = sum(l1(v) for v in w.out.values())
     return w.out, summed, {"thresholds": thresholds, "majority_sign": majority, "merged_l1": merged}
 
 
