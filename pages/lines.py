@@ -21,6 +21,7 @@ from core.live import (
     uniform_spec,
 )
 from core.live_report import best_alpha
+from core.runtime.threads import torch_threads
 from core.plots.merge import block_scale_curve, tradeoff_curve
 from ui import state as S
 
@@ -88,23 +89,34 @@ def show_numbers(result: dict, uniform: dict | None, target: str, alpha: float, 
     )
 
 
-def numbers(spec, target: str, alpha: float, beta: float) -> None:
-    """Anytime numbers: each round of images redraws them (a newer slider position interrupts the rounds in
-    flight at the next redraw, so only the latest position is evaluated to the end)."""
+def numbers(spec, target: str, alpha: float, beta: float, chart) -> None:
+    """Anytime numbers for the latest slider position first, then the figure, then the uniform-scaling row.
+
+    A newer slider position cancels the evaluation in flight between batches (S.newer_input), so a burst
+    of presses evaluates only the last one. The block-curve figure is drawn after the numbers (its render
+    in the browser would compete with the forward pass for the same cores), and the uniform-scaling row,
+    an extra, runs on one thread so the server and the browser keep a core to show the numbers at once."""
+    cancel = S.newer_input()
     note = st.empty()
     note.caption(f"Updating the numbers for α={alpha:.2f}, β={beta:.2f}…")
     body = st.empty()
     result = None
-    for result in live.evaluate_rounds(spec):
+    for result in live.evaluate_rounds(spec, cancel=cancel):
         with body.container():
             show_numbers(result, None, target, alpha, beta)
+    if result is None or not result["final"]:
+        S.follow_newer_input()  # cancelled by a newer position: run for it now
     note.empty()
+    chart()
     st.session_state["lines_result"] = (spec.key(), result)
     # Uniform scaling at the same α, the paper's baseline: after the LiNeS numbers, in the same table.
     uniform = None
-    for step in live.evaluate_rounds(uniform_spec(target, alpha)):
-        uniform = step
-        note.caption("Adding uniform scaling at the same α…")  # a redraw: a newer move can interrupt here
+    note.caption("Adding uniform scaling at the same α…")
+    with torch_threads(1):
+        for step in live.evaluate_rounds(uniform_spec(target, alpha), cancel=cancel):
+            uniform = step
+    if uniform is None or not uniform["final"]:
+        S.follow_newer_input()
     note.empty()
     with body.container():
         show_numbers(result, uniform, target, alpha, beta)
@@ -130,12 +142,16 @@ def live_panel() -> None:
             if len(depths) > 1
             else None
         )
+        chart_slot = st.empty()
+
+    def chart() -> None:
         curve = lines_curve(alpha, beta, depths[tower] if tower else L)
         fig = block_scale_curve({"LiNeS": curve}, outside={"LiNeS": alpha}, tower=tower)
-        st.plotly_chart(fig, key="lines_curve_fig")
+        chart_slot.plotly_chart(fig, key="lines_curve_fig")
+
     spec = single_task_spec(target, alpha, beta)
     with c2:
-        numbers(spec, target, alpha, beta)
+        numbers(spec, target, alpha, beta, chart)
 
     sweeps = st.session_state.setdefault("lines_sweeps", {})
     sweep_key = (target, subsample, bf16)

@@ -186,11 +186,13 @@ def lab_body() -> None:
         )
         if tower is not None and tower != "visual":
             scales = resample_curve(scales, depths[tower])
-        fig = block_scale_curve({"merged": scales}, outside={"merged": outside}, tower=tower)
-        st.plotly_chart(fig, key="ml_curve_fig")
+        chart_slot = st.empty()
     sync_url(spec)
     with right:
         results(spec)
+    # The figure after the numbers: its render in the browser would compete with the forward pass.
+    fig = block_scale_curve({"merged": scales}, outside={"merged": outside}, tower=tower)
+    chart_slot.plotly_chart(fig, key="ml_curve_fig")
     export(spec)
 
 
@@ -220,17 +222,20 @@ def describe(spec: MergeSpec) -> str:
 
 
 def results(spec: MergeSpec) -> None:
-    """Anytime numbers: rounds of test images redraw an estimate with 95% intervals; a newer slider position
-    interrupts the rounds in flight at the next redraw, so only the latest position is evaluated to the end."""
+    """Anytime numbers: rounds of test images redraw an estimate with 95% intervals. A newer slider position
+    cancels the evaluation in flight between batches (S.newer_input), so only the latest position is
+    evaluated to the end (the cancelled run hands over to it at once, S.follow_newer_input)."""
     ta_lam = st.number_input("λ of the plain task-arithmetic baseline", 0.0, 2.0, 0.3, 0.05, key="ml_ta_lambda")
     note = st.empty()
     note.caption(f"Updating the numbers for {describe(spec)}…")
     body = st.empty()
     r = None
-    for r in live.evaluate_rounds(spec):
+    for r in live.evaluate_rounds(spec, cancel=S.newer_input()):
         if not r["final"]:
             with body.container():
                 partial(r, spec)
+    if r is None or not r["final"]:
+        S.follow_newer_input()
     note.caption(f"Adding task arithmetic at λ = {ta_lam:g} for comparison…")
     delta = live.delta_to_task_arithmetic(spec, ta_lam)
     note.empty()

@@ -287,3 +287,23 @@ def test_abandoned_rounds_cache_nothing(micro_zoo):
     first = next(iter(live.evaluate_rounds(spec, first=4)))  # a newer slider position arrives: stop iterating
     assert not first["cached"]
     assert live.stats["evaluations"] == 0 and not next(iter(live.evaluate_rounds(spec)))["cached"]
+
+
+def test_a_cancel_between_batches_stops_the_evaluation_and_caches_nothing(micro_zoo):
+    """The live pages pass `cancel` (a newer slider position): it is checked between batches, so the
+    stale evaluation stops after the batch in flight and nothing partial is cached or logged."""
+    from core.evaluate import Evaluator
+
+    ev = Evaluator.for_model_set(micro_zoo, "test").with_settings(batch_size=8)
+    live = LiveMerger(micro_zoo, evaluator_for=lambda es: ev)
+    spec = single_task_spec(micro_zoo.tasks[0], 0.55)
+    checks = []
+
+    def cancel():
+        checks.append(1)
+        return len(checks) > 2  # the user moves the slider while the third batch is due
+
+    steps = list(live.evaluate_rounds(spec, cancel=cancel))
+    assert len(checks) == 3 and all(not s["final"] for s in steps)
+    assert live.stats["evaluations"] == 0
+    assert next(iter(live.evaluate_rounds(spec, first=10**6)))["final"]  # the next position runs to the end
