@@ -37,7 +37,9 @@ from .heads import check_head, has_text_tower, resolve_head
 from .models import build_model, image_size_of, load_visual, preprocess
 
 MEMORY_BUDGET_MB = 256  # float32 input + activations of one batch
-MAX_BATCH = 256  # small batches: a cancel (a newer slider position) is seen within ~40 ms on the demo zoo, and no slower
+MAX_BATCH = (
+    256  # small batches: a cancel (a newer slider position) is seen within ~40 ms on the demo zoo, and no slower
+)
 FIRST_ROUND_SECONDS = 1.0  # anytime rounds: aim for first numbers within about this long
 
 

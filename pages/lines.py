@@ -21,8 +21,9 @@ from core.live import (
     uniform_spec,
 )
 from core.live_report import best_alpha
+from core.plots.merge import tradeoff_curve
+from core.plots.svg import block_scale_svg
 from core.runtime.threads import torch_threads
-from core.plots.merge import block_scale_curve, tradeoff_curve
 from ui import state as S
 
 st.title("LiNeS: forget less by scaling shallow layers down")
@@ -146,8 +147,8 @@ def live_panel() -> None:
 
     def chart() -> None:
         curve = lines_curve(alpha, beta, depths[tower] if tower else L)
-        fig = block_scale_curve({"LiNeS": curve}, outside={"LiNeS": alpha}, tower=tower)
-        chart_slot.plotly_chart(fig, key="lines_curve_fig")
+        svg = block_scale_svg({"LiNeS": curve}, outside={"LiNeS": alpha}, tower=tower)
+        chart_slot.markdown(svg, unsafe_allow_html=True)
 
     spec = single_task_spec(target, alpha, beta)
     with c2:

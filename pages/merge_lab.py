@@ -20,7 +20,8 @@ from core.live import (
 )
 from core.live_report import comparison_table
 from core.merging import METHODS, get_method
-from core.plots.merge import accuracy_bars, block_scale_curve
+from core.plots.merge import accuracy_bars
+from core.plots.svg import block_scale_svg
 from core.runtime.paths import allow_any_path, export_dir, resolve_export_path
 from core.spec import MergeSpec, RunConfig
 from core.urlstate import QUERY_KEYS, spec_from_query, spec_to_query
@@ -191,8 +192,8 @@ def lab_body() -> None:
     with right:
         results(spec)
     # The figure after the numbers: its render in the browser would compete with the forward pass.
-    fig = block_scale_curve({"merged": scales}, outside={"merged": outside}, tower=tower)
-    chart_slot.plotly_chart(fig, key="ml_curve_fig")
+    svg = block_scale_svg({"merged": scales}, outside={"merged": outside}, tower=tower)
+    chart_slot.markdown(svg, unsafe_allow_html=True)
     export(spec)
 
 
@@ -273,10 +274,13 @@ def final(r: dict, spec: MergeSpec, delta: dict, ta_lam: float) -> None:
     c3.metric(f"TA, λ = {ta_lam:g}", f"{delta['task_arithmetic']['mean']:.1%}", help="plain task arithmetic, absolute")
     table = comparison_table(r, live.reference_rows(), {"task arithmetic": delta["task_arithmetic"]["accuracy"]})
     st.session_state["ml_table"] = table
-    st.plotly_chart(accuracy_bars(table, "Accuracy per task: merged vs zero-shot vs fine-tuned"), key="ml_bars")
+    # The table first; the bars in a second tab, drawn when opened (a fresh tab from a shared link then
+    # loads no chart library before the numbers are complete).
+    tab_table, tab_bars = st.tabs(["Per task", "Bars"])
     wide = table.pivot(index="task", columns="model", values="accuracy")
     wide = wide.reindex(index=list(r["accuracy"]), columns=list(dict.fromkeys(table["model"])))
-    st.dataframe(wide.style.format("{:.3f}"), key="ml_wide")
+    tab_table.dataframe(wide.style.format("{:.3f}"), key="ml_wide")
+    tab_bars.plotly_chart(accuracy_bars(table, "Accuracy per task: merged vs zero-shot vs fine-tuned"), key="ml_bars")
     how = (
         "cached" if r["cached"] else f"merge {r['merge_seconds'] * 1e3:.0f} ms + eval {r['eval_seconds'] * 1e3:.0f} ms"
     )

@@ -154,5 +154,9 @@ def test_nonfinite_values_in_files_read_in_slices_are_refused_by_name(tmp_path, 
         merge(open_state_dict(tmp_path / "base.safetensors"), {f"t{t}": f for t, f in enumerate(fts)}, method)
     assert (e.value.source, e.value.key, e.value.n_bad) == ("t2", key, 3)
     with pytest.warns(RuntimeWarning, match=f"t2: tensor '{key}' holds 3 non-finite"):
-        merge(open_state_dict(tmp_path / "base.safetensors"), {f"t{t}": f for t, f in enumerate(fts)}, method,
-              allow_nonfinite=True)
+        merge(
+            open_state_dict(tmp_path / "base.safetensors"),
+            {f"t{t}": f for t, f in enumerate(fts)},
+            method,
+            allow_nonfinite=True,
+        )

@@ -11,6 +11,7 @@ from core.evaluate import Evaluator
 from core.live import ALPHAS
 from core.merging import merge
 from core.spec import ModelSetRef
+from tests.pagehelp import shown_curve
 
 SUB = 50
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "lines.py")
@@ -94,7 +95,6 @@ def test_every_live_evaluation_is_in_the_run_log(page, micro_zoo):
 
 def test_tower_selector_draws_each_towers_own_line(micro_zoo, tmp_path, monkeypatch):
     import importlib.util
-    import json
 
     from core.layers import num_blocks
     from core.lines import lines_curve
@@ -112,5 +112,5 @@ def test_tower_selector_draws_each_towers_own_line(micro_zoo, tmp_path, monkeypa
     assert not at.exception and at.radio(key="lines_tower").value == "visual"
     for tower in ("visual", "text"):
         at.radio(key="lines_tower").set_value(tower).run()
-        fig = json.loads(at.get("plotly_chart")[0].proto.spec)
-        assert fig["data"][0]["y"] == pytest.approx(lines_curve(0.3, 0.7, num_blocks(micro_zoo.base(), tower=tower)))
+        curve = shown_curve(at)
+        assert curve == pytest.approx(lines_curve(0.3, 0.7, num_blocks(micro_zoo.base(), tower=tower)))

@@ -15,6 +15,7 @@ from core.layers import num_blocks
 from core.lines import infer_num_blocks, lines_curve
 from core.merging import merge
 from core.spec import MergeSpec, ModelSetRef, RunConfig
+from tests.pagehelp import shown_curve, svg_markup
 
 SUB = 50
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "merge_lab.py")
@@ -171,9 +172,9 @@ def test_lines_curve_shown_is_the_lines_line(micro_zoo):
     at.toggle(key="ml_alpha_auto").set_value(False).run()
     at.slider(key="ml_alpha").set_value(0.2).run()
     at.slider(key="ml_beta").set_value(0.6).run()
-    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
-    n = len(fig["data"][0]["y"])
-    assert fig["data"][0]["y"] == pytest.approx(lines_curve(0.2, 0.6, n))
+    curve = shown_curve(at)
+    n = len(curve)
+    assert curve == pytest.approx(lines_curve(0.2, 0.6, n))
 
 
 def test_an_impossible_merge_is_explained_not_crashed(micro_zoo):
@@ -208,10 +209,10 @@ def test_tower_selector_for_a_zoo_exported_with_both_towers(micro_zoo, tmp_path,
     at.slider(key="ml_alpha").set_value(0.2).run()
     at.slider(key="ml_beta").set_value(0.6).run()
     assert not at.exception
-    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
-    assert fig["data"][0]["y"] == pytest.approx(lines_curve(0.2, 0.6, infer_num_blocks(micro_zoo.base())))
+    curve = shown_curve(at)
+    assert curve == pytest.approx(lines_curve(0.2, 0.6, infer_num_blocks(micro_zoo.base())))
     at.radio(key="ml_tower").set_value("text").run()
-    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    curve = shown_curve(at)
     n_text = num_blocks(micro_zoo.base(), tower="text")
-    assert fig["data"][0]["y"] == pytest.approx(lines_curve(0.2, 0.6, n_text))
-    assert "text tower" in fig["layout"]["xaxis"]["title"]["text"]
+    assert curve == pytest.approx(lines_curve(0.2, 0.6, n_text))
+    assert "block ℓ of the text tower" in svg_markup(at)

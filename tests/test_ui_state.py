@@ -9,7 +9,8 @@ from ui import state as S
 
 
 @pytest.mark.parametrize(
-    "pending, cancels", [(ScriptRequestType.CONTINUE, False), (ScriptRequestType.RERUN, True), (ScriptRequestType.STOP, True)]
+    "pending, cancels",
+    [(ScriptRequestType.CONTINUE, False), (ScriptRequestType.RERUN, True), (ScriptRequestType.STOP, True)],
 )
 def test_newer_input_cancels_once_streamlit_holds_a_rerun_or_stop(monkeypatch, pending, cancels):
     requests = SimpleNamespace(_state=ScriptRequestType.CONTINUE)

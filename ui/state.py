@@ -299,7 +299,8 @@ def newer_input() -> Callable[[], bool]:
         from streamlit.runtime.scriptrunner import get_script_run_ctx
 
         requests = get_script_run_ctx().script_requests
-        getattr(requests, "_state").name  # noqa: B009 - probe the private field once
+        if not hasattr(requests._state, "name"):  # probe the private field once
+            raise AttributeError("_state")
     except Exception:
         return lambda: False
 

@@ -307,7 +307,7 @@ class TaskVectors:
             self._check_slab(buf[:, :pos], to_check)
             yield chunk(pos)
         b = fts = tvs = None  # views into the pool's buffers: drop them with it
-        del pool, buf, bbuf, fbuf
+        pool = buf = bbuf = fbuf = None  # the slabs and read buffers: freed before the trim
         release_freed_memory()
 
 
