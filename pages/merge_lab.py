@@ -274,13 +274,17 @@ def final(r: dict, spec: MergeSpec, delta: dict, ta_lam: float) -> None:
     c3.metric(f"TA, λ = {ta_lam:g}", f"{delta['task_arithmetic']['mean']:.1%}", help="plain task arithmetic, absolute")
     table = comparison_table(r, live.reference_rows(), {"task arithmetic": delta["task_arithmetic"]["accuracy"]})
     st.session_state["ml_table"] = table
-    # The table first; the bars in a second tab, drawn when opened (a fresh tab from a shared link then
-    # loads no chart library before the numbers are complete).
-    tab_table, tab_bars = st.tabs(["Per task", "Bars"])
-    wide = table.pivot(index="task", columns="model", values="accuracy")
-    wide = wide.reindex(index=list(r["accuracy"]), columns=list(dict.fromkeys(table["model"])))
-    tab_table.dataframe(wide.style.format("{:.3f}"), key="ml_wide")
-    tab_bars.plotly_chart(accuracy_bars(table, "Accuracy per task: merged vs zero-shot vs fine-tuned"), key="ml_bars")
+    # The table first; the bars in a second tab, computed and drawn only while it is open (on_change="rerun"):
+    # a fresh tab from a shared link then loads no chart library before the numbers are complete.
+    tab_table, tab_bars = st.tabs(["Per task", "Bars"], key="ml_tab", on_change="rerun")
+    if tab_table.open:
+        wide = table.pivot(index="task", columns="model", values="accuracy")
+        wide = wide.reindex(index=list(r["accuracy"]), columns=list(dict.fromkeys(table["model"])))
+        tab_table.dataframe(wide.style.format("{:.3f}"), key="ml_wide")
+    if tab_bars.open:
+        tab_bars.plotly_chart(
+            accuracy_bars(table, "Accuracy per task: merged vs zero-shot vs fine-tuned"), key="ml_bars"
+        )
     how = (
         "cached" if r["cached"] else f"merge {r['merge_seconds'] * 1e3:.0f} ms + eval {r['eval_seconds'] * 1e3:.0f} ms"
     )

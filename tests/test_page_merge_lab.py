@@ -216,3 +216,14 @@ def test_tower_selector_for_a_zoo_exported_with_both_towers(micro_zoo, tmp_path,
     n_text = num_blocks(micro_zoo.base(), tower="text")
     assert curve == pytest.approx(lines_curve(0.2, 0.6, n_text))
     assert "block ℓ of the text tower" in svg_markup(at)
+
+
+def test_numbers_first_and_the_bars_only_in_their_tab(micro_zoo):
+    """On load the page draws no Plotly figure (a fresh tab would load the chart library before the
+    numbers); the per-task table is there, and the bars appear when their tab is opened."""
+    at = _page()
+    assert not at.get("plotly_chart") and at.dataframe
+    assert svg_markup(at).startswith("<svg")  # the block curve, drawn as SVG
+    at = _page(ml_tab="Bars")
+    bars = at.get("plotly_chart")
+    assert len(bars) == 1 and "Accuracy per task" in bars[0].proto.spec
