@@ -86,17 +86,27 @@ def _decode_table(data: dict) -> pd.DataFrame:
 
 
 def encode(value) -> dict:
-    """A table or a dict of tables (str -> DataFrame) as JSON-able data."""
+    """A table, a dict of tables (str -> DataFrame) or a plain JSON record (a dict of JSON values, e.g. the
+    LiNeS lesson) as JSON-able data."""
     if isinstance(value, pd.DataFrame):
         return {"table": _encode_table(value)}
-    if isinstance(value, Mapping) and all(isinstance(v, pd.DataFrame) for v in value.values()):
+    if isinstance(value, Mapping) and value and all(isinstance(v, pd.DataFrame) for v in value.values()):
         return {"tables": {str(k): _encode_table(v) for k, v in value.items()}}
-    raise TypeError(f"the analysis cache stores DataFrames or dicts of them, not {type(value).__name__}")
+    if isinstance(value, Mapping):
+        try:
+            return {"record": json.loads(json.dumps(value, allow_nan=False))}
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(
+        f"the analysis cache stores DataFrames, dicts of them or JSON records, not {type(value).__name__}"
+    )
 
 
 def decode(data: dict):
     if "table" in data:
         return _decode_table(data["table"])
+    if "record" in data:
+        return data["record"]
     return {k: _decode_table(v) for k, v in data["tables"].items()}
 
 

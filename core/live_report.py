@@ -80,3 +80,62 @@ def run_log_recorder(run_log, ref, fingerprint: str | None = None, kind: str = "
             warnings.warn(f"could not write the live evaluation to the run log: {e}", stacklevel=2)
 
     return record
+
+
+LESSON_ALPHAS: tuple[float, ...] = (0.3, 0.5, 0.7)
+
+
+def lines_lesson(live, alphas: tuple[float, ...] = LESSON_ALPHAS, split: str = "val", progress=None) -> dict:
+    """Where a model set shows the LiNeS paper's single-task effect: LiNeS' trade-off lies above uniform
+    scaling's (wang-kee/LiNeS, single-task editing: theta_0 + lambda(l) tau with lambda(l) = alpha + (1 - alpha)
+    l/(L-1), against theta_0 + alpha tau).
+
+    Per target task: the mean over `alphas` of score(LiNeS at alpha) - score(uniform at alpha) on `split`
+    (score = 2 target_norm + control_norm, core.live). The task with the largest mean advantage is the
+    lesson's default target: the one a teacher should open the LiNeS page on. Measured, never assumed:
+    2 len(alphas) evaluations per task (about 15 s on the demo zoo). Returns {"target", "advantage"
+    {task: mean difference}, "wins" {task: alphas where LiNeS is ahead}, "alphas", "split"}.
+    progress: optional callable(done, total, message)."""
+    from .live import single_task_spec, uniform_spec
+
+    tasks = [t for t in live.tasks if t in live.eval_tasks]
+    if not tasks:
+        raise ValueError("the model set has no task with evaluation data: there is no lesson to measure")
+    advantage, wins = {}, {}
+    for i, task in enumerate(tasks):
+        diffs = []
+        for a in alphas:
+            lines = live.evaluate(single_task_spec(task, a), split)["score"]
+            uniform = live.evaluate(uniform_spec(task, a), split)["score"]
+            diffs.append(lines - uniform)
+        advantage[task] = sum(diffs) / len(diffs)
+        wins[task] = [a for a, d in zip(alphas, diffs) if d > 0]
+        if progress is not None:
+            progress(i + 1, len(tasks), f"LiNeS vs uniform scaling on {task}")
+    target = max(tasks, key=lambda t: (advantage[t], -tasks.index(t)))
+    return {"target": target, "advantage": advantage, "wins": wins, "alphas": list(alphas), "split": split}
+
+
+def lesson_files(ms) -> list:
+    """The files a model set's lesson depends on (its checkpoints; the data are in the fingerprint)."""
+    return [ms.base_path, *ms.finetuned_paths.values()]
+
+
+def cached_lines_lesson(ms, live=None, *, cache=None, compute: bool = True, progress=None) -> dict | None:
+    """`lines_lesson` of a model set, kept on disk (core.analysis_cache, keyed by the files and the
+    model set's fingerprint): `zoo build` measures it once, the LiNeS page reads it back. compute=False
+    only reads (None when it was never measured)."""
+    from .analysis_cache import AnalysisCache
+
+    cache = cache or AnalysisCache()
+    params = {"fingerprint": ms.fingerprint(), "alphas": list(LESSON_ALPHAS), "split": "val"}
+    hit = cache.get("lines_lesson", lesson_files(ms), params)
+    if hit is not None or not compute:
+        return hit
+    if live is None:
+        from .live import LiveMerger
+
+        live = LiveMerger(ms)
+    value = lines_lesson(live, progress=progress)
+    cache.put("lines_lesson", lesson_files(ms), params, value)
+    return value

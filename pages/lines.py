@@ -55,7 +55,42 @@ with st.expander("Evaluation settings"):
 
 
 live = S.live_merger(ms, subsample, bf16)
-target = st.selectbox("Fine-tuned model (target task)", ms.tasks, key="lines_target")
+# The lesson's default target: the task where LiNeS beats uniform scaling most clearly on validation,
+# measured once (`python -m core zoo build` does it for the zoo; the button below for any model set).
+lesson = S.lines_lesson(ms)
+default = ms.tasks.index(lesson["target"]) if lesson and lesson["target"] in ms.tasks else 0
+if "lines_target_next" in st.session_state:  # set by the measuring button below, applied before the widget
+    st.session_state["lines_target"] = st.session_state.pop("lines_target_next")
+target = st.selectbox(
+    "Fine-tuned model (target task)",
+    ms.tasks,
+    key="lines_target",
+    **({} if "lines_target" in st.session_state else {"index": default}),
+)
+st.markdown(
+    "**What to look for:** move α down from 1. Uniform scaling (the row under LiNeS) gives the controls "
+    "back their accuracy by shrinking the whole update, so the target falls with it; LiNeS shrinks the "
+    "shallow blocks only, so at the same α the target keeps more of its accuracy and the score is higher."
+)
+if lesson:
+    ahead = ", ".join(f"{a:g}" for a in lesson["wins"].get(target, [])) or "none of"
+    st.caption(
+        f"Measured on validation for this model set: the effect is clearest on **{lesson['target']}** "
+        f"(LiNeS − uniform score {lesson['advantage'][lesson['target']]:+.3f} on average over α "
+        f"{', '.join(f'{a:g}' for a in lesson['alphas'])}). On {target}: {lesson['advantage'][target]:+.3f}, "
+        f"LiNeS ahead at α {ahead}."
+        + (
+            ""
+            if lesson["advantage"][target] > 0
+            else " Here uniform scaling does as well or better: this task does not show the paper's effect."
+        )
+    )
+elif st.button("Find the task where LiNeS beats uniform scaling (6 validation passes per task)", key="lines_lesson"):
+    cb = S.progress_callback("LiNeS vs uniform scaling on validation, per task")
+    measured = S.measure_lines_lesson(ms, live, cb)
+    cb.finish("Measured: the default target is now the task with the clearest effect")
+    st.session_state["lines_target_next"] = measured["target"]
+    st.rerun()
 L = live.num_blocks
 # A full CLIP task vector has two stacks of blocks; LiNeS scales each by its own depth (core.lines).
 depths = tower_depths(S.analysis_keys(ms))

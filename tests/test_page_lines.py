@@ -114,3 +114,29 @@ def test_tower_selector_draws_each_towers_own_line(micro_zoo, tmp_path, monkeypa
         at.radio(key="lines_tower").set_value(tower).run()
         curve = shown_curve(at)
         assert curve == pytest.approx(lines_curve(0.3, 0.7, num_blocks(micro_zoo.base(), tower=tower)))
+
+
+def test_the_lesson_picks_the_default_target_and_says_what_to_look_for(micro_zoo, monkeypatch, tmp_path):
+    """Without a measured lesson the page offers to measure it; once measured, the target where LiNeS beats
+    uniform scaling most is selected and the page says so (core.live_report.lines_lesson)."""
+    from core.analysis_cache import AnalysisCache
+    from core.live_report import cached_lines_lesson
+
+    monkeypatch.setenv("MERGESCOPE_CACHE", str(micro_zoo.zoo_dir.parent))
+    monkeypatch.setattr("ui.state.analysis_cache", lambda: AnalysisCache(tmp_path / "analysis"))
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["model_set_ref"] = ModelSetRef(zoo="micro")
+    at.session_state["lines_sub"] = SUB
+    at.run()
+    assert not at.exception and "What to look for" in " ".join(m.value for m in at.markdown)
+    at.button(key="lines_lesson").click().run()
+    assert not at.exception
+    lesson = cached_lines_lesson(micro_zoo, cache=AnalysisCache(tmp_path / "analysis"), compute=False)
+    assert lesson is not None and at.selectbox(key="lines_target").value == lesson["target"]
+    assert f"clearest on **{lesson['target']}**" in " ".join(c.value for c in at.caption)
+    fresh = AppTest.from_file(PAGE, default_timeout=60)  # a new session reads the lesson back from disk
+    fresh.session_state["model_set_ref"] = ModelSetRef(zoo="micro")
+    fresh.session_state["lines_sub"] = SUB
+    fresh.run()
+    assert fresh.selectbox(key="lines_target").value == lesson["target"]
+    assert all(b.key != "lines_lesson" for b in fresh.button)  # nothing left to measure

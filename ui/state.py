@@ -289,6 +289,21 @@ def live_merger(ms, subsample: int | None, bf16: bool):
     return memo(ms, f"live:{subsample}:{bf16}:{es.seed}", build, "Preparing the live merger")
 
 
+def lines_lesson(ms) -> dict | None:
+    """The model set's measured LiNeS lesson (core.live_report.cached_lines_lesson), read from disk; None
+    when it was never measured (no computation on page load)."""
+    from core.live_report import cached_lines_lesson
+
+    return cached_lines_lesson(ms, compute=False, cache=analysis_cache())
+
+
+def measure_lines_lesson(ms, live, progress) -> dict:
+    """Measure the LiNeS lesson now (2 x 3 validation passes per task) and keep it on disk."""
+    from core.live_report import cached_lines_lesson
+
+    return cached_lines_lesson(ms, live, cache=analysis_cache(), progress=progress)
+
+
 def newer_input() -> Callable[[], bool]:
     """A `cancel` for core's evaluations (checked between batches): true once the user has moved a widget
     again, i.e. Streamlit holds a rerun (or stop) request for this session. A burst of slider presses then

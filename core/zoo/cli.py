@@ -93,14 +93,16 @@ def run(args) -> int:
         recipe = recipe_for(kind, overrides(args.set))
         if not args.force and recipe == RECIPES[kind] and is_built(kind, args.cache):
             print(f"{kind} zoo already built at {zoo_path(kind, args.cache)} (use --force to rebuild)")
-            return 0
-        bar = TqdmProgress()
-        try:
-            path = build_zoo(kind, bar, force=True, cache=args.cache, recipe=recipe)
-        finally:
-            bar.close()
-        print(f"built {kind} zoo at {path}")
-        print_summary(json.loads((path / "manifest.json").read_text()))
+        else:
+            bar = TqdmProgress()
+            try:
+                path = build_zoo(kind, bar, force=True, cache=args.cache, recipe=recipe)
+            finally:
+                bar.close()
+            print(f"built {kind} zoo at {path}")
+            print_summary(json.loads((path / "manifest.json").read_text()))
+        if recipe == RECIPES[kind]:
+            lesson(kind, args.cache)
         return 0
     if args.cmd == "pretrain":
         from ..models import build_model
@@ -129,6 +131,25 @@ def run(args) -> int:
     print(f"{kind} zoo at {zoo_path(kind, args.cache)} (current recipe: {current})")
     print_summary(man)
     return 0
+
+
+def lesson(kind: str, cache) -> None:
+    """Measure (once, then read from disk) which task shows the LiNeS effect best: the LiNeS page's default."""
+    from ..live_report import cached_lines_lesson
+    from . import load_model_set
+
+    ms = load_model_set(kind, cache=cache)
+    les = cached_lines_lesson(ms, compute=False)
+    if les is None:
+        bar = TqdmProgress()
+        try:
+            les = cached_lines_lesson(ms, progress=lambda i, n, _: bar("LiNeS lesson: LiNeS vs uniform on val", i, n))
+        finally:
+            bar.close()
+    adv = ", ".join(f"{t} {a:+.3f}" for t, a in sorted(les["advantage"].items(), key=lambda kv: -kv[1]))
+    print(
+        f"LiNeS lesson: default target {les['target']} (score LiNeS - uniform on val, mean over α {les['alphas']}: {adv})"
+    )
 
 
 def print_summary(man: dict) -> None:
