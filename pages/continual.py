@@ -30,6 +30,10 @@ st.caption(
     "mean of past tasks' adapters and a loss pushing new features off the span of old prototypes), and **L2** "
     "toward the previous task's adapters. All off is plain sequential adapter tuning."
 )
+st.markdown(
+    "**What to look for:** "
+    "the accuracy on earlier tasks after each new one (forgetting) and how the NTK view of the adapted layers explains it."
+)
 
 ms = S.require_model_set()
 job: ContinualJob | None = st.session_state.get(JOB)

@@ -33,6 +33,10 @@ st.caption(
     "steps. **WSA** adds w·Σℓ KL(N(μℓ, σℓ²) ‖ N(μ̃ℓ, σ̃ℓ²)), pulling each layer's weight mean and spread toward a "
     "target scope (the pretrained model's) so fine-tunes merge better."
 )
+st.markdown(
+    "**What to look for:** "
+    "TempBalance / Model Balancing against one uniform learning rate, by data fraction and over seeds: on the demo zoo the differences stay inside the seeds' spread, so the papers' effect does not show here."
+)
 ms = S.require_model_set()
 tasks = lab_tasks(ms)
 defaults = recipe_defaults(ms)

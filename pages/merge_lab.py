@@ -34,6 +34,10 @@ st.caption(
     "LiNeS / a block curve θ = θ₀ + λ(ℓ)·τ_merged (no extra global λ). Normalized accuracy = accuracy / the "
     "task's own fine-tuned accuracy. Results are on the test split: tune on validation (Sweeps) before trusting them."
 )
+st.markdown(
+    "**What to look for:** "
+    'switch from task arithmetic to TSV-M, PCB or Iso-C and watch the normalized accuracy: on the demo zoo they gain under one point (its task vectors barely interfere; the README\'s "what the zoo does not show" has the measured gaps), and LiNeS on top moves it by a few tenths either way.'
+)
 ms = S.require_model_set()
 if not ms.eval_tasks:
     st.info(

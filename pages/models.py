@@ -67,6 +67,10 @@ st.caption(
     "A model set is one pretrained **base** plus **fine-tuned** checkpoints of it, one per task. "
     "Weights are read lazily and kept in memory once per server, so switching pages never reloads them."
 )
+st.markdown(
+    "**What to look for:** "
+    "the validation report, problems grouped by kind with the most serious first, before any page uses a model set."
+)
 
 
 def _zoo_tab() -> None:

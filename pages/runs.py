@@ -14,6 +14,10 @@ from ui import state as S
 st.title("Runs")
 log = RunLog()
 st.caption(f"Run log: `{log.path}`. Every evaluation, sweep and training run is recorded with its full config.")
+st.markdown(
+    "**What to look for:** "
+    "every evaluation the live pages made is here with the config that reproduces it; pick two runs to see exactly what differs."
+)
 if S.get_model_set() is None:  # runs of every model set are listed; new ones need a loaded set
     st.page_link(S.MODELS_PAGE, label="Load a model set on Models to make new runs", icon=":material/inventory_2:")
 

@@ -29,6 +29,10 @@ st.caption(
     "normalized accuracy (accuracy / the task's fine-tuned accuracy) is then evaluated once on **test**. "
     "Test numbers never choose anything."
 )
+st.markdown(
+    "**What to look for:** "
+    "the value chosen on validation and its number on test; two settings closer than about one point are not told apart by this many images (each row says how many it rests on)."
+)
 
 ms = S.require_model_set()
 ref = S.current_ref()

@@ -16,6 +16,10 @@ st.caption(
     "Rows are tasks, columns are the network's residual blocks from input (left) to output (right); "
     "“outside” collects the parameters outside the blocks (patch embedding, ln_pre, ln_post, projection)."
 )
+st.markdown(
+    "**What to look for:** "
+    "the relative change ‖τ‖ / ‖θ₀‖ grows with depth (on the demo zoo from 0.026 in block 0 to 0.035 in the last block: fine-tuning moves the deep blocks most, the premise of LiNeS), while two tasks' signs disagree on about half of the entries in every block: nearly orthogonal task vectors, little interference to resolve."
+)
 if not ms.tasks:
     st.warning("This model set has no fine-tuned checkpoints.")
     st.stop()

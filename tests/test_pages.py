@@ -280,3 +280,10 @@ def test_tower_selector_on_a_full_clip_model_set(tmp_path):
     at.radio(key="spec_tower").set_value("text").run()
     assert_clean(at, "spectra, text tower")
     assert list(values(figure(at, 0).data[0].x)) == [*range(full_clip.TEXT_LAYERS), full_clip.TEXT_LAYERS]
+
+
+def test_every_page_says_what_to_look_for():
+    """Each page opens with one sentence on what to look at (issue: a class-ready demo)."""
+    pages = sorted((Path(__file__).resolve().parent.parent / "pages").glob("*.py"))
+    missing = [p.name for p in pages if "**What to look for:** " not in p.read_text()]
+    assert pages and not missing, f"pages without a 'What to look for' sentence: {missing}"
