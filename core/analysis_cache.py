@@ -97,9 +97,7 @@ def encode(value) -> dict:
             return {"record": json.loads(json.dumps(value, allow_nan=False))}
         except (TypeError, ValueError):
             pass
-    raise TypeError(
-        f"the analysis cache stores DataFrames, dicts of them or JSON records, not {type(value).__name__}"
-    )
+    raise TypeError(f"the analysis cache stores DataFrames, dicts of them or JSON records, not {type(value).__name__}")
 
 
 def decode(data: dict):

@@ -23,7 +23,8 @@ def test_the_lesson_is_the_task_where_lines_beats_uniform_most(live, micro_zoo):
     assert steps[-1] == (len(micro_zoo.tasks), len(micro_zoo.tasks))
     for task in micro_zoo.tasks:  # the advantage is the mean score difference, recomputed here
         diffs = [
-            live.evaluate(single_task_spec(task, a), "val")["score"] - live.evaluate(uniform_spec(task, a), "val")["score"]
+            live.evaluate(single_task_spec(task, a), "val")["score"]
+            - live.evaluate(uniform_spec(task, a), "val")["score"]
             for a in LESSON_ALPHAS
         ]
         assert les["advantage"][task] == pytest.approx(sum(diffs) / len(diffs))

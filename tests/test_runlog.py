@@ -36,7 +36,7 @@ def test_log_one_shot_and_list_filters_by_kind_text_and_where(log):
     assert list(log.list(text="CONSENSUS")["id"]) == [b]
     assert list(log.list(where={"status": "error"})["id"]) == [c]
     assert list(log.list(where={"seed": 3})["id"]) == [b]
-    assert log.get(c)["metrics"] == {"loss": None}  # NaN is stored as null, not invalid JSON
+    assert log.get(c)["metrics"] == {}  # a NaN field is left out (never invalid JSON, never "nan" on the page)
     assert list(log.list(limit=1)["id"]) == [c]
     with pytest.raises(ValueError, match="cannot filter"):
         log.list(where={"config": "x"})
@@ -103,3 +103,26 @@ def test_default_path_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("MERGESCOPE_RUNLOG", str(tmp_path / "x" / "log.sqlite"))
     assert RunLog().path == tmp_path / "x" / "log.sqlite"
     assert (tmp_path / "x" / "log.sqlite").exists()
+
+
+def test_fields_without_a_value_are_left_out_and_training_runs_have_headlines(tmp_path):
+    """A fine-tune run without WSA has no scope distance and a cancelled one may have no loss: such
+    fields are not stored (the Runs page never shows None or nan); its method and accuracy headline it."""
+    import math
+
+    import numpy as np
+
+    from core.runtime.runlog import RunLog, headlines
+
+    log = RunLog(tmp_path / "runs.sqlite")
+    rid = log.start("finetune", {"lab": {"method": "tempbalance", "task": "digits"}, "seed": 3})
+    log.finish(rid, {"accuracy": 0.91, "scope_kl": None, "final_loss": float("nan"), "x": np.float32("nan"), "n": 5})
+    got = log.get(rid)
+    metrics = got["metrics"] if isinstance(got["metrics"], dict) else __import__("json").loads(got["metrics"])
+    assert metrics == {"accuracy": 0.91, "n": 5}
+    row = headlines(log.list()).iloc[0]
+    assert row["method"] == "tempbalance" and math.isclose(row["avg_abs"], 0.91)
+    lid = log.log("live", {"merge": {"method": "ties"}}, {"mean": 0.8, "score": None})
+    runs = headlines(log.list())
+    assert runs.set_index("id").loc[lid, "method"] == "ties"
+    assert "None" not in runs.astype(str).to_string() and "nan" not in runs[["method"]].astype(str).to_string()

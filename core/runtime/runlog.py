@@ -84,6 +84,19 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def _present(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The metrics that have a value: a field that is None or NaN (e.g. a weight-scope distance of a run
+    without Weight Scope Alignment, the loss of a run cancelled before its first step) does not apply to
+    the run and is left out, so the Runs page never shows "None" or "nan" for it."""
+
+    def missing(v) -> bool:
+        if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0:
+            v = v.item()
+        return v is None or (isinstance(v, float) and not math.isfinite(v))
+
+    return {k: v for k, v in metrics.items() if not missing(v)}
+
+
 def _to_json(obj: Any) -> str:
     """JSON that never fails on numpy scalars, tuples, paths or NaN (NaN becomes null)."""
 
@@ -179,7 +192,7 @@ class RunLog:
         """Store the run's metrics and final status ("ok", "error", "cancelled", ...)."""
         _, n = self._write(
             "UPDATE runs SET status = ?, finished = ?, metrics = ? WHERE id = ?",
-            (status, _now(), _to_json(metrics), int(run_id)),
+            (status, _now(), _to_json(_present(metrics)), int(run_id)),
         )
         if n == 0:
             raise KeyError(f"no run with id {run_id} in {self.path}")
@@ -209,7 +222,7 @@ class RunLog:
                 code_version(),
                 seed,
                 _to_json(config),
-                _to_json(metrics),
+                _to_json(_present(metrics)),
             ),
         )
         return int(rid)
@@ -312,16 +325,18 @@ class RunLog:
 
 def headlines(runs: pd.DataFrame) -> pd.DataFrame:
     """`runs` (from RunLog.list) with the columns a table of runs shows first: method (config
-    merge.method), avg_abs and avg_norm (the test numbers of a sweep, else the run's own)."""
+    merge.method; for a training run its lab's method, e.g. the Fine-tune lab's lr rule), avg_abs and
+    avg_norm (the test numbers of a sweep, else the run's own; a training run's "accuracy" when it has one)."""
 
     def pick(row):
         cfg = json.loads(row["config"]) if row["config"] else {}
         met = json.loads(row["metrics"]) if isinstance(row["metrics"], str) and row["metrics"] else {}
         src = met.get("test") if isinstance(met.get("test"), Mapping) and met.get("test") else met
         merge = cfg.get("merge") if isinstance(cfg.get("merge"), Mapping) else {}
-        return pd.Series(
-            {"method": merge.get("method"), "avg_abs": src.get("avg_abs"), "avg_norm": src.get("avg_norm")}
-        )
+        lab = cfg.get("lab") if isinstance(cfg.get("lab"), Mapping) else {}
+        method = merge.get("method") or lab.get("method") or cfg.get("method") or ""
+        acc = src.get("avg_abs", src.get("accuracy") if isinstance(src.get("accuracy"), (int, float)) else None)
+        return pd.Series({"method": method, "avg_abs": acc, "avg_norm": src.get("avg_norm")})
 
     if runs.empty:
         return runs.assign(method=None, avg_abs=None, avg_norm=None)
