@@ -267,7 +267,8 @@ def partial(r: dict, spec: MergeSpec) -> None:
 
 
 def final(r: dict, spec: MergeSpec, delta: dict, ta_lam: float) -> None:
-    c1, c2, c3 = st.columns(3)
+    # Two metrics side by side: three did not fit a 1000 px window (the values were cut to "22.…").
+    c1, c2 = st.columns(2)
     c1.metric("Absolute", f"{r['mean']:.1%}", f"{delta['mean']:+.1%} vs TA", help="mean accuracy over the merged tasks")
     c2.metric(
         "Normalized",
@@ -275,7 +276,10 @@ def final(r: dict, spec: MergeSpec, delta: dict, ta_lam: float) -> None:
         f"{delta['normalized_mean']:+.1%} vs TA",
         help="mean of accuracy / the task's fine-tuned accuracy",
     )
-    c3.metric(f"TA, λ = {ta_lam:g}", f"{delta['task_arithmetic']['mean']:.1%}", help="plain task arithmetic, absolute")
+    st.caption(
+        f"Plain task arithmetic at λ = {ta_lam:g}: {delta['task_arithmetic']['mean']:.1%} absolute, "
+        f"{delta['task_arithmetic']['normalized_mean']:.1%} normalized."
+    )
     table = comparison_table(r, live.reference_rows(), {"task arithmetic": delta["task_arithmetic"]["accuracy"]})
     st.session_state["ml_table"] = table
     # The table first; the bars in a second tab, computed and drawn only while it is open (on_change="rerun"):

@@ -98,6 +98,14 @@ def browser_page(chromium):  # noqa: F811
     context.close()
 
 
+# Numbers that do not fit their box: a metric's value cut to "22.…" (text-overflow: ellipsis).
+METRICS_JS = r"""(tol) => Array.from(document.querySelectorAll('[data-testid="stMetricValue"]'))
+  .filter((el) => el.getBoundingClientRect().width > 0)
+  .flatMap((el) => { const inner = el.querySelector('div') || el;
+    return inner.scrollWidth > inner.clientWidth + tol
+      ? [`metric value "${el.textContent.trim()}" is cut off (${inner.scrollWidth} > ${inner.clientWidth} px)`] : []; })"""
+
+
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("name,path", PAGES, ids=[p[0] for p in PAGES])
 def test_page_charts_fit(browser_page, server, name, path, width):  # noqa: F811
@@ -121,6 +129,7 @@ def test_page_charts_fit(browser_page, server, name, path, width):  # noqa: F811
         page.screenshot(path=str(out / (f"{name}.png" if i == 0 else f"{name}--tab{i}.png")), full_page=True)
         where = f"{name} @ {width}px" + (f", tab {i}" if n_tabs else "")
         problems += [f"{where}: {p}" for p in page.evaluate(GEOMETRY_JS, TOLERANCE_PX)]
+        problems += [f"{where}: {p}" for p in page.evaluate(METRICS_JS, TOLERANCE_PX)]
         exceptions = page.locator('[data-testid="stException"]')
         assert exceptions.count() == 0, f"{where}: {exceptions.first.inner_text()[:2000]}"
     assert not problems, "\n".join(problems)

@@ -34,13 +34,13 @@ def block_scale_svg(
     title: str = "Per-block scale λ(ℓ)",
     tower: str | None = None,
     *,
-    width: int = 520,
-    height: int = 250,
+    width: int = 220,
+    height: int = 170,
 ) -> str:
     """Per-block scale curves as SVG: block ℓ = 0..L-1 on x, λ(ℓ) on y (from 0), one line with markers
     per curve and a dotted line for the scale outside the blocks. Same arguments and meaning as
     `core.plots.merge.block_scale_curve` (the interactive Plotly version)."""
-    left, right, top, bottom = 48, 12, 30, 40
+    left, right, top, bottom = 34, 8, 36, 32
     pw, ph = width - left - right, height - top - bottom
     values = [float(v) for s in curves.values() for v in s] + [float(v) for v in (outside or {}).values()]
     y_hi = max([1.0, *values]) if values else 1.0
@@ -55,13 +55,13 @@ def block_scale_svg(
 
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" '
-        f'role="img" aria-label="{escape(title)}" font-family="sans-serif" font-size="11">',
-        f'<text x="4" y="16" font-size="14" fill="#333">{escape(title)}</text>',
+        f'role="img" aria-label="{escape(title)}" font-family="sans-serif" font-size="12">',
+        f'<text x="4" y="15" font-size="13" fill="#333">{escape(title)}</text>',
     ]
-    for t in _ticks(0.0, y_hi):
+    for t in _ticks(0.0, y_hi, 3):
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="{GRID}"/>')
         out.append(f'<text x="{left - 6}" y="{y(t) + 4:.1f}" text-anchor="end" fill="#555">{t:g}</text>')
-    step = max(1, math.ceil(n / 12))
+    step = max(1, math.ceil(n / 8))
     for i in range(0, n, step):
         out.append(f'<text x="{x(i):.1f}" y="{top + ph + 14}" text-anchor="middle" fill="#555">{i}</text>')
     xtitle = "block ℓ" if tower is None else f"block ℓ of the {TOWER_LABELS.get(tower, tower)}"
@@ -72,7 +72,7 @@ def block_scale_svg(
         f'<text x="12" y="{top + ph / 2:.1f}" text-anchor="middle" fill="#333" '
         f'transform="rotate(-90 12 {top + ph / 2:.1f})">scale λ(ℓ)</text>'
     )
-    legend_x = left + 8
+    legend_x = left
     for k, (label, scales) in enumerate(curves.items()):
         colour = KIND_COLOURS.get(label, COLORWAY[k % len(COLORWAY)])
         pts = " ".join(f"{x(i):.1f},{y(float(v)):.1f}" for i, v in enumerate(scales))
@@ -93,7 +93,7 @@ def block_scale_svg(
                 f'<circle cx="{x(i):.1f}" cy="{y(float(v)):.1f}" r="3" fill="{colour}">'
                 f"<title>block {i}: λ = {float(v):.3f}</title></circle>"
             )
-        out.append(f'<text x="{legend_x}" y="{top + 12 + 14 * k}" fill="{colour}">— {escape(label)}</text>')
+        out.append(f'<text x="{legend_x + 80 * k}" y="{top - 10}" fill="{colour}">— {escape(label)}</text>')
     out.append("</svg>")
     return "".join(out)
 
