@@ -74,14 +74,16 @@ def build(dirpath: Path, n_tasks: int, model: str) -> None:
         print(f"  wrote task{t}.safetensors", flush=True)
 
 
-def run_one(dirpath: Path, what: str, n_tasks: int) -> dict:
+def run_one(dirpath: Path, what: str, n_tasks: int, threads: int | None = None) -> dict:
     import torch
 
     from core.checkpoints import open_state_dict, save_state_dict
     from core.merging import merge
     from core.runtime.threads import auto_threads
 
-    torch.set_num_threads(auto_threads())  # 1 on a busy machine: 2 OpenMP threads stall at barriers there
+    # auto: 1 on a busy machine (2 OpenMP threads stall at barriers there), which on 2 cores means any load
+    # above 0.5; --threads fixes it so two runs compare the same setting
+    torch.set_num_threads(threads or auto_threads())
     base = open_state_dict(dirpath / "base.safetensors")
     fts = [open_state_dict(dirpath / f"task{t}.safetensors") for t in range(n_tasks)]
     out_path = dirpath / f"out-{what}.safetensors"
@@ -185,13 +187,14 @@ def main() -> int:
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--keep", type=Path, help="reuse/keep the synthetic checkpoints in this folder")
     ap.add_argument("--methods", help="comma-separated subset of the timed rows (default: every registered method)")
+    ap.add_argument("--threads", type=int, help="torch threads per merge (default: core.runtime.threads.auto_threads)")
     ap.add_argument("--_one", help=argparse.SUPPRESS)
     ap.add_argument("--_dir", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.arch:
         a.model = ARCHS[a.arch]
     if a._one:
-        print(json.dumps(run_one(a._dir, a._one, a.tasks)))
+        print(json.dumps(run_one(a._dir, a._one, a.tasks, a.threads)))
         return 0
     tmp = a.keep or Path(tempfile.mkdtemp(prefix="mergescope-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -210,10 +213,14 @@ def main() -> int:
         results, floors = {}, []
         rows = timed_rows(a.methods)
         load0 = os.getloadavg()[0]
-        print(f"device: cpu (merges run on the CPU); load average {load0:.1f}", flush=True)
+        from core.runtime.threads import auto_threads
+
+        threads = a.threads or auto_threads()
+        print(f"device: cpu (merges run on the CPU); {threads} torch thread(s); load average {load0:.1f}", flush=True)
         for what in ("floor", *rows, "floor"):  # the floor twice: first and last
             r = subprocess.run(
-                [sys.executable, __file__, "--_one", what, "--_dir", str(tmp), "--tasks", str(a.tasks)],
+                [sys.executable, __file__, "--_one", what, "--_dir", str(tmp), "--tasks", str(a.tasks)]
+                + (["--threads", str(a.threads)] if a.threads else []),
                 capture_output=True,
                 text=True,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
