@@ -329,3 +329,27 @@ def test_ties_bitwise_on_a_model_larger_than_one_chunk():
     sel = tr * torch.where(sign.unsqueeze(0) > 0, tr > 0, tr < 0)
     ref = fb + 0.5 * (sel.sum(0) / torch.clamp((sel != 0).sum(0).float(), min=1))
     assert torch.equal(got, ref)
+
+
+def test_block_l1_equals_the_flat_sum_and_ignores_how_the_vector_is_cut():
+    from core.merging.direction import BlockL1
+
+    x = torch.randn(5000, generator=torch.Generator().manual_seed(3))
+    for cuts in ([5000], [1, 4999], [97] * 51 + [53], [2048, 2048, 904]):
+        acc, start = BlockL1(), 0
+        for c in cuts:
+            acc.add(x[start : start + c])
+            start += c
+        assert acc.total() == float(x.abs().sum())  # one block: bit for bit the reference's float32 sum
+    small = BlockL1(block=1000)
+    small.add(x)
+    assert small.total() == sum(float(x[i : i + 1000].abs().sum()) for i in range(0, 5000, 1000))
+
+
+def test_lines_auto_alpha_does_not_depend_on_the_slab_width(monkeypatch):
+    from core.merging import merged_direction, streaming
+
+    base, fts = make_models(n=3, seed=11)
+    want = {m: merged_direction(base, fts, m).auto_alpha() for m in ("task_arithmetic", "ties", "consensus")}
+    monkeypatch.setattr(streaming, "CHUNK", 7)  # slabs cut through every tensor
+    assert {m: merged_direction(base, fts, m).auto_alpha() for m in want} == want

@@ -62,6 +62,39 @@ def l1(t: torch.Tensor) -> float:
     return float(t.abs().sum())
 
 
+class BlockL1:
+    """||x||_1 of a vector streamed in pieces (in flat order), reduced in blocks of `block` values: each
+    block is one float32 torch sum, as the reference's float(x.abs().sum()) over the whole vector (so the
+    two agree bit for bit whenever the vector has at most `block` entries; beyond, block sums add in
+    Python floats). The blocks do not depend on how the pieces are cut, so the LiNeS auto alpha of a
+    merge does not change with the streaming slab width."""
+
+    def __init__(self, block: int = 1 << 20):
+        self.block, self.n, self.value = block, 0, 0.0
+        self._buf: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1)
+        while x.numel():
+            if self._buf is None:
+                self._buf = torch.empty(self.block, dtype=x.dtype)
+            take = min(self.block - self.n, x.numel())
+            self._buf[self.n : self.n + take] = x[:take]
+            self.n += take
+            x = x[take:]
+            if self.n == self.block:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self.n:
+            self.value += l1(self._buf[: self.n])
+            self.n = 0
+
+    def total(self) -> float:
+        self._flush()
+        return self.value
+
+
 def total(tensors) -> torch.Tensor:
     """sum_t tensors[t], added in task order into one new tensor (no [T, ...] stack)."""
     out = tensors[0].clone()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import streaming
-from .direction import MergedDirection, global_scale, l1, total
+from .direction import BlockL1, MergedDirection, global_scale, l1, total
 from .kselect import kth_smallest
 from .registry import Param, merge_method
 from .streaming import FlatWriter, TaskVectors
@@ -158,14 +158,14 @@ def pcb(tvs: TaskVectors, pcb_ratio: float = 0.1, coefficients: float = 1.2) -> 
 
     c_i = int(d * (1 - r))
     cut = torch.tensor([v[0] for v in kth_smallest(scores, [[c_i + 1]] * n)], dtype=tvs.dtype).unsqueeze(1)
-    w, summed, merged, kept = FlatWriter(tvs.shapes, tvs.dtype), 0.0, 0.0, 0
+    w, summed, merged, kept = FlatWriter(tvs.shapes, tvs.dtype), BlockL1(), BlockL1(), 0
     for ch in tvs.chunks(size=size):
         clamped, b = balance(ch.tvs)
         sc = min_max(torch.maximum(b, cut), cut, top.unsqueeze(1))
         kept += int((sc > 0).sum())
         out = (clamped * sc).sum(dim=0) / torch.clamp(sc.sum(dim=0), min=1e-12)
-        summed += l1(ch.tvs.sum(dim=0))
-        merged += l1(out)
+        summed.add(ch.tvs.sum(dim=0))
+        merged.add(out)
         w.write(ch, out)
     info = {"pcb_ratio": r, "kept_fraction": kept / (n * d)}
-    return MergedDirection(w.out, scale, summed, n, info, merged_l1_value=merged)
+    return MergedDirection(w.out, scale, summed.total(), n, info, merged_l1_value=merged.total())
