@@ -179,8 +179,18 @@ def lab_body() -> None:
             st.caption("With LiNeS the method's global λ is not applied (official LiNeS).")
         subset = tuple(tasks) if tasks != ms.tasks else None
         spec = MergeSpec.make(method, params, lines=lines, tasks=subset)
-        with st.expander("Per-block coefficient curve (advanced)", expanded=bool(st.session_state.get("ml_curve_on"))):
-            edited = curve_editor(spec)
+        # The editor only while its expander is open (or its curve is in use): a closed expander's table was
+        # re-sent and rebuilt by the browser on every slider move (the Merge lab's slowest burst).
+        curve_exp = st.expander(
+            "Per-block coefficient curve (advanced)",
+            expanded=bool(st.session_state.get("ml_curve_on")),
+            key="ml_curve_exp",
+            on_change="rerun",
+        )
+        edited = None
+        if curve_exp.open or st.session_state.get("ml_curve_on"):
+            with curve_exp:
+                edited = curve_editor(spec)
         if edited is not None:
             spec = MergeSpec.make(method, params, curve=edited[0], outside=edited[1], tasks=subset)
         scales, outside = live.block_scales(spec)

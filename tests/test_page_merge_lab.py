@@ -101,7 +101,7 @@ def test_per_task_coefficients_and_task_subset(micro_zoo):
 def test_block_curve_editor(micro_zoo):
     n = infer_num_blocks(micro_zoo.finetuned(micro_zoo.tasks[0]))
     curve = [round(0.3 * i, 2) for i in range(n)]  # any curve; the editor starts from it
-    at = _page(ml_curve_base=curve, ml_outside=0.1)
+    at = _page(ml_curve_base=curve, ml_outside=0.1, ml_curve_exp=True)  # the user opens the expander
     at.toggle(key="ml_curve_on").set_value(True).run()
     assert not at.exception
     r = _result(at)
@@ -223,6 +223,7 @@ def test_numbers_first_and_the_bars_only_in_their_tab(micro_zoo):
     numbers); the per-task table is there, and the bars appear when their tab is opened."""
     at = _page()
     assert not at.get("plotly_chart") and at.dataframe
+    assert all(b.key != "ml_curve_reset" for b in at.button)  # the closed curve editor is not built
     assert svg_markup(at).startswith("<svg")  # the block curve, drawn as SVG
     at = _page(ml_tab="Bars")
     bars = at.get("plotly_chart")
