@@ -8,6 +8,7 @@ Needs Playwright and Chromium (`make browser` installs Debian's); skips loudly o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -67,23 +68,19 @@ def chromium():
         browser.close()
 
 
-@pytest.fixture(scope="module")
-def server(request, tmp_path_factory):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    try:
-        ms = request.getfixturevalue("micro_zoo")
-        env["MERGESCOPE_CACHE"] = str(Path(ms.zoo_dir).parent)
-        env["MERGESCOPE_DEFAULT_ZOO"] = "micro"
-    except pytest.FixtureLookupError:
-        folder = tmp_path_factory.mktemp("browser-checkpoints")
-        write_test_model_set(folder)
-        env["MERGESCOPE_DEFAULT_MODEL_SET"] = str(folder / "model_set.json")
+@contextlib.contextmanager
+def serve_app(env: dict, log_dir: Path):
+    """`streamlit run ui/app.py` on a free port with `env` (on top of this process's), until the block ends;
+    yields the URL; a None value removes that variable. The server's log goes to log_dir/server.log (its
+    tail is printed on a traceback)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env}
+    env = {k: v for k, v in env.items() if v is not None}
     port = _free_port()
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"), "--server.port", str(port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
     ]  # fmt: skip
-    log = open(tmp_path_factory.mktemp("streamlit-log") / "server.log", "w+")
+    log = open(Path(log_dir) / "server.log", "w+")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -100,6 +97,21 @@ def server(request, tmp_path_factory):
         log.close()
         if "Traceback" in tail:
             print("streamlit server log:\n" + tail)
+
+
+@pytest.fixture(scope="module")
+def server(request, tmp_path_factory):
+    env = {}
+    try:
+        ms = request.getfixturevalue("micro_zoo")
+        env["MERGESCOPE_CACHE"] = str(Path(ms.zoo_dir).parent)
+        env["MERGESCOPE_DEFAULT_ZOO"] = "micro"
+    except pytest.FixtureLookupError:
+        folder = tmp_path_factory.mktemp("browser-checkpoints")
+        write_test_model_set(folder)
+        env["MERGESCOPE_DEFAULT_MODEL_SET"] = str(folder / "model_set.json")
+    with serve_app(env, tmp_path_factory.mktemp("streamlit-log")) as url:
+        yield url
 
 
 def wait_rendered(page, timeout_s: float = PAGE_TIMEOUT_S) -> None:

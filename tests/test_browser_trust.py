@@ -12,42 +12,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from test_browser import ROOT, _free_port, _wait_healthy, chromium, wait_rendered  # noqa: F401
+from test_browser import chromium, serve_app, wait_rendered  # noqa: F401
 
 from core.layers import TOWER_LABELS
 from ui import existing_pages, url_path
 
 NAN_KEY = "visual.transformer.resblocks.1.attn.out_proj.weight"
-
-
-def _serve(env_extra: dict, tmp_path_factory):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env_extra}
-    env.pop("MERGESCOPE_DEFAULT_ZOO", None) if "MERGESCOPE_DEFAULT_ZOO" not in env_extra else None
-    port = _free_port()
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"), "--server.port", str(port),
-        "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-    ]  # fmt: skip
-    log = open(tmp_path_factory.mktemp("trust-log") / "server.log", "w+")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    _wait_healthy(url, proc)
-    return proc, url, log
-
-
-def _stop(proc, log):
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +35,9 @@ def nan_server(tmp_path_factory):
     base, fts = write_set(folder, good=finetune(2), bad=bad)
     ref = ModelSetRef(zoo=None, base=str(base), finetuned=(("bad", str(fts[1])), ("good", str(fts[0]))))
     (folder / "ref.json").write_text(json.dumps(ref.to_dict()))
-    proc, url, log = _serve({"MERGESCOPE_DEFAULT_MODEL_SET": str(folder / "ref.json")}, tmp_path_factory)
-    yield url
-    _stop(proc, log)
+    env = {"MERGESCOPE_DEFAULT_MODEL_SET": str(folder / "ref.json"), "MERGESCOPE_DEFAULT_ZOO": None}
+    with serve_app(env, folder) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +50,8 @@ def full_clip_server(micro_zoo, tmp_path_factory):
     exports = tmp_path_factory.mktemp("exports")
     env = {"MERGESCOPE_CACHE": str(cache), "MERGESCOPE_DEFAULT_ZOO": "micro", "MERGESCOPE_EXPORT_DIR": str(exports)}
     env["MERGESCOPE_RUNLOG"] = str(tmp_path_factory.mktemp("runlog") / "runs.sqlite")
-    proc, url, log = _serve(env, tmp_path_factory)
-    yield url, exports
-    _stop(proc, log)
+    with serve_app(env, cache) as url:
+        yield url, exports
 
 
 def _text(page) -> str:
