@@ -167,18 +167,11 @@ class AnalysisCache:
         return sorted(self.root.glob("*.json")) if self.root.exists() else []
 
 
-class StreamedTaskVector(Mapping):
-    """tau = ft - base of one task, one tensor at a time: `core.task_vectors.task_vector` without holding it.
+class _KeyedView(Mapping):
+    """A read-only mapping over a fixed key list (iteration, length and membership from the list alone)."""
 
-    `base` and `finetuned` are state dicts (typically lazy ones from `core.checkpoints.open_state_dict`,
-    which read a tensor from disk on access). Keys: the floating-point keys of `finetuned`, sorted,
-    as in `task_vector`; each value is computed on access, in float32 for half-precision checkpoints,
-    and not kept. A key missing from the base raises KeyError; a shape mismatch ValueError.
-    """
-
-    def __init__(self, base: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.Tensor], keys=None):
-        self.base, self.finetuned = base, finetuned
-        self._keys = sorted(keys if keys is not None else finetuned.keys())
+    def __init__(self, keys: Sequence[str]):
+        self._keys = list(keys)
         self._set = set(self._keys)
 
     def __iter__(self) -> Iterator[str]:
@@ -189,6 +182,20 @@ class StreamedTaskVector(Mapping):
 
     def __contains__(self, key) -> bool:
         return key in self._set
+
+
+class StreamedTaskVector(_KeyedView):
+    """tau = ft - base of one task, one tensor at a time: `core.task_vectors.task_vector` without holding it.
+
+    `base` and `finetuned` are state dicts (typically lazy ones from `core.checkpoints.open_state_dict`,
+    which read a tensor from disk on access). Keys: the floating-point keys of `finetuned`, sorted,
+    as in `task_vector`; each value is computed on access, in float32 for half-precision checkpoints,
+    and not kept. A key missing from the base raises KeyError; a shape mismatch ValueError.
+    """
+
+    def __init__(self, base: Mapping[str, torch.Tensor], finetuned: Mapping[str, torch.Tensor], keys=None):
+        super().__init__(sorted(keys if keys is not None else finetuned.keys()))
+        self.base, self.finetuned = base, finetuned
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self.finetuned:
@@ -238,19 +245,10 @@ def tensor_dtype(state_dict: Mapping[str, torch.Tensor], key: str) -> torch.dtyp
     return dtypes.get(key) if dtypes is not None else state_dict[key].dtype
 
 
-class _Restricted(Mapping):
+class _Restricted(_KeyedView):
     def __init__(self, state_dict: Mapping[str, torch.Tensor], keys: Sequence[str]):
-        self._sd, self._keys = state_dict, list(keys)
-        self._set = set(self._keys)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    def __contains__(self, key) -> bool:
-        return key in self._set
+        super().__init__(keys)
+        self._sd = state_dict
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._set:

@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
-from test_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, _free_port, _wait_healthy, chromium  # noqa: F401
+from test_browser import chromium, serve_app  # noqa: F401
 
 NUMBERS_FOR = """(text) => [...document.querySelectorAll('[data-testid="stCaptionContainer"]')]
   .some(e => e.innerText.includes('Numbers for') && e.innerText.includes(text))"""
@@ -28,22 +26,10 @@ def modelset_server(micro_zoo, tmp_path_factory):
     shutil.move(str(out), str(moved))
     ref = tmp_path_factory.mktemp("ref") / "ref.json"
     ref.write_text(json.dumps({"path": str(moved / "modelset.json")}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MERGESCOPE_CACHE": str(micro_zoo.zoo_dir.parent)}
-    env["MERGESCOPE_DEFAULT_MODEL_SET"] = str(ref)
-    env.pop("MERGESCOPE_DEFAULT_ZOO", None)
-    port = _free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"), "--server.port", str(port)]
-    cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
-    log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc)
+    env = {"MERGESCOPE_CACHE": str(micro_zoo.zoo_dir.parent), "MERGESCOPE_DEFAULT_MODEL_SET": str(ref)}
+    env["MERGESCOPE_DEFAULT_ZOO"] = None
+    with serve_app(env, tmp_path_factory.mktemp("log")) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
 
 
 def test_slider_on_your_own_model_set_brings_the_new_numbers(chromium, modelset_server):  # noqa: F811

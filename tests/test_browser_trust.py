@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from test_browser import chromium, serve_app, wait_rendered  # noqa: F401
 
 from core.layers import TOWER_LABELS
+from tests.fixtures import full_clip
 from ui import existing_pages, url_path
 
 NAN_KEY = "visual.transformer.resblocks.1.attn.out_proj.weight"
@@ -42,9 +41,6 @@ def nan_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def full_clip_server(micro_zoo, tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("full_clip", Path(__file__).parent / "fixtures" / "full_clip.py")
-    full_clip = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(full_clip)
     cache = tmp_path_factory.mktemp("full-clip-cache")
     full_clip.full_zoo_copy(micro_zoo.zoo_dir, cache)
     exports = tmp_path_factory.mktemp("exports")

@@ -14,6 +14,7 @@ from core.cli.commands import main
 from core.merging import merge
 from core.runtime.runlog import RunLog
 from core.spec import MergeSpec, RunConfig
+from tests.fixtures import full_clip
 
 
 @pytest.fixture
@@ -164,16 +165,11 @@ def test_merge_hf_names_exports_hugging_face_keys(setup):
 
 
 def test_analyze_tower_selects_the_image_or_text_blocks(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
 
     import pandas as pd
 
     from core.checkpoints import save_state_dict
 
-    spec = importlib.util.spec_from_file_location("full_clip", Path(__file__).parent / "fixtures" / "full_clip.py")
-    full_clip = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(full_clip)
     base = full_clip.open_clip_full()
     save_state_dict(base, tmp_path / "base.safetensors")
     argv = ["analyze", "--base", str(tmp_path / "base.safetensors"), "--finetuned"]

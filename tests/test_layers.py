@@ -1,6 +1,3 @@
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from core.layers import (
@@ -16,6 +13,7 @@ from core.layers import (
     tower_of,
     towers,
 )
+from tests.fixtures import full_clip
 
 
 @pytest.mark.parametrize(
@@ -75,9 +73,6 @@ def test_output_params_and_kinds():
 
 
 # ------------------------------------------------------------------ towers: full CLIP state dicts
-_spec = importlib.util.spec_from_file_location("full_clip", Path(__file__).parent / "fixtures" / "full_clip.py")
-full_clip = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(full_clip)
 open_clip_full, hf_clip_full = full_clip.open_clip_full, full_clip.hf_clip_full
 VISION_LAYERS, TEXT_LAYERS = full_clip.VISION_LAYERS, full_clip.TEXT_LAYERS
 

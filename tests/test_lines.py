@@ -1,6 +1,3 @@
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -14,6 +11,7 @@ from core.lines import (
     resample_curve,
     scale_by_block,
 )
+from tests.fixtures import full_clip
 
 L = 4
 
@@ -77,9 +75,6 @@ def test_multitask_alpha_rule():
 
 
 # ------------------------------------------------------------------ per tower (full CLIP)
-_spec = importlib.util.spec_from_file_location("full_clip", Path(__file__).parent / "fixtures" / "full_clip.py")
-full_clip = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(full_clip)
 LV, LT = full_clip.VISION_LAYERS, full_clip.TEXT_LAYERS
 
 

@@ -11,6 +11,7 @@ from core.evaluate import Evaluator
 from core.live import ALPHAS
 from core.merging import merge
 from core.spec import ModelSetRef
+from tests.fixtures import full_clip
 from tests.pagehelp import shown_curve
 
 SUB = 50
@@ -94,14 +95,10 @@ def test_every_live_evaluation_is_in_the_run_log(page, micro_zoo):
 
 
 def test_tower_selector_draws_each_towers_own_line(micro_zoo, tmp_path, monkeypatch):
-    import importlib.util
 
     from core.layers import num_blocks
     from core.lines import lines_curve
 
-    spec = importlib.util.spec_from_file_location("full_clip", Path(__file__).parent / "fixtures" / "full_clip.py")
-    full_clip = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(full_clip)
     full_clip.full_zoo_copy(micro_zoo.zoo_dir, tmp_path)
     monkeypatch.setenv("MERGESCOPE_CACHE", str(tmp_path))
     at = AppTest.from_file(PAGE, default_timeout=60)

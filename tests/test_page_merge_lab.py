@@ -15,6 +15,7 @@ from core.layers import num_blocks
 from core.lines import infer_num_blocks, lines_curve
 from core.merging import merge
 from core.spec import MergeSpec, ModelSetRef, RunConfig
+from tests.fixtures import full_clip
 from tests.pagehelp import shown_curve, svg_markup
 
 SUB = 50
@@ -195,11 +196,7 @@ def test_controls_that_do_not_apply_are_disabled(micro_zoo):
 
 
 def test_tower_selector_for_a_zoo_exported_with_both_towers(micro_zoo, tmp_path, monkeypatch):
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("full_clip", Path(__file__).parent / "fixtures" / "full_clip.py")
-    full_clip = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(full_clip)
     full_clip.full_zoo_copy(micro_zoo.zoo_dir, tmp_path)
     monkeypatch.setenv("MERGESCOPE_CACHE", str(tmp_path))
     at = _page()

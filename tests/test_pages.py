@@ -19,6 +19,7 @@ from test_plots import tiny_visual
 
 from core.checkpoints import save_state_dict
 from core.spec import ModelSetRef
+from tests.fixtures import full_clip
 from ui import PAGES, existing_pages
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,11 +250,7 @@ def test_pages_run_on_the_micro_zoo(request):
 
 def test_tower_selector_on_a_full_clip_model_set(tmp_path):
     """Fine-tunes of a full CLIP (both towers): the analysis pages show one tower at a time, image by default."""
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("full_clip", Path(__file__).parent / "fixtures" / "full_clip.py")
-    full_clip = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(full_clip)
     base = full_clip.open_clip_full()
     save_state_dict(base, tmp_path / "base.safetensors")
     ft = []

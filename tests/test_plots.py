@@ -1,8 +1,5 @@
 """Figures are pure functions of tables: built here from tiny synthetic task vectors, no Streamlit."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -13,6 +10,7 @@ from core.lr_rules import block_mean_alphas, model_balancing_multipliers, tempba
 from core.plots import analysis as P
 from core.spectra import esd, fit_powerlaw, spectral_table
 from core.task_vectors import block_table, cosine_matrix, kind_table, parameter_table, sign_conflict_table
+from tests.fixtures import full_clip
 
 
 def tiny_visual(seed: int, width: int = 24, blocks: int = 3) -> dict[str, torch.Tensor]:
@@ -177,9 +175,6 @@ def test_short_name_uses_the_layer_map_for_every_container():
 
 
 def test_text_tower_depth_figure_has_its_own_blocks():
-    spec = importlib.util.spec_from_file_location("full_clip", Path(__file__).parent / "fixtures" / "full_clip.py")
-    full_clip = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(full_clip)
     sd = full_clip.open_clip_full()
     fig = P.spectral_depth({"text": spectral_table(sd, tower="text")}, metric="stable_rank")
     xs = list(fig.data[0].x)

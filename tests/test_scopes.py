@@ -1,8 +1,6 @@
 """Weight scopes and the WSA regularizer: hand numbers, signs of gradients, interpolation ends."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +16,7 @@ from core.scopes import (
     weight_scopes,
     wsa_regularizer,
 )
+from tests.fixtures import full_clip
 
 
 def test_scope_kl_is_zero_at_target_and_positive_elsewhere():
@@ -128,9 +127,6 @@ def test_loss_barrier_of_a_bump_and_of_a_line():
 
 
 def test_weight_scopes_blocks_are_per_tower():
-    spec = importlib.util.spec_from_file_location("full_clip", Path(__file__).parent / "fixtures" / "full_clip.py")
-    full_clip = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(full_clip)
     sd = full_clip.open_clip_full()
     visual = {k: v for k, v in sd.items() if k.startswith("visual.")}
     pd.testing.assert_frame_equal(weight_scopes(sd), weight_scopes(visual))  # no text tensor pooled into a block

@@ -493,26 +493,32 @@ def _drop_old_merged(store: dict, prefix: str, keep: str) -> None:
         store.pop(k, None)
 
 
+def _per_model(ms, which: str, tower: str | None, kind: str, label: str, compute: Callable):
+    """A per-model table of `kind` (`compute(state_dict, keys, progress)`) over the keys the fine-tuned
+    checkpoints cover: memoized in the session and kept on disk keyed by the files; for the merged model
+    the previous merge's table is dropped."""
+    name, sd = _resolve(ms, which)
+    keys = [k for k in analysis_keys(ms) if k in sd]
+    memo_name = f"{kind}:{name}" + ("" if tower is None else f":{tower}")
+    if which == "merged":
+        _drop_old_merged(_store(ms_key(ms)), f"{kind}:merged:", memo_name)
+    params = {"which": which, "tower": tower, "keys": _keys_param(keys)}
+    return memo(ms, memo_name, lambda cb: _on_disk(ms, which, kind, params, lambda: compute(sd, keys, cb)), label)
+
+
 def cached_spectral_table(ms, which: str, tower: str | None = None):
     """`core.spectra.spectral_table` of one model ("base", a task, "tv:<task>", "merged") and one
     tower, over the keys the fine-tuned checkpoints cover; computed once per model and kept on disk
     (keyed by the files' fingerprints), so reopening the app reads it back."""
     from core.spectra import spectral_table
 
-    name, sd = _resolve(ms, which)
-    keys = [k for k in analysis_keys(ms) if k in sd]
-    if which == "merged":
-        _drop_old_merged(
-            _store(ms_key(ms)), "spectra:merged:", f"spectra:{name}" + ("" if tower is None else f":{tower}")
-        )
-    params = {"which": which, "tower": tower, "keys": _keys_param(keys)}
-    return memo(
+    return _per_model(
         ms,
-        f"spectra:{name}" + ("" if tower is None else f":{tower}"),
-        lambda cb: _on_disk(
-            ms, which, "spectra", params, lambda: spectral_table(sd, keys=keys, progress=cb, tower=tower)
-        ),
+        which,
+        tower,
+        "spectra",
         f"Spectra of {source_label(which)} (once per model)",
+        lambda sd, keys, cb: spectral_table(sd, keys=keys, progress=cb, tower=tower),
     )
 
 
@@ -521,18 +527,8 @@ def cached_scopes(ms, which: str, tower: str | None = None):
     from core.analysis_cache import restrict
     from core.scopes import weight_scopes
 
-    name, sd = _resolve(ms, which)
-    keys = [k for k in analysis_keys(ms) if k in sd]
-    if which == "merged":
-        _drop_old_merged(
-            _store(ms_key(ms)), "scopes:merged:", f"scopes:{name}" + ("" if tower is None else f":{tower}")
-        )
-    params = {"which": which, "tower": tower, "keys": _keys_param(keys)}
-    return memo(
-        ms,
-        f"scopes:{name}" + ("" if tower is None else f":{tower}"),
-        lambda cb: _on_disk(ms, which, "scopes", params, lambda: weight_scopes(restrict(sd, keys), tower=tower)),
-        "Weight scopes",
+    return _per_model(
+        ms, which, tower, "scopes", "Weight scopes", lambda sd, keys, cb: weight_scopes(restrict(sd, keys), tower=tower)
     )
 
 

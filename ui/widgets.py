@@ -16,18 +16,8 @@ def _value_kw(key: str, default, arg: str = "value") -> dict:
 def numeric_widget(p: Param, label: str, key: str, default, *, disabled: bool = False, help: str | None = None):
     """A slider when the declared range has at most 1,000 steps, else a number input."""
     cast = float if p.kind == "float" else int
-    if default is None:  # "automatic" (e.g. tsv_m's sv_reduction = 1/T): an empty box means None
-        return st.number_input(
-            label,
-            min_value=p.min,
-            max_value=p.max,
-            step=p.step,
-            key=key,
-            help=help or p.help,
-            disabled=disabled,
-            **_value_kw(key, None),
-        )
-    if p.min is not None and p.max is not None and (p.max - p.min) / (p.step or 1) <= 1000:
+    # "automatic" defaults (None, e.g. tsv_m's sv_reduction = 1/T) take the number input: an empty box is None
+    if default is not None and p.min is not None and p.max is not None and (p.max - p.min) / (p.step or 1) <= 1000:
         return st.slider(
             label,
             cast(p.min),
