@@ -25,8 +25,9 @@ install-dev: $(VENV)/.installed-dev
 zoo: install
 	$(PY) -m core zoo build
 
+# The app opens on the demo zoo it just built (MERGESCOPE_DEFAULT_ZOO= to start with nothing loaded).
 run: install zoo
-	$(PY) -m streamlit run ui/app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	MERGESCOPE_DEFAULT_ZOO=$${MERGESCOPE_DEFAULT_ZOO-demo} $(PY) -m streamlit run ui/app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 # Debian's chromium for the browser smoke test; the test skips loudly where it cannot be had.
 browser:

@@ -54,7 +54,7 @@ def block_scale_svg(
         return top + ph * (1 - v / y_hi)
 
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" style="max-width:{round(width * 1.25)}px" '
         f'role="img" aria-label="{escape(title)}" font-family="sans-serif" font-size="12">',
         f'<text x="4" y="15" font-size="13" fill="#333">{escape(title)}</text>',
     ]
