@@ -53,16 +53,10 @@ RENDERED_JS = """() => {
 }"""
 
 
-# Before a click: note when the next script run starts, so the previous page's rendered state
-# (still on screen for a moment) is never taken for the new one.
-ARM_JS = """() => {
-    window.__msRan = false;
-    const app = document.querySelector('[data-testid="stApp"]');
-    const obs = new MutationObserver(() => {
-        if (app.getAttribute('data-test-script-state') === 'running') { window.__msRan = true; obs.disconnect(); }
-    });
-    obs.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
-}"""
+# A click counts as rendered once the page shows another title than before the click (every page has its
+# own), its script has finished and its charts are drawn. (Watching for the "running" script state missed
+# runs that finish within one frame once Streamlit's post-run gc was turned off.)
+TITLE_JS = "() => (document.querySelector('[data-testid=\"stMain\"] h1') || {}).innerText || ''"
 
 
 def free_port() -> int:
@@ -174,17 +168,22 @@ def navigation_times(context, url: str, pages: list[tuple[str, str]], repeats: i
     out: dict[str, list[float]] = {name: [] for name, _ in pages}
     page = context.new_page()
     try:
-        page.goto(url, wait_until="commit")
+        page.goto(f"{url}/{pages[-1][1]}", wait_until="commit")  # start on the last page: every click navigates
         page.wait_for_function(RENDERED_JS, timeout=120_000, polling=50)
         for _ in range(repeats):
             for name, path in pages:
                 link = page.locator(f'[data-testid="stSidebarNav"] a[href="{url}/{path}"]')
                 if not link.count():
                     link = page.locator(f'[data-testid="stSidebarNav"] a[href$="/{path}"]').first
-                page.evaluate(ARM_JS)
+                before = page.evaluate(TITLE_JS)
                 t0 = time.perf_counter()
                 link.click()
-                page.wait_for_function(f"() => window.__msRan && ({RENDERED_JS})()", timeout=120_000, polling=20)
+                page.wait_for_function(
+                    f"(before) => ({TITLE_JS})() !== before && ({RENDERED_JS})()",
+                    arg=before,
+                    timeout=120_000,
+                    polling=20,
+                )
                 out[name].append(time.perf_counter() - t0)
                 if page.locator('[data-testid="stException"]').count():
                     raise RuntimeError(f"{name}: the page shows an exception")
