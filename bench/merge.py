@@ -16,9 +16,10 @@ and prints each time as a ratio to the floor, plus the peak anonymous memory dur
 its start (RssAnon sampled every 20 ms by a thread: file pages of the page cache and mmaps do not
 count, heap and tensors do) and the peak RSS (VmHWM reset after imports), in model sizes.
 Targets (issue scale): TA and TA+LiNeS <= 1.5x floor, TIES <= 4x floor, peak anonymous memory
-<= 3 model sizes for every method.
+<= 3 model sizes for every method; a method that computes SVDs (core.merging.lowrank) <= the seconds
+spent inside its torch.linalg.svd calls (timed in the same run) + 1.5x floor.
 
-    python bench/merge.py [--arch b32|l14] [--tasks 8] [--keep DIR] [--methods ta,ties,tsv_m,...]
+    python bench/merge.py [--arch b32|l14] [--tasks 8] [--keep DIR] [--methods ta,ties,tsv_m,...] [--device auto|cpu|cuda]
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def build(dirpath: Path, n_tasks: int, model: str) -> None:
         print(f"  wrote task{t}.safetensors", flush=True)
 
 
-def run_one(dirpath: Path, what: str, n_tasks: int, threads: int | None = None) -> dict:
+def run_one(dirpath: Path, what: str, n_tasks: int, threads: int | None = None, device: str = "auto") -> dict:
     import torch
 
     from core.checkpoints import open_state_dict, save_state_dict
@@ -92,6 +93,7 @@ def run_one(dirpath: Path, what: str, n_tasks: int, threads: int | None = None) 
     )  # the import of torch's CUDA build peaks high
     _reset_peak_rss()  # from here VmHWM is the peak of the merge itself (plus what is resident now)
     baseline = _status_bytes("VmRSS")
+    svd_time = _time_svds(torch)
     anon = _AnonSampler()
     t0 = time.perf_counter()
     if what == "floor":
@@ -106,13 +108,13 @@ def run_one(dirpath: Path, what: str, n_tasks: int, threads: int | None = None) 
                 ft.read_into(k, buf)
             out[k] = base.read_into(k, None)  # the output tensor (the last input read)
     elif what == "ta":
-        out = merge(base, fts, "task_arithmetic", coefficients=0.3)
+        out = merge(base, fts, "task_arithmetic", coefficients=0.3, device=device)
     elif what == "ties":
-        out = merge(base, fts, "ties", k=0.2, coefficients=1.0)
+        out = merge(base, fts, "ties", k=0.2, coefficients=1.0, device=device)
     elif what == "ta_lines":
-        out = merge(base, fts, "task_arithmetic", lines=("auto", 0.5))
+        out = merge(base, fts, "task_arithmetic", lines=("auto", 0.5), device=device)
     else:
-        out = merge(base, fts, what)  # any registered method, at its default parameters
+        out = merge(base, fts, what, device=device)  # any registered method, at its default parameters
     save_state_dict(out, out_path)
     dt = time.perf_counter() - t0
     out_path.unlink()
@@ -126,7 +128,27 @@ def run_one(dirpath: Path, what: str, n_tasks: int, threads: int | None = None) 
         "import_peak_rss": import_peak,
         "anon_start": anon_start,
         "anon_peak": anon_peak,
+        "svd_seconds": svd_time[0],
+        "svd_calls": svd_time[1],
     }
+
+
+def _time_svds(torch) -> list:
+    """[seconds, calls] spent inside torch.linalg.svd from now on in this process: the SVD methods' target
+    is their SVDs' own time plus 1.5x the floor (every SVD of core.merging.lowrank goes through it)."""
+    acc = [0.0, 0]
+    svd = torch.linalg.svd
+
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return svd(*args, **kwargs)
+        finally:
+            acc[0] += time.perf_counter() - t
+            acc[1] += 1
+
+    torch.linalg.svd = timed
+    return acc
 
 
 class _AnonSampler:
@@ -188,13 +210,14 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, help="reuse/keep the synthetic checkpoints in this folder")
     ap.add_argument("--methods", help="comma-separated subset of the timed rows (default: every registered method)")
     ap.add_argument("--threads", type=int, help="torch threads per merge (default: core.runtime.threads.auto_threads)")
+    ap.add_argument("--device", default="auto", help="where merges compute: auto (CUDA when torch sees one), cpu, cuda")
     ap.add_argument("--_one", help=argparse.SUPPRESS)
     ap.add_argument("--_dir", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.arch:
         a.model = ARCHS[a.arch]
     if a._one:
-        print(json.dumps(run_one(a._dir, a._one, a.tasks, a.threads)))
+        print(json.dumps(run_one(a._dir, a._one, a.tasks, a.threads, a.device)))
         return 0
     tmp = a.keep or Path(tempfile.mkdtemp(prefix="mergescope-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -216,10 +239,14 @@ def main() -> int:
         from core.runtime.threads import auto_threads
 
         threads = a.threads or auto_threads()
-        print(f"device: cpu (merges run on the CPU); {threads} torch thread(s); load average {load0:.1f}", flush=True)
+        from core.runtime.devices import resolve_device
+
+        device = resolve_device(a.device)  # a forced GPU torch does not see fails here, before any run
+        print(f"device: {device}; {threads} torch thread(s); load average {load0:.1f}", flush=True)
         for what in ("floor", *rows, "floor"):  # the floor twice: first and last
             r = subprocess.run(
                 [sys.executable, __file__, "--_one", what, "--_dir", str(tmp), "--tasks", str(a.tasks)]
+                + ["--device", str(device)]
                 + (["--threads", str(a.threads)] if a.threads else []),
                 capture_output=True,
                 text=True,
@@ -238,18 +265,23 @@ def main() -> int:
         print(f"load average at start {load0:.1f}, at the end {os.getloadavg()[0]:.1f}, on {os.cpu_count()} cores")
         print(
             f"{'method':<15} {'seconds':>8} {'x floor':>8} {'peak anon':>10} {'x model':>8} "
-            f"{'peak RSS':>10} {'above start':>12} {'x model':>8}"
+            f"{'peak RSS':>10} {'above start':>12} {'x model':>8} {'SVDs':>8} {'rest x floor':>13}"
         )
         for what, r in results.items():
             above = r["peak_rss"] - r["baseline_rss"]
             anon = r["anon_peak"] - r["anon_start"]
+            svd = r.get("svd_seconds", 0.0)
+            rest = f"{svd:7.2f}s {(r['seconds'] - svd) / floor:13.2f}" if r.get("svd_calls") else ""
             print(
                 f"{what:<15} {r['seconds']:8.2f} {r['seconds'] / floor:8.2f} {anon / 2**20:8.0f}Mi "
                 f"{anon / model_bytes:8.2f} {r['peak_rss'] / 2**20:8.0f}Mi {above / 2**20:10.0f}Mi "
-                f"{above / model_bytes:8.2f}"
+                f"{above / model_bytes:8.2f} {rest}"
             )
         imp = max(r["import_peak_rss"] for r in results.values())
-        print("targets: ta, ta_lines <= 1.5x floor, ties <= 4x floor, peak anonymous memory <= 3.0 model sizes")
+        print(
+            "targets: ta, ta_lines <= 1.5x floor, ties <= 4x floor, peak anonymous memory <= 3.0 model sizes; "
+            "SVD methods: seconds <= their SVDs' seconds + 1.5x floor (rest x floor <= 1.5)"
+        )
         print(
             "(peak anon: RssAnon sampled every 20 ms during the merge, minus its value at the start; peak RSS: "
             "VmHWM reset after imports and opening the files, above start: minus the RSS at the start. "

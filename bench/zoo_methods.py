@@ -7,7 +7,7 @@ On a built demo zoo (in DIR, e.g. a MERGESCOPE_CACHE of one experiment) it repor
 normalized accuracy, `core.select.normalized_accuracy`):
 
 - zero-shot, fine-tuned (each model on its own task), task arithmetic (lambda on val), TA + LiNeS
-  (multi-task alpha rule, beta on val), and a TSV-M *prototype* (see `tsv_merge`, alpha on val);
+  (multi-task alpha rule, beta on val), and TSV-M (`core.merging` tsv_m at sv_reduction 1/T, alpha on val);
 - paired standard errors of the differences that the goals are about (same images for both methods);
 - the relative task-vector norm per visual block, ||tau|| / ||theta_0||.
 
@@ -34,40 +34,11 @@ from core.task_vectors import task_vector  # noqa: E402
 from core.zoo import load_model_set, manifest  # noqa: E402
 from core.zoo.data import get_task, load_split  # noqa: E402
 
-LAMBDAS = [round(0.1 * i, 1) for i in range(1, 11)]
+# Grids wide enough that the chosen value is interior on every zoo tried (a choice on a grid's edge is
+# reported as such): strongly interfering zoos need lambda well under 0.1.
+LAMBDAS = [0.02, 0.04, 0.06, 0.08] + [round(0.1 * i, 1) for i in range(1, 11)]
 BETAS = [round(0.1 * i, 1) for i in range(0, 11)]
-TSV_ALPHAS = [0.5, 0.75, 1.0, 1.25, 1.5, 2.0]
-
-
-def tsv_merge(tvs: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """TSV-M prototype (a bench-local sketch, not the library's method): per weight matrix, each task's
-    top k = rank/T singular triplets are stacked, the stacked U and V are replaced by their nearest
-    orthogonal matrices (polar factor, via SVD), and the merged update is U_perp diag(S) V_perpᵀ.
-    Tensors that are not matrices (biases, norms, embeddings of one dimension) are averaged. Follows
-    `compute_and_sum_svd_mem_reduction` in AntoAndGar/task_singular_vectors (its alpha multiplies the
-    result, chosen here on val). 4-D conv weights are flattened to (out, in·kh·kw)."""
-    tasks = list(tvs)
-    T = len(tasks)
-    out = {}
-    for key in tvs[tasks[0]]:
-        mats = [tvs[t][key] for t in tasks]
-        if mats[0].ndim < 2 or key.endswith("positional_embedding"):
-            out[key] = torch.stack(mats).mean(0)
-            continue
-        shape = mats[0].shape
-        mats = [m.reshape(shape[0], -1).double() for m in mats]
-        k = max(1, min(mats[0].shape) // T)
-        us, ss, vs = [], [], []
-        for m in mats:
-            u, s, vh = torch.linalg.svd(m, full_matrices=False)
-            us.append(u[:, :k])
-            ss.append(s[:k])
-            vs.append(vh[:k].T)
-        U, S, V = torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 1)
-        pu, _, qu = torch.linalg.svd(U, full_matrices=False)
-        pv, _, qv = torch.linalg.svd(V, full_matrices=False)
-        out[key] = ((pu @ qu) @ torch.diag(S) @ (pv @ qv).T).reshape(shape).float()
-    return out
+TSV_ALPHAS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0]
 
 
 def _correct(ev: Evaluator, sd) -> dict[str, np.ndarray]:
@@ -130,8 +101,8 @@ def run(cache: str, n_val: int, n_test: int) -> dict:
     direction = merged_direction(base, fts, "task_arithmetic", coefficients=1.0)
     lam, ta_curve, ta = pick(LAMBDAS, lambda g: apply_direction(base, direction, scale=g))
     beta, li_curve, li = pick(BETAS, lambda g: apply_direction(base, direction, lines=("auto", g)))
-    tsv_tau = tsv_merge(tvs)
-    alpha, tsv_curve, tsv = pick(TSV_ALPHAS, lambda g: {k: base[k] + g * v for k, v in tsv_tau.items()})
+    tsv_dir = merged_direction(base, fts, "tsv_m", coefficients=1.0)  # the library's TSV-M (sv_reduction 1/T)
+    alpha, tsv_curve, tsv = pick(TSV_ALPHAS, lambda g: apply_direction(base, tsv_dir, scale=g))
 
     blocks = 1 + max(int(k.split("resblocks.")[1].split(".")[0]) for k in base if "resblocks." in k)
 
@@ -190,9 +161,14 @@ def report(r: dict) -> None:
     print(f"{'mean':<16} " + " ".join(f"{a[k]:6.3f}" for k in ("zero_shot", "finetuned", "ta", "ta_lines", "tsv_m")))
     print(f"normalized: ZS {n['zero_shot']:.3f} TA {n['ta']:.3f} TA+LiNeS {n['ta_lines']:.3f} TSV-M {n['tsv_m']:.3f}")
     c = r["chosen"]
+
+    def edge(v, grid):
+        return " (grid edge)" if float(v) in (grid[0], grid[-1]) else ""
+
     print(
-        f"chosen on val: TA lambda {c['ta_lambda']}, LiNeS beta {c['lines_beta']} (alpha {c['lines_alpha']:.3f}), "
-        f"TSV-M alpha {c['tsv_alpha']}"
+        f"chosen on val: TA lambda {c['ta_lambda']}{edge(c['ta_lambda'], LAMBDAS)}, LiNeS beta {c['lines_beta']}"
+        f"{edge(c['lines_beta'], BETAS)} (alpha {c['lines_alpha']:.3f}), "
+        f"TSV-M alpha {c['tsv_alpha']}{edge(c['tsv_alpha'], TSV_ALPHAS)}"
     )
     print(
         f"FT-ZS {100 * (a['finetuned'] - a['zero_shot']):+.1f} ± {100 * se['ft_minus_zs']:.1f} pts; "

@@ -35,6 +35,7 @@ from .datasets.sources import Progress, TaskSource, model_set_sources
 from .errors import Cancelled, ModelSetError
 from .heads import check_head, has_text_tower, resolve_head
 from .models import build_model, image_size_of, load_visual, preprocess
+from .runtime.devices import resolve_device
 
 MEMORY_BUDGET_MB = 256  # float32 input + activations of one batch
 MAX_BATCH = (
@@ -68,13 +69,6 @@ class TaskData:
     def images(self) -> torch.Tensor:
         """All evaluated images as float32 — a convenience for small (demo) data; the evaluator never uses it."""
         return self.batch(torch.arange(len(self.index)))
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """ "auto" (or None): CUDA when torch sees a GPU, else the CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def auto_batch_size(model, budget_mb: float = MEMORY_BUDGET_MB) -> int:

@@ -39,6 +39,7 @@ except ImportError:  # pragma: no cover
     threadpool_limits = None
 
 from core.layers import layer_index, select_tower
+from core.runtime.devices import resolve_device  # noqa: F401 - re-exported: spectra's device rule
 
 EVALS_THRESH = 1e-5  # WeightWatcher drops eigenvalues <= this before fitting
 SMALL_N_CUTOFF = 20  # WeightWatcher's WWFit switches to the small-N estimator below this many eigenvalues
@@ -113,21 +114,6 @@ def weight_matrices(weight) -> torch.Tensor:
     it flips back to these same slices.
     """
     return torch.from_numpy(_host_stack(weight))
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The device ESDs run on: "auto"/None is CUDA when torch sees a GPU, else the CPU; "cpu"/"cuda[:i]" force one.
-
-    Forcing CUDA without a visible GPU raises ValueError.
-    """
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but torch sees no CUDA GPU; use device='cpu' or 'auto'")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r}: expected 'auto', 'cpu' or 'cuda[:index]'")
-    return dev
 
 
 def _device_batch(device: torch.device, per_matrix_bytes: int) -> int:

@@ -191,3 +191,18 @@ def test_analyze_tower_selects_the_image_or_text_blocks(tmp_path, capsys):
     bad = ["analyze", "--base", str(tmp_path / "vbase.safetensors"), "--finetuned", f"a={tmp_path / 'va.safetensors'}"]
     assert main([*bad, "--what", "spectra", "--tower", "text"]) == 1
     assert "no text tower" in capsys.readouterr().err
+
+
+def test_merge_device_option_cpu_equals_auto_and_a_missing_gpu_is_a_clear_error(setup, capsys):
+    tmp, ref, ms = setup
+    cfg = write(tmp / "spec.json", RunConfig(model_set=ref, merge=MergeSpec.make("ties", {"k": 0.3})).to_dict())
+    assert main(["merge", "--config", cfg, "--out", str(tmp / "auto.safetensors")]) == 0
+    assert main(["merge", "--config", cfg, "--out", str(tmp / "cpu.safetensors"), "--device", "cpu"]) == 0
+    a, c = load_state_dict(tmp / "auto.safetensors"), load_state_dict(tmp / "cpu.safetensors")
+    if not torch.cuda.is_available():  # auto is the CPU here: the same bits
+        assert all(torch.equal(a[k], c[k]) for k in a)
+        capsys.readouterr()
+        assert main(["merge", "--config", cfg, "--out", str(tmp / "gpu.safetensors"), "--device", "cuda"]) != 0
+        assert "no CUDA GPU" in capsys.readouterr().err
+        assert not (tmp / "gpu.safetensors").exists()
+    assert main(["merge", "--config", cfg, "--out", str(tmp / "x.safetensors"), "--device", "tpu"]) != 0

@@ -160,3 +160,26 @@ def test_nonfinite_values_in_files_read_in_slices_are_refused_by_name(tmp_path, 
             method,
             allow_nonfinite=True,
         )
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_takes_a_device_and_returns_its_direction_on_the_cpu(files, method):
+    """The device path (slabs and keys moved to `device`, results back through the writer) is the code that
+    runs on the CPU too: device="cpu" gives the default's bits here; on a machine with a GPU the CUDA result
+    matches the CPU one to float32 rounding."""
+    from core.merging import merged_direction
+
+    base = open_state_dict(files / "base.safetensors")
+    fts = [open_state_dict(files / f"t{t}.safetensors") for t in range(4)]
+    cpu = merged_direction(base, fts, method, device="cpu")
+    assert all(v.device.type == "cpu" for v in cpu.vector.values())
+    auto = merged_direction(base, fts, method)
+    if torch.cuda.is_available():
+        gpu = merged_direction(base, fts, method, device="cuda")
+        assert all(v.device.type == "cpu" for v in gpu.vector.values())
+        for k in cpu.vector:
+            torch.testing.assert_close(gpu.vector[k], cpu.vector[k], rtol=1e-4, atol=1e-6)
+    else:
+        assert all(torch.equal(auto.vector[k], cpu.vector[k]) for k in cpu.vector)
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            merged_direction(base, fts, method, device="cuda")

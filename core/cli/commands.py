@@ -99,8 +99,8 @@ def check_tasks(ms, merge: MergeSpec, es: EvalSpec | None = None) -> None:
 
 
 # --------------------------------------------------------------------------- merge
-def merge_from_config(config: RunConfig, ms=None, *, allow_nonfinite: bool = False) -> dict:
-    """core.merging.merge applied to the spec: exactly what the Merge lab computes."""
+def merge_from_config(config: RunConfig, ms=None, *, allow_nonfinite: bool = False, device: str = "auto") -> dict:
+    """core.merging.merge applied to the spec: exactly what the Merge lab computes (on `device`)."""
     from ..merging import merge
 
     ms = ms or load_model_set(config.model_set)
@@ -116,6 +116,7 @@ def merge_from_config(config: RunConfig, ms=None, *, allow_nonfinite: bool = Fal
         outside=spec.outside,
         output_as_last_block=spec.output_as_last_block,
         allow_nonfinite=allow_nonfinite,
+        device=device,
         **spec.param_dict,
     )
 
@@ -124,7 +125,13 @@ def cmd_merge(args) -> int:
     from ..checkpoints import save_state_dict
 
     config = load_run_config(args.config)
-    sd = merge_from_config(config, allow_nonfinite=args.allow_nonfinite)
+    from ..runtime.devices import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:  # a forced GPU that torch does not see, an unknown device
+        raise UserError(str(e)) from e
+    sd = merge_from_config(config, allow_nonfinite=args.allow_nonfinite, device=device)
     meta = {"mergescope_config": config.to_json()}
     try:
         save_state_dict(sd, args.out, hf_names=args.hf_names, metadata=meta)
@@ -382,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--config", required=True, help="RunConfig JSON (model_set, merge, eval)")
     m.add_argument("--out", required=True, help="output .safetensors file")
     m.add_argument("--hf-names", action="store_true", help="write Hugging Face CLIP parameter names")
+    m.add_argument(
+        "--device", default="auto", help="where the merge computes: auto (CUDA when torch sees a GPU), cpu, cuda[:i]"
+    )
     _add_nonfinite_option(m)
     m.set_defaults(fn=cmd_merge)
 

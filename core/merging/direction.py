@@ -77,7 +77,7 @@ class BlockL1:
         x = x.reshape(-1)
         while x.numel():
             if self._buf is None:
-                self._buf = torch.empty(self.block, dtype=x.dtype)
+                self._buf = torch.empty(self.block, dtype=x.dtype, device=x.device)
             take = min(self.block - self.n, x.numel())
             self._buf[self.n : self.n + take] = x[:take]
             self.n += take
@@ -107,7 +107,7 @@ def weighted(tvs: torch.Tensor, per_task: list[float] | None) -> torch.Tensor:
     """[N, width] task vectors scaled row by row (None: unchanged)."""
     if per_task is None:
         return tvs
-    return tvs * torch.tensor(per_task, dtype=tvs.dtype).unsqueeze(1)
+    return tvs * torch.tensor(per_task, dtype=tvs.dtype, device=tvs.device).unsqueeze(1)
 
 
 def apply_direction(

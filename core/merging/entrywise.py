@@ -138,8 +138,8 @@ def pcb(tvs: TaskVectors, pcb_ratio: float = 0.1, coefficients: float = 1.2) -> 
     lo_i, hi_i = int(d * PCB_CLAMP), int(d * (1 - PCB_CLAMP) - 1)
     size = max(1, streaming.chunk_columns(n) // 4)  # PCB holds a dozen [T, width] temporaries per chunk
     q = kth_smallest(lambda: (ch.tvs.abs() for ch in tvs.chunks(size=size)), [[lo_i + 1, hi_i + 1]] * n)
-    lo = torch.tensor([v[0] for v in q], dtype=tvs.dtype).unsqueeze(1)
-    hi = torch.tensor([v[1] for v in q], dtype=tvs.dtype).unsqueeze(1)
+    lo = torch.tensor([v[0] for v in q], dtype=tvs.dtype, device=tvs.device).unsqueeze(1)
+    hi = torch.tensor([v[1] for v in q], dtype=tvs.dtype, device=tvs.device).unsqueeze(1)
 
     def balance(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(clamped tau, balancing score b) of one [T, w] chunk."""
@@ -148,7 +148,7 @@ def pcb(tvs: TaskVectors, pcb_ratio: float = 0.1, coefficients: float = 1.2) -> 
         inter = torch.tanh(x * x.sum(dim=0))
         return torch.sign(x) * a, intra * inter
 
-    top = torch.full((n,), -float("inf"), dtype=tvs.dtype)
+    top = torch.full((n,), -float("inf"), dtype=tvs.dtype, device=tvs.device)
 
     def scores():
         for ch in tvs.chunks(size=size):
@@ -157,7 +157,9 @@ def pcb(tvs: TaskVectors, pcb_ratio: float = 0.1, coefficients: float = 1.2) -> 
             yield b
 
     c_i = int(d * (1 - r))
-    cut = torch.tensor([v[0] for v in kth_smallest(scores, [[c_i + 1]] * n)], dtype=tvs.dtype).unsqueeze(1)
+    cut = torch.tensor(
+        [v[0] for v in kth_smallest(scores, [[c_i + 1]] * n)], dtype=tvs.dtype, device=tvs.device
+    ).unsqueeze(1)
     w, summed, merged, kept = FlatWriter(tvs.shapes, tvs.dtype), BlockL1(), BlockL1(), 0
     for ch in tvs.chunks(size=size):
         clamped, b = balance(ch.tvs)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..runtime.devices import resolve_device
 from .direction import MergedDirection, global_scale, l1, total
 from .registry import Param, merge_method
 from .streaming import TaskVectors
@@ -27,7 +28,8 @@ SVD_DTYPE = torch.float64
 
 
 def svd_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """Where Merge spectra's SVDs run (merges use their TaskVectors' device)."""
+    return resolve_device("auto")
 
 
 def is_matrix(key: str, shape: Sequence[int]) -> bool:
@@ -55,7 +57,7 @@ def _decompose(tvs: TaskVectors, key: str, mats: list[torch.Tensor], fn: Callabl
     """fn(matrices on the SVD device) -> merged matrix, back in the compute dtype on the CPU."""
     if tvs.allow_nonfinite and not all(bool(torch.isfinite(m).all()) for m in mats):
         return torch.full(tvs.shapes[key], float("nan"), dtype=tvs.dtype)
-    dev = svd_device()
+    dev = tvs.device
     out = fn([m.to(dev) for m in mats])
     return out.to("cpu", tvs.dtype)
 

@@ -80,14 +80,14 @@ def ties_direction(tvs: TaskVectors, k: float = 0.2, agg: str = "mean", per_task
     if trim_fraction(k) >= 1:
         return _ties_pass(tvs, None, None, None, agg, per_task)
     if tvs.dtype == torch.float64:  # rare: exact thresholds by selection, then one merge pass
-        thr = torch.tensor(global_topk_thresholds(tvs, k), dtype=tvs.dtype).unsqueeze(1)
+        thr = torch.tensor(global_topk_thresholds(tvs, k), dtype=tvs.dtype, device=tvs.device).unsqueeze(1)
         return _ties_pass(tvs, thr, thr, None, agg, per_task)
     bins, ranks = topk_bins(tvs, k)
     lo, hi = bin_edges(bins)
     try:
         return _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget=DEFER_BUDGET * tvs.numel() * 4)
     except _DeferOverflow:
-        thr = torch.tensor(gather_thresholds(tvs, bins, ranks), dtype=tvs.dtype).unsqueeze(1)
+        thr = torch.tensor(gather_thresholds(tvs, bins, ranks), dtype=tvs.dtype, device=tvs.device).unsqueeze(1)
         return _ties_pass(tvs, thr, thr, None, agg, per_task)
 
 
@@ -117,7 +117,7 @@ def _elect(tr: torch.Tensor, agg: str):
     if not bool(cancel.any()):
         return out, raw, None, None
     cols = cancel.nonzero().flatten()
-    neg, _ = _disjoint(tr[:, cols], -torch.ones(cols.numel(), dtype=tr.dtype), agg)
+    neg, _ = _disjoint(tr[:, cols], -torch.ones(cols.numel(), dtype=tr.dtype, device=tr.device), agg)
     return out, raw, cols, neg
 
 
@@ -143,14 +143,15 @@ class _Deferred:
         self.batches: list[tuple[list, int, int]] = []  # (segments, first row, rows)
 
     def add(self, segments: list, cols: torch.Tensor, T: torch.Tensor) -> int:
+        """Defer columns `cols` of the [N, w] slab T (kept on the CPU, whatever device T is on)."""
         m = cols.numel()
         if self.size + m > self.vals.shape[0]:
             cap = max(2 * self.vals.shape[0], self.size + m, 1024)
             vals, idx = torch.empty(cap, self.vals.shape[1], dtype=self.vals.dtype), torch.empty(cap, dtype=torch.int64)
             vals[: self.size], idx[: self.size] = self.vals[: self.size], self.cols[: self.size]
             self.vals, self.cols = vals, idx
-        self.vals[self.size : self.size + m] = T[:, cols].t()
-        self.cols[self.size : self.size + m] = cols
+        self.vals[self.size : self.size + m] = T[:, cols].t().cpu()
+        self.cols[self.size : self.size + m] = cols.cpu()
         self.batches.append((segments, self.size, m))
         self.size += m
         return self.size * self.vals.shape[1] * self.vals.element_size()
@@ -167,15 +168,20 @@ def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf")):
     pending = []  # (segments, columns, value under a negative majority)
     deferred = _Deferred(len(tvs), tvs.dtype)
     undecided_possible = lo is not None and lo is not hi
+    lo_d = hi_d = None  # the bin edges (or thresholds) on the compute device
+    if lo is not None:
+        lo_d = lo.to(tvs.device)
+        hi_d = lo_d if hi is lo else hi.to(tvs.device)
+        lo, hi = lo.cpu(), hi.cpu()  # for the deferred columns, kept on the CPU
     for ch in tvs.chunks():
         T = ch.tvs  # the chunk's scratch buffer: trimmed in place
         summed.add(T.sum(dim=0))
         dcols = None
         if lo is not None:
             a = T.abs()
-            sure = a >= hi
+            sure = a >= hi_d
             if undecided_possible:
-                und = torch.ge(a, lo).bitwise_xor_(sure)  # lo <= |tau| < hi: inside the threshold's bin
+                und = torch.ge(a, lo_d).bitwise_xor_(sure)  # lo <= |tau| < hi: inside the threshold's bin
                 hits = und.view(torch.int8).sum(dim=0, dtype=torch.int16)
                 if bool(hits.any()):
                     dcols = hits.nonzero().flatten()
@@ -328,7 +334,7 @@ def consensus(
         mtl = None
     else:
         raise ValueError(f"consensus base_method must be task_arithmetic or ties, got {base_method!r}")
-    lam = torch.tensor(lams, dtype=tvs.dtype).unsqueeze(1)
+    lam = torch.tensor(lams, dtype=tvs.dtype, device=tvs.device).unsqueeze(1)
     w, summed, merged, kept = FlatWriter(tvs.shapes, tvs.dtype), BlockL1(), BlockL1(), 0
     for ch in tvs.chunks(with_finetuned=True):
         raw_sum = ch.tvs.sum(dim=0)
@@ -336,7 +342,9 @@ def consensus(
         if mtl is None:
             tau_mtl = raw_sum
         else:
-            tau_mtl = torch.cat([mtl[key].reshape(-1)[off : off + ln] for key, off, ln in ch.segments])
+            tau_mtl = torch.cat([mtl[key].reshape(-1)[off : off + ln] for key, off, ln in ch.segments]).to(
+                ch.tvs.device
+            )
         multi = ch.base + tau_mtl
         masks = (ch.base - ch.finetuned).abs() > (multi - ch.finetuned).abs() * lam
         mask = masks.float().sum(dim=0) >= k

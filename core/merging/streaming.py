@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..analysis_cache import float_keys, tensor_dtype, tensor_shape
+from ..runtime.devices import resolve_device
 from ..task_vectors import check_finite
 
 StateDict = Mapping[str, torch.Tensor]
@@ -112,6 +113,10 @@ class TaskVectors:
     name (the flattening order of the reference implementations).
     allow_nonfinite: False (default) raises NonFiniteError on the first NaN/Inf tensor read;
     True warns and merges anyway.
+    device: where the methods compute ("auto": CUDA when torch sees a GPU, else the CPU). Inputs are read
+    on the CPU; each slab (`chunks`) or key's tensors (`get`) move to the device, results come back to
+    the CPU through `FlatWriter` (or `merged_direction`), so a GPU only ever holds one slab or one key.
+    On the CPU every move is a no-op: the code path is the same.
     """
 
     def __init__(
@@ -121,7 +126,9 @@ class TaskVectors:
         names: Sequence[str] | None = None,
         *,
         allow_nonfinite: bool = False,
+        device: str | torch.device | None = "auto",
     ):
+        self.device = resolve_device(device)
         if len(finetuned) == 0:
             raise ValueError("merging needs at least one fine-tuned checkpoint")
         self.base = base
@@ -186,10 +193,11 @@ class TaskVectors:
         return out
 
     def get(self, key: str) -> list[torch.Tensor]:
+        """The N task vectors of `key` (preprocessed, e.g. DARE), on the compute device."""
         tvs = self.raw(key)
         if self.preprocess is not None:
             tvs = [self.preprocess(t, key, v) for t, v in enumerate(tvs)]
-        return tvs
+        return [v.to(self.device) for v in tvs]
 
     def _direct(self, key: str) -> bool:
         """Whether every fine-tuned tensor `key` can be read in slices straight into a slab."""
@@ -234,22 +242,26 @@ class TaskVectors:
         """
         size = size or chunk_columns(len(self))
         n_tasks = len(self)
-        buf = torch.empty(n_tasks, size, dtype=self.dtype)
-        bbuf = torch.empty(size, dtype=self.dtype)
-        fbuf = torch.empty(n_tasks, size, dtype=self.dtype) if with_finetuned else None
+        dev = self.device
+        pin = dev.type == "cuda"  # page-locked slabs: faster copies to the GPU
+        buf = torch.empty(n_tasks, size, dtype=self.dtype, pin_memory=pin)
+        bbuf = torch.empty(size, dtype=self.dtype, pin_memory=pin)
+        fbuf = torch.empty(n_tasks, size, dtype=self.dtype, pin_memory=pin) if with_finetuned else None
         pos, start, segments, since_trim = 0, 0, [], 0
 
         def chunk(width):
             if width == size:
-                return Chunk(start, segments, buf, bbuf, fbuf)
-            # the last, partial chunk: contiguous copies so reductions see a plain [N, width] matrix
-            return Chunk(
-                start,
-                segments,
-                buf[:, :width].contiguous(),
-                bbuf[:width].clone(),
-                None if fbuf is None else fbuf[:, :width].contiguous(),
-            )
+                parts = (buf, bbuf, fbuf)
+            else:  # the last, partial chunk: contiguous copies so reductions see a plain [N, width] matrix
+                parts = (
+                    buf[:, :width].contiguous(),
+                    bbuf[:width].clone(),
+                    None if fbuf is None else fbuf[:, :width].contiguous(),
+                )
+            # on the compute device (on the CPU: the buffers themselves, no copy). Synchronous: the next
+            # slab is read into the same buffers.
+            t, b, f = (None if x is None else x.to(dev) for x in parts)
+            return Chunk(start, segments, t, b, f)
 
         # The base tensor of a key is read whole into a reused buffer; fine-tuned float tensors of the
         # compute dtype are read slice by slice with pread straight into their row of the slab and the
@@ -318,6 +330,7 @@ class FlatWriter:
         self.out = {k: torch.empty(s, dtype=dtype) for k, s in shapes.items()}
 
     def write(self, chunk: Chunk, values: torch.Tensor) -> None:
+        values = values.cpu()  # results of a GPU merge come back here, one slab at a time
         pos = 0
         for key, off, ln in chunk.segments:
             self.out[key].view(-1)[off : off + ln] = values[pos : pos + ln]
@@ -325,6 +338,7 @@ class FlatWriter:
 
     def write_at(self, segments: list[tuple[str, int, int]], columns: torch.Tensor, values: torch.Tensor) -> None:
         """Write values at a few columns of a chunk whose segments are given (columns ascending)."""
+        columns, values = columns.cpu(), values.cpu()
         pos = 0
         for key, off, ln in segments:
             sel = (columns >= pos) & (columns < pos + ln)
