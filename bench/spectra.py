@@ -12,6 +12,7 @@ Also reports what float32 eigenvalues (instead of float64) would cost in alpha.
 Targets (issue scale): >= 5x faster than WeightWatcher (wall), |d alpha| <= 1e-3.
 
     python bench/spectra.py [--arch b32|l14|b32,l14] [--device auto|cpu|cuda] [--repeat 1] [--ww-threads 1]
+                            [--hybrid-study]
 """
 
 from __future__ import annotations
@@ -91,6 +92,40 @@ def float32_alpha_cost(matrices, fits) -> float:
     return worst
 
 
+def hybrid_study(rows: int = 3072, cols: int = 768, tail: int = 200, repeats: int = 3) -> None:
+    """What a float32 bulk + float64 tail would cost on one (rows x cols) matrix, one BLAS thread: the float64
+    Gram + all eigenvalues (what core.spectra does) against float32 Gram + the top `tail` eigenpairs (LAPACK
+    syevr) followed by a float64 Rayleigh-Ritz refinement of that tail (QR of the vectors, (WQ)^T (WQ))."""
+    import scipy.linalg
+    from threadpoolctl import threadpool_limits
+
+    w = (np.random.default_rng(0).standard_normal((rows, cols)) * 0.02).astype(np.float32)
+    print(f"== float32 bulk + float64 tail, one {rows}x{cols} matrix, 1 BLAS thread (best of {repeats})")
+    best = None
+    with threadpool_limits(1):
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            w64 = w.astype(np.float64)
+            full = scipy.linalg.eigvalsh(w64.T @ w64, driver="ev", check_finite=False)
+            t1 = time.perf_counter()
+            _, vecs = scipy.linalg.eigh(
+                w.T @ w, subset_by_index=[cols - tail, cols - 1], driver="evr", check_finite=False
+            )
+            t2 = time.perf_counter()
+            q, _ = np.linalg.qr(vecs.astype(np.float64))
+            y = w64 @ q
+            ritz = np.sort(np.linalg.eigvalsh(y.T @ y))
+            t3 = time.perf_counter()
+            run = (t1 - t0, t2 - t1, t3 - t2)
+            best = run if best is None or sum(run[1:]) < sum(best[1:]) else best
+    err = float(np.max(np.abs(ritz - full[-tail:]) / full[-tail:]))
+    print(
+        f"float64 Gram + all values {best[0] * 1e3:.0f} ms; float32 Gram + top {tail} pairs {best[1] * 1e3:.0f} ms "
+        f"+ float64 Rayleigh-Ritz {best[2] * 1e3:.0f} ms = {(best[1] + best[2]) * 1e3:.0f} ms "
+        f"(tail values to {err:.1e} relative)"
+    )
+
+
 ARCHS = {"b32": "ViT-B-32", "l14": "ViT-L-14"}
 
 
@@ -162,7 +197,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="esd_many CPU worker threads (default: one per core)")
     parser.add_argument("--ww-threads", type=int, default=1, help="WeightWatcher's BLAS threads (0: its default)")
     parser.add_argument("--no-float32-cost", dest="float32_cost", action="store_false")
+    parser.add_argument("--hybrid-study", action="store_true", help="also time a float32 bulk + float64 tail ESD")
     args = parser.parse_args()
+    if args.hybrid_study:
+        hybrid_study()
     results = [bench_one(a.strip(), args) for a in args.arch.split(",") if a.strip()]
     print("== summary (the machine is shared: see the load figures)")
     ok = True
