@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
+ZOO ?= demo
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: run test install install-dev bench zoo lint browser clean
@@ -23,11 +24,12 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 zoo: install
-	$(PY) -m core zoo build
+	$(PY) -m core zoo build --zoo $(ZOO)
 
-# The app opens on the demo zoo it just built (MERGESCOPE_DEFAULT_ZOO= to start with nothing loaded).
+# The app opens on the zoo it just built: `make run ZOO=styled` for the zoo where the merge methods separate
+# more (MERGESCOPE_DEFAULT_ZOO= to start with nothing loaded).
 run: install zoo
-	MERGESCOPE_DEFAULT_ZOO=$${MERGESCOPE_DEFAULT_ZOO-demo} $(PY) -m streamlit run ui/app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	MERGESCOPE_DEFAULT_ZOO=$${MERGESCOPE_DEFAULT_ZOO-$(ZOO)} $(PY) -m streamlit run ui/app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
 # Debian's chromium for the browser smoke test; the test skips loudly where it cannot be had.
 browser:

@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.app import serve  # noqa: E402 - the one way the benchmarks serve the app
+from core.cli.options import ZOO_KINDS  # noqa: E402
 
 CHROMIUM = os.environ.get("MERGESCOPE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -165,7 +166,7 @@ def page_round(url: str, page, name: str, rows: dict, repeats: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--zoo", default="demo", choices=("demo", "micro"))
+    ap.add_argument("--zoo", default="demo", choices=ZOO_KINDS)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--pages", default=",".join(PAGES), help="comma-separated: " + ", ".join(PAGES))
     ap.add_argument("--log", type=Path, default=Path("/tmp/mergescope-browser-latency.log"))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from core.cli.options import ZOO_KINDS  # noqa: E402
 
 
 def step_cost(threads: int, tasks: int = 8, batch: int = 32, reps: int = 3) -> dict:
@@ -202,7 +203,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=None, help="default: 100 (zoo check), 20 (--job-vs-cli)")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--zoo", default="demo", choices=("demo", "micro"))
+    ap.add_argument("--zoo", default="demo", choices=ZOO_KINDS)
     ap.add_argument("--cache", default=None)
     ap.add_argument("--skip-zoo", action="store_true")
     ap.add_argument("--job-vs-cli", action="store_true", help="time TintJob against the CLI's run function")

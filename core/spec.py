@@ -114,7 +114,7 @@ class EvalSpec:
 
 @dataclass(frozen=True)
 class ModelSetRef:
-    """Which model set: the demo zoo (kind "demo" or "micro"), a model set JSON by `path`, a model
+    """Which model set: the demo zoo (kind "demo", "styled" or "micro"), a model set JSON by `path`, a model
     set object given inline (`inline`, canonical JSON text), or base + fine-tuned files.
 
     JSON forms under "model_set": ``{"zoo": "demo"}``, ``{"path": "DIR/modelset.json"}``, the model

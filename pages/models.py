@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from core.checkpoints import DIRECTORY_WEIGHT_FILES, SUPPORTED_SUFFIXES
+from core.cli.options import ZOO_KINDS
 from core.datasets.check import check_tasks
 from core.runtime.paths import export_dir
 from core.spec import ModelSetRef
@@ -85,13 +86,19 @@ def _zoo_tab() -> None:
         f"arithmetic in miniature. Built once into `{zoo.cache_dir()}`; later starts are instant."
     )
     current = S.current_ref()
+    labels = {
+        "demo": "demo (full, a few minutes to build)",
+        "styled": "styled (style-shifted tasks: the merge methods separate more; ~3.5 min to build)",
+        "micro": "micro (tiny, seconds)",
+    }
+    kinds = list(ZOO_KINDS)
     kind = st.radio(
         "Zoo",
-        ["demo", "micro"],
+        kinds,
         horizontal=True,
         key="zoo_kind",
-        index=1 if current is not None and current.zoo == "micro" else 0,
-        format_func=lambda k: {"demo": "demo (full, a few minutes to build)", "micro": "micro (tiny, seconds)"}[k],
+        index=kinds.index(current.zoo) if current is not None and current.zoo in kinds else 0,
+        format_func=lambda k: labels.get(k, k),
     )
     built = zoo.is_built(kind)
     c1, c2 = st.columns([1, 3])

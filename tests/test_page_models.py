@@ -177,3 +177,15 @@ def test_an_active_set_with_problems_shows_the_grouped_report(tmp_path):
     titles = [e.value.split(":", 1)[0].lstrip("*") for e in at.error]
     assert titles == ["Could not read the checkpoints", "Shape mismatch"]
     assert any("Other pages will fail on this set" in c.value for c in at.caption)
+
+
+def test_the_styled_zoo_is_offered_and_says_when_it_is_not_built(tmp_path, monkeypatch):
+    monkeypatch.setenv("MERGESCOPE_CACHE", str(tmp_path))  # an empty cache: nothing built
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert at.radio(key="zoo_kind").options == ["demo (full, a few minutes to build)",
+                                                 "styled (style-shifted tasks: the merge methods separate more; "
+                                                 "~3.5 min to build)", "micro (tiny, seconds)"]  # fmt: skip
+    at.radio(key="zoo_kind").set_value("styled").run()
+    assert not at.exception
+    assert at.button(key="zoo_build").label == "Build the styled zoo"
+    assert any("Not built yet" in c.value for c in at.caption)

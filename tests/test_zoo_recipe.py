@@ -40,3 +40,22 @@ def test_workers_do_not_change_the_hash_but_every_weight_field_does():
     for field, value in (("seed", "1"), ("ft_warmup", "0.2"), ("pretrain_steps", "31"), ("aux_weight", "0.1")):
         assert R.recipe_for("micro", {field: value}).hash() != r.hash(), field
     assert R.recipe_for("micro", {"ft_lr": "0.01"}).pretrain_hash() == r.pretrain_hash()  # the base does not change
+
+
+def test_the_styled_zoo_is_the_shipped_base_with_style_shifted_tasks_and_longer_fine_tunes():
+    from core.cli.options import ZOO_KINDS
+    from core.zoo.build import build_command
+    from core.zoo.data import STYLED_TASKS, STYLED_ZOO_TASKS
+    from core.zoo.shipped import shipped_base
+
+    assert ZOO_KINDS == tuple(R.RECIPES)  # the CLI's and the Models page's choices are the recipes
+    demo, styled = R.RECIPES["demo"], R.RECIPES["styled"]
+    assert styled.tasks == STYLED_ZOO_TASKS and len(styled.tasks) == 8
+    assert {"digits_typed", "letters_novel", "shapes_textured", "counts_mixed"} <= set(styled.tasks) & set(STYLED_TASKS)
+    assert not {"colors", "position", "arrows", "patterns"} & set(styled.tasks)  # solved zero-shot by the base
+    assert (styled.ft_steps, styled.ft_lr, styled.n_train) == (450, 1e-3, 28800)
+    assert styled.n_train == styled.ft_steps * styled.ft_batch  # every image seen once
+    assert styled.pretrain_hash() == demo.pretrain_hash() and shipped_base(styled) is not None  # no pretraining
+    assert styled.hash() != demo.hash()
+    assert build_command("styled") == "python -m core zoo build --zoo styled"
+    assert build_command("demo") == "python -m core zoo build"

@@ -7,7 +7,7 @@ for sweeps), so any result seen in the UI reproduces from a shell:
     python -m core eval    --config spec.json [--split val|test] [--json] [--allow-nonfinite]
     python -m core sweep   --config sweep.json [--processes N] [--ray ADDRESS] [--out grid.csv] [--json]
                            [--allow-nonfinite]
-    python -m core analyze (--zoo demo|micro | --model-set DIR/modelset.json
+    python -m core analyze (--zoo demo|styled|micro | --model-set DIR/modelset.json
                             | --base B.safetensors --finetuned task=FT.safetensors ...)
                            --what norms|spectra|scopes [--tower visual|text] [--out table.csv]
 
@@ -33,7 +33,7 @@ import pandas as pd
 
 from ..errors import ModelSetError
 from ..spec import EvalSpec, MergeSpec, ModelSetRef, RunConfig
-from .options import UserError, guarded, message
+from .options import ZOO_KINDS, UserError, guarded, message
 
 
 # --------------------------------------------------------------------------- config reading
@@ -358,7 +358,7 @@ def cmd_analyze(args) -> int:
         ref = ModelSetRef(zoo=None, base=args.base, finetuned=tuple(sorted(_parse_finetuned(args.finetuned).items())))
     else:
         raise UserError(
-            "analyze needs --zoo demo|micro, --model-set modelset.json, or --base PATH and --finetuned task=PATH ..."
+            "analyze needs --zoo demo|styled|micro, --model-set modelset.json, or --base PATH and --finetuned task=PATH ..."
         )
     ms = load_model_set(ref)
     if not ms.tasks:
@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_sweep)
 
     a = sub.add_parser("analyze", help="per-layer tables: task-vector norms, spectra, scopes")
-    a.add_argument("--zoo", choices=("demo", "micro"))
+    a.add_argument("--zoo", choices=ZOO_KINDS)
     a.add_argument("--model-set", metavar="JSON", help="a model set JSON (or a folder holding modelset.json)")
     a.add_argument("--base", help="base checkpoint (any supported format)")
     a.add_argument("--finetuned", nargs="+", default=[], metavar="TASK=PATH")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from ..errors import Cancelled, MergeScopeError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-ZOO_KINDS = ("demo", "micro")
+ZOO_KINDS = ("demo", "styled", "micro")  # core.zoo.recipe.RECIPES (a test keeps the two equal)
 
 
 class UserError(MergeScopeError):

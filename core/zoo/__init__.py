@@ -3,7 +3,7 @@
     python -m core zoo build [--micro] [--force] [--cache DIR] [--set key=value ...]
     python -m core zoo pretrain [--out DIR] [--set key=value ...]
     python -m core zoo info [--micro]
-    python -m core export --zoo demo|micro --out DIR [--cache DIR]
+    python -m core export --zoo demo|styled|micro --out DIR [--cache DIR]
 
 Modules, one idea each (docs/methods/zoo.md describes the whole):
 

@@ -70,7 +70,7 @@ def manifest(kind: str = "demo", cache: str | Path | None = None) -> dict:
 
 
 def build_command(kind: str) -> str:
-    return f"python -m core zoo build{' --micro' if kind == 'micro' else ''}"
+    return "python -m core zoo build" + ("" if kind == "demo" else f" --zoo {kind}")
 
 
 def load_model_set(kind: str = "demo", cache: str | Path | None = None):
@@ -154,7 +154,7 @@ def _build(kind: str, recipe: Recipe, work: Path, progress: Progress, cancel) ->
 
     # pretrain (or the shipped base)
     t = time.perf_counter()
-    shipped = shipped_base(recipe) if kind == "demo" else None
+    shipped = shipped_base(recipe)  # any recipe whose pretraining is the shipped base's (demo, styled)
     if shipped is not None:
         base = {k: (v.float() if v.is_floating_point() else v) for k, v in load_state_dict(shipped).items()}
         pre_stats = {"source": str(shipped.relative_to(ASSETS.parents[2])), "sha256": sha256_of(shipped)}

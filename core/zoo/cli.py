@@ -1,8 +1,8 @@
 """`python -m core zoo build|pretrain|info`: build, pretrain or inspect the demo zoo.
 
-    python -m core zoo build [--micro | --zoo demo|micro] [--force] [--cache DIR] [--set key=value ...]
+    python -m core zoo build [--micro | --zoo demo|styled|micro] [--force] [--cache DIR] [--set key=value ...]
     python -m core zoo pretrain [--out DIR] [--set key=value ...]
-    python -m core zoo info [--micro | --zoo demo|micro] [--cache DIR]
+    python -m core zoo info [--micro | --zoo demo|styled|micro] [--cache DIR]
 
 `--set` overrides recipe fields for experiments (the build's recipe hash changes with them, so
 such a build is never mistaken for the default one). `pretrain` remakes the shipped base

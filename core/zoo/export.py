@@ -1,6 +1,6 @@
 """`python -m core export`: a built zoo as a self-contained model-set folder.
 
-    python -m core export --zoo demo|micro --out DIR [--cache C] [--force]
+    python -m core export --zoo demo|styled|micro --out DIR [--cache C] [--force]
 
 writes, with paths in modelset.json relative to it::
 

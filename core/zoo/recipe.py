@@ -1,4 +1,4 @@
-"""What determines a zoo: the `Recipe`, its two hashes, and the two shipped recipes (demo, micro).
+"""What determines a zoo: the `Recipe`, its two hashes, and the shipped recipes (demo, styled, micro).
 
 A recipe holds every number of a build — architecture, tasks, seed, the pretraining and the
 fine-tuning hyperparameters. Its `hash()` (plus the image generator's signature, so a change of
@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 
 from . import scenes, styles
-from .data import DEMO_TASKS, STYLED_TASKS, TASK_NAMES
+from .data import DEMO_TASKS, STYLED_TASKS, STYLED_ZOO_TASKS, TASK_NAMES
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,17 @@ def _hash(d: dict) -> str:
 
 RECIPES: dict[str, Recipe] = {
     "demo": Recipe(kind="demo", arch="mergescope-zoo", tasks=DEMO_TASKS),
+    # The same shipped base, style-shifted tasks and longer fine-tunes at a higher learning rate (28,800
+    # images per task, each seen once): a zero-shot -> fine-tuned window of 32 points where the demo's is 10,
+    # and TSV-M 1.9 points over task arithmetic (docs/methods/zoo.md, "what was tried", row L4).
+    "styled": Recipe(
+        kind="styled",
+        arch="mergescope-zoo",
+        tasks=STYLED_ZOO_TASKS,
+        ft_steps=450,
+        ft_lr=1e-3,
+        n_train=28800,
+    ),
     # Plumbing only: a few gentle pretraining steps keep the random text tower's class
     # embeddings apart (longer short runs collapse them first), then quick fine-tunes.
     "micro": Recipe(
