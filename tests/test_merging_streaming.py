@@ -183,3 +183,59 @@ def test_every_method_takes_a_device_and_returns_its_direction_on_the_cpu(files,
         assert all(torch.equal(auto.vector[k], cpu.vector[k]) for k in cpu.vector)
         with pytest.raises(ValueError, match="no CUDA GPU"):
             merged_direction(base, fts, method, device="cuda")
+
+
+@pytest.mark.parametrize("method, params", [("ties", {}), ("ties", {"k": 0.05, "agg": "sum"}), ("dare", {"then": "ties"}),
+                                            ("consensus", {"base_method": "ties"}), ("task_arithmetic", {})])  # fmt: skip
+def test_worker_threads_give_the_sequential_merge_bit_for_bit(files, monkeypatch, method, params):
+    """map_chunks runs each chunk's arithmetic on torch's thread count of worker threads (one torch thread
+    each) and keeps the bookkeeping in chunk order: the result equals the one-thread merge exactly. Small
+    chunks so that many are in flight at once."""
+    from core.merging import streaming
+
+    monkeypatch.setattr(streaming, "CHUNK", 64)
+    base = open_state_dict(files / "base.safetensors")
+    fts = [open_state_dict(files / f"t{t}.safetensors") for t in range(4)]
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = merge(base, fts, method, device="cpu", **params)
+        torch.set_num_threads(2)
+        two = merge(base, fts, method, device="cpu", **params)
+        assert torch.get_num_threads() == 2  # restored after the workers
+    finally:
+        torch.set_num_threads(prev)
+    for k in one:
+        assert torch.equal(one[k], two[k]), (method, k)
+
+
+def test_map_chunks_keeps_order_restores_threads_and_passes_errors_on(files):
+    from core.merging.streaming import chunk_columns, map_chunks
+
+    base = open_state_dict(files / "base.safetensors")
+    tvs = TaskVectors(base, [open_state_dict(files / f"t{t}.safetensors") for t in range(4)], device="cpu")
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        starts = [ch.start for ch, _ in map_chunks(tvs, lambda ch: None, size=64)]
+        assert starts == list(range(0, tvs.numel(), 64)) and torch.get_num_threads() == 2
+        sums = [float(r) for _, r in map_chunks(tvs, lambda ch: ch.tvs.sum(), size=64, workers=3)]
+        seq = [float(ch.tvs.sum()) for ch in tvs.chunks(size=64)]
+        assert sums == seq
+
+        def boom(ch):
+            if ch.start >= 640:
+                raise ValueError("bad chunk")
+            return ch.start
+
+        with pytest.raises(ValueError, match="bad chunk"):
+            for _ in map_chunks(tvs, boom, size=64):
+                pass
+        assert torch.get_num_threads() == 2
+        for _, r in map_chunks(tvs, lambda ch: ch.start, size=64):  # a consumer that stops early
+            if r >= 128:
+                break
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(prev)
+    assert chunk_columns(4) >= 64
