@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from .streaming import TaskVectors, chunk_columns, map_chunks, per_thread
+from .streaming import TaskVectors, chunk_columns
 
 
 def trim_fraction(k: float) -> float:
@@ -54,18 +54,14 @@ def topk_bins(tvs: TaskVectors, k: float) -> tuple[list[int], list[int]] | None:
         return None
     n = len(tvs)
     nbins = 1 << 15  # high 16 bits of a non-negative float32 (sign bit 0)
-    own, hists = per_thread(lambda: torch.zeros(n, nbins, dtype=torch.int64, device=tvs.device))
-
-    def count(ch):  # one histogram per worker thread (integer counts: their sum is exact in any order)
-        hist, high = own(), high_bits(ch.tvs)
-        for t in range(n):
-            hist[t] += torch.bincount(high[t], minlength=nbins)
-
+    hist = torch.zeros(n, nbins, dtype=torch.int64, device=tvs.device)
     # 4x wider slabs than the merge pass: a bincount per task and slab, so fewer, larger ones (measured
     # 2.05 vs 2.8 s for 8 ViT-B/32 task vectors)
-    for _ in map_chunks(tvs, count, size=4 * chunk_columns(n)):
-        pass
-    cum = sum(h.cpu() for h in hists).cumsum(dim=1)
+    for ch in tvs.chunks(size=4 * chunk_columns(n)):
+        high = high_bits(ch.tvs)
+        for t in range(n):
+            hist[t] += torch.bincount(high[t], minlength=nbins)
+    cum = hist.cpu().cumsum(dim=1)
     bins, ranks = [], []
     for t in range(n):
         b = int(torch.searchsorted(cum[t], torch.tensor(rank, dtype=torch.int64)))

@@ -15,7 +15,7 @@ import torch
 from .direction import BlockL1, MergedDirection, split_coefficients, weighted
 from .kselect import bin_edges, gather_thresholds, global_topk_thresholds, topk_bins, trim_fraction
 from .registry import Param, merge_method
-from .streaming import FlatWriter, TaskVectors, chunk_columns, map_chunks
+from .streaming import FlatWriter, TaskVectors, chunk_columns
 
 
 @merge_method(
@@ -142,15 +142,15 @@ class _Deferred:
         self.size = 0
         self.batches: list[tuple[list, int, int]] = []  # (segments, first row, rows)
 
-    def add(self, segments: list, cols: torch.Tensor, values: torch.Tensor) -> int:
-        """Defer columns `cols` of a chunk with their [m, N] values (kept on the CPU, whatever the device)."""
+    def add(self, segments: list, cols: torch.Tensor, T: torch.Tensor) -> int:
+        """Defer columns `cols` of the [N, w] slab T (kept on the CPU, whatever device T is on)."""
         m = cols.numel()
         if self.size + m > self.vals.shape[0]:
             cap = max(2 * self.vals.shape[0], self.size + m, 1024)
             vals, idx = torch.empty(cap, self.vals.shape[1], dtype=self.vals.dtype), torch.empty(cap, dtype=torch.int64)
             vals[: self.size], idx[: self.size] = self.vals[: self.size], self.cols[: self.size]
             self.vals, self.cols = vals, idx
-        self.vals[self.size : self.size + m] = values.cpu()
+        self.vals[self.size : self.size + m] = T[:, cols].t().cpu()
         self.cols[self.size : self.size + m] = cols.cpu()
         self.batches.append((segments, self.size, m))
         self.size += m
@@ -160,26 +160,6 @@ class _Deferred:
         """(segments, chunk columns, contiguous [N, m] values) per batch."""
         for segments, first, m in self.batches:
             yield segments, self.cols[first : first + m], self.vals[first : first + m].t().contiguous()
-
-
-def _ties_chunk(T: torch.Tensor, lo_d, hi_d, undecided_possible: bool, agg: str, per_task):
-    """One chunk's TIES arithmetic (no shared state; core.merging.streaming.map_chunks may run it on a
-    worker thread): (column sums before the trim, deferred columns and their [m, N] values or None, then
-    `_elect`'s merged values, raw signs, exact-cancellation columns and their negative-majority values)."""
-    col_sum = T.sum(dim=0)
-    dcols = dvals = None
-    if lo_d is not None:
-        a = T.abs()
-        sure = a >= hi_d
-        if undecided_possible:
-            und = torch.ge(a, lo_d).bitwise_xor_(sure)  # lo <= |tau| < hi: inside the threshold's bin
-            hits = und.view(torch.int8).sum(dim=0, dtype=torch.int16)
-            if bool(hits.any()):
-                dcols = hits.nonzero().flatten()
-                dvals = T[:, dcols].t().contiguous()  # before the trim
-        del a
-        T.mul_(_mask(sure, T.dtype))  # the chunk's own slab: trimmed in place
-    return (col_sum, dcols, dvals, *_elect(weighted(T, per_task), agg))
 
 
 def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf")):
@@ -193,15 +173,25 @@ def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf")):
         lo_d = lo.to(tvs.device)
         hi_d = lo_d if hi is lo else hi.to(tvs.device)
         lo, hi = lo.cpu(), hi.cpu()  # for the deferred columns, kept on the CPU
-
-    def work(ch):
-        return _ties_chunk(ch.tvs, lo_d, hi_d, undecided_possible, agg, per_task)
-
-    for ch, (col_sum, dcols, dvals, out, raw, cols, neg) in map_chunks(tvs, work):
-        summed.add(col_sum)
+    for ch in tvs.chunks():
+        T = ch.tvs  # the chunk's scratch buffer: trimmed in place
+        summed.add(T.sum(dim=0))
+        dcols = None
+        if lo is not None:
+            a = T.abs()
+            sure = a >= hi_d
+            if undecided_possible:
+                und = torch.ge(a, lo_d).bitwise_xor_(sure)  # lo <= |tau| < hi: inside the threshold's bin
+                hits = und.view(torch.int8).sum(dim=0, dtype=torch.int16)
+                if bool(hits.any()):
+                    dcols = hits.nonzero().flatten()
+                    if deferred.add(list(ch.segments), dcols, T) > budget:
+                        raise _DeferOverflow
+            del a
+            T.mul_(_mask(sure, T.dtype))
+        tr = weighted(T, per_task)
+        out, raw, cols, neg = _elect(tr, agg)
         if dcols is not None:  # provisional values: counted when the deferred columns are merged
-            if deferred.add(list(ch.segments), dcols, dvals) > budget:
-                raise _DeferOverflow
             total -= int(raw[dcols].sum(dtype=torch.int64))
             if cols is not None:
                 keep = ~torch.isin(cols, dcols)

@@ -16,10 +16,7 @@ N = 2..20 and d up to 3M, 1 and 2 threads), while memory stays at one slab.
 
 from __future__ import annotations
 
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -237,11 +234,10 @@ class TaskVectors:
                 )
         return b, fts
 
-    def chunks(self, *, with_finetuned: bool = False, size: int | None = None, fresh: bool = False):
+    def chunks(self, *, with_finetuned: bool = False, size: int | None = None):
         """Yield Chunks covering the flat vector in order, each `size` wide (the last may be shorter).
 
-        The chunk's tensors are reused buffers, valid until the next chunk is requested (`fresh`: new
-        buffers for every chunk, so chunks can be processed while the next ones are read; `map_chunks`).
+        The chunk's tensors are reused buffers, valid until the next chunk is requested.
         Task vectors are written straight into the [N, size] buffer (one pass per input).
         """
         size = size or chunk_columns(len(self))
@@ -314,11 +310,6 @@ class TaskVectors:
                     self._check_slab(buf, to_check)
                     to_check = []
                     yield chunk(size)
-                    if fresh:  # the consumer may still hold the chunk just yielded
-                        buf = torch.empty(n_tasks, size, dtype=self.dtype, pin_memory=pin)
-                        bbuf = torch.empty(size, dtype=self.dtype, pin_memory=pin)
-                        if fbuf is not None:
-                            fbuf = torch.empty(n_tasks, size, dtype=self.dtype, pin_memory=pin)
                     since_trim += size * n_tasks * 4
                     if since_trim >= TRIM_BYTES:  # what the consumer freed meanwhile: back to the OS
                         release_freed_memory()
@@ -330,66 +321,6 @@ class TaskVectors:
         b = fts = tvs = None  # views into the pool's buffers: drop them with it
         pool = buf = bbuf = fbuf = None  # the slabs and read buffers: freed before the trim
         release_freed_memory()
-
-
-def map_chunks(
-    tvs: TaskVectors,
-    fn: Callable[[Chunk], object],
-    *,
-    size: int | None = None,
-    with_finetuned: bool = False,
-    workers: int | None = None,
-) -> Iterator[tuple[Chunk, object]]:
-    """(chunk, fn(chunk)) for every chunk of `tvs.chunks`, in order.
-
-    `fn` is a chunk's own arithmetic (no shared state: it may mutate its chunk). With `workers` > 1
-    (default: torch's thread count, which `core.runtime.threads.auto_threads` or the caller set), it runs
-    on that many threads, each with one torch thread, while this thread reads the next chunks into fresh
-    buffers; the caller's bookkeeping stays here, in chunk order, so results are the sequential ones bit
-    for bit (a chunk's arithmetic reduces over the task axis only). On 2 cores this beats torch's two
-    OpenMP threads on each small op of a cache-sized slab, whose barriers cost most when the machine is
-    busy (bench/merge.py). torch's thread count is 1 while the workers run and restored after.
-    """
-    workers = torch.get_num_threads() if workers is None else max(1, int(workers))
-    if workers == 1 or tvs.device.type != "cpu":
-        for ch in tvs.chunks(size=size, with_finetuned=with_finetuned):
-            yield ch, fn(ch)
-        return
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="merge") as pool:
-            inflight: deque = deque()
-            try:
-                for ch in tvs.chunks(size=size, with_finetuned=with_finetuned, fresh=True):
-                    inflight.append((ch, pool.submit(fn, ch)))
-                    if len(inflight) > 2 * workers:
-                        c, f = inflight.popleft()
-                        yield c, f.result()
-                while inflight:
-                    c, f = inflight.popleft()
-                    yield c, f.result()
-            finally:
-                for _, f in inflight:  # the consumer stopped early (an error, a fallback): drop the rest
-                    f.cancel()
-    finally:
-        torch.set_num_threads(prev)
-
-
-def per_thread(make: Callable[[], object]) -> tuple[Callable[[], object], list]:
-    """(get, all): `get()` returns this thread's own accumulator (made by `make` on first use); `all` lists
-    every accumulator made, to be combined once the workers are done (e.g. integer histograms)."""
-    local, made, lock = threading.local(), [], threading.Lock()
-
-    def get():
-        acc = getattr(local, "acc", None)
-        if acc is None:
-            acc = local.acc = make()
-            with lock:
-                made.append(acc)
-        return acc
-
-    return get, made
 
 
 class FlatWriter:
