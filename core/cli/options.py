@@ -1,7 +1,7 @@
 """Options and error handling every `python -m core` command shares (one place).
 
     p = argparse.ArgumentParser(prog="python -m core tint")
-    add_zoo_options(p)            # --zoo demo|micro (default demo), --cache DIR
+    add_zoo_options(p)            # --zoo demo|styled|micro (default demo), --cache DIR
     add_run_options(p)            # --threads N, --no-log
     return guarded(lambda: run(p.parse_args(argv)))
 
