@@ -39,7 +39,7 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
 
 
 def test_missing_zoo_names_the_build_command(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m core zoo build --micro"):
+    with pytest.raises(FileNotFoundError, match="python -m core zoo build --zoo micro"):
         zoo.load_model_set("micro", tmp_path)
     with pytest.raises(ValueError, match="unknown zoo kind"):
         zoo.zoo_path("huge", tmp_path)
