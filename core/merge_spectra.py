@@ -22,7 +22,8 @@ import pandas as pd
 import torch
 
 from .layers import layer_index
-from .merging.lowrank import SVD_DTYPE, is_matrix, svd_device, tsv_rank
+from .merging.lowrank import SVD_DTYPE, is_matrix, tsv_rank
+from .runtime.devices import resolve_device
 
 TaskVectorSet = Mapping[str, Mapping[str, torch.Tensor]]
 
@@ -42,7 +43,7 @@ def _matrix(task_vectors: TaskVectorSet, task: str, key: str) -> torch.Tensor:
     v = tv[key]
     if not is_matrix(key, v.shape):
         raise ValueError(f"{key!r} is not a matrix (shape {tuple(v.shape)}); spectra need a 2-D tensor")
-    return v.to(svd_device(), SVD_DTYPE)
+    return v.to(resolve_device("auto"), SVD_DTYPE)
 
 
 def _layer(key: str) -> int:
@@ -59,7 +60,7 @@ def singular_values_table(
     if merged is not None:
         if key not in merged:
             raise KeyError(f"the merged direction has no parameter {key!r}")
-        sources.append(("merged", merged[key].to(svd_device(), SVD_DTYPE) * float(merged_scale)))
+        sources.append(("merged", merged[key].to(resolve_device("auto"), SVD_DTYPE) * float(merged_scale)))
     rows = []
     for name, m in sources:
         s = torch.linalg.svdvals(m).cpu().numpy()

@@ -99,8 +99,9 @@ def check_tasks(ms, merge: MergeSpec, es: EvalSpec | None = None) -> None:
 
 
 # --------------------------------------------------------------------------- merge
-def merge_from_config(config: RunConfig, ms=None, *, allow_nonfinite: bool = False, device: str = "auto") -> dict:
-    """core.merging.merge applied to the spec: exactly what the Merge lab computes (on `device`)."""
+def merge_from_config(config: RunConfig, ms=None, *, allow_nonfinite: bool = False, device="auto") -> dict:
+    """core.merging.merge applied to the spec: exactly what the Merge lab computes (on `device`: "auto",
+    "cpu", "cuda[:i]" or a torch.device; core.runtime.devices.resolve_device)."""
     from ..merging import merge
 
     ms = ms or load_model_set(config.model_set)

@@ -19,17 +19,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..runtime.devices import resolve_device
 from .direction import MergedDirection, global_scale, l1, total
 from .registry import Param, merge_method
 from .streaming import TaskVectors
 
 SVD_DTYPE = torch.float64
-
-
-def svd_device() -> torch.device:
-    """Where Merge spectra's SVDs run (merges use their TaskVectors' device)."""
-    return resolve_device("auto")
 
 
 def is_matrix(key: str, shape: Sequence[int]) -> bool:
@@ -54,7 +48,7 @@ def running_mean(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _decompose(tvs: TaskVectors, key: str, mats: list[torch.Tensor], fn: Callable[..., torch.Tensor]) -> torch.Tensor:
-    """fn(matrices on the SVD device) -> merged matrix, back in the compute dtype on the CPU."""
+    """fn(matrices on the merge's device, tvs.device) -> merged matrix, back in the compute dtype on the CPU."""
     if tvs.allow_nonfinite and not all(bool(torch.isfinite(m).all()) for m in mats):
         return torch.full(tvs.shapes[key], float("nan"), dtype=tvs.dtype)
     dev = tvs.device
