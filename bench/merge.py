@@ -19,7 +19,14 @@ Targets (issue scale): TA and TA+LiNeS <= 1.5x floor, TIES <= 4x floor, peak ano
 <= 3 model sizes for every method; a method that computes SVDs (core.merging.lowrank) <= the seconds
 spent inside its torch.linalg.svd calls (timed in the same run) + 1.5x floor.
 
+Page cache: inputs that fit in half the RAM are read once before the runs, so every run reads them from
+memory (`--cache warm`); larger sets (L/14 x 20: 25 GB) are evicted from the page cache before every run
+(posix_fadvise DONTNEED, no privileges needed), so the floor and every method read from the disk, as a
+user's first merge of such a set would (`--cache cold`). Without that, each run met whatever the previous
+one had left cached and the ratios measured the order of the runs.
+
     python bench/merge.py [--arch b32|l14] [--tasks 8] [--keep DIR] [--methods ta,ties,tsv_m,...] [--device auto|cpu|cuda]
+                          [--cache auto|warm|cold]
 """
 
 from __future__ import annotations
@@ -95,7 +102,7 @@ def run_one(dirpath: Path, what: str, n_tasks: int, threads: int | None = None, 
     baseline = _status_bytes("VmRSS")
     svd_time = _time_svds(torch)
     anon = _AnonSampler()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     if what == "floor":
         # The least any merge can do: read every input once (pread into one reused buffer, as the
         # streaming merges read) and write one output of the model's size.
@@ -116,13 +123,14 @@ def run_one(dirpath: Path, what: str, n_tasks: int, threads: int | None = None, 
     else:
         out = merge(base, fts, what, device=device)  # any registered method, at its default parameters
     save_state_dict(out, out_path)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     out_path.unlink()
     rss = _status_bytes("VmHWM")
     anon_start, anon_peak = anon.stop()
     return {
         "what": what,
         "seconds": dt,
+        "cpu_seconds": cpu,
         "peak_rss": rss,
         "baseline_rss": baseline,
         "import_peak_rss": import_peak,
@@ -195,6 +203,29 @@ def _reset_peak_rss() -> None:
         f.write("5")
 
 
+def _mem_total() -> int:
+    """MemTotal of /proc/meminfo in bytes (a large number where there is none)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
+
+
+def evict_from_page_cache(paths: list[Path]) -> None:
+    """Drop the files' pages from the page cache (posix_fadvise DONTNEED after fdatasync, so even freshly
+    written pages go): the next read of them comes from the disk. Needs no privileges."""
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def _status_bytes(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -211,6 +242,13 @@ def main() -> int:
     ap.add_argument("--methods", help="comma-separated subset of the timed rows (default: every registered method)")
     ap.add_argument("--threads", type=int, help="torch threads per merge (default: core.runtime.threads.auto_threads)")
     ap.add_argument("--device", default="auto", help="where merges compute: auto (CUDA when torch sees one), cpu, cuda")
+    ap.add_argument(
+        "--cache",
+        choices=("auto", "warm", "cold"),
+        default="auto",
+        help="page cache before each run: warm (inputs read once first), cold (inputs evicted before every run), "
+        "auto: cold when the inputs exceed half the RAM (L/14 x 20), else warm",
+    )
     ap.add_argument("--_one", help=argparse.SUPPRESS)
     ap.add_argument("--_dir", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -229,10 +267,16 @@ def main() -> int:
         print(
             f"model size: {model_bytes / 2**20:.0f} MiB ({model_bytes // 4 / 1e6:.1f}M fp32 parameters), {a.tasks} tasks"
         )
-        for f in sorted(tmp.glob("*.safetensors")):  # warm the page cache: every method reads cached files
-            with open(f, "rb") as fh:
-                while fh.read(1 << 24):
-                    pass
+        inputs = sorted(tmp.glob("*.safetensors"))
+        cold = a.cache == "cold" or (a.cache == "auto" and sum(f.stat().st_size for f in inputs) > _mem_total() // 2)
+        if cold:  # inputs larger than the page cache can hold: every run starts from the disk, as a user's would
+            print("page cache: cold (every input evicted before each run, so each run reads from the disk)")
+        else:  # inputs that fit in memory: every run reads them from the page cache
+            print("page cache: warm (every input read once before the runs)")
+            for f in inputs:
+                with open(f, "rb") as fh:
+                    while fh.read(1 << 24):
+                        pass
         results, floors = {}, []
         rows = timed_rows(a.methods)
         load0 = os.getloadavg()[0]
@@ -244,6 +288,8 @@ def main() -> int:
         device = resolve_device(a.device)  # a forced GPU torch does not see fails here, before any run
         print(f"device: {device}; {threads} torch thread(s); load average {load0:.1f}", flush=True)
         for what in ("floor", *rows, "floor"):  # the floor twice: first and last
+            if cold:
+                evict_from_page_cache(inputs)
             r = subprocess.run(
                 [sys.executable, __file__, "--_one", what, "--_dir", str(tmp), "--tasks", str(a.tasks)]
                 + ["--device", str(device)]
@@ -256,7 +302,7 @@ def main() -> int:
                 print(r.stderr, file=sys.stderr)
                 return 1
             results[what] = json.loads(r.stdout.strip().splitlines()[-1])
-            print(f"  {what}: {results[what]['seconds']:.2f} s", flush=True)
+            print(f"  {what}: {results[what]['seconds']:.2f} s ({results[what]['cpu_seconds']:.1f} s CPU)", flush=True)
             if what == "floor":
                 floors.append(results[what]["seconds"])
         floor = min(floors)  # the faster floor: ratios err on the high side
@@ -264,7 +310,7 @@ def main() -> int:
         print(f"floor runs: {', '.join(f'{x:.2f}' for x in floors)} s (the ratios use the faster)")
         print(f"load average at start {load0:.1f}, at the end {os.getloadavg()[0]:.1f}, on {os.cpu_count()} cores")
         print(
-            f"{'method':<15} {'seconds':>8} {'x floor':>8} {'peak anon':>10} {'x model':>8} "
+            f"{'method':<15} {'seconds':>8} {'CPU s':>7} {'x floor':>8} {'peak anon':>10} {'x model':>8} "
             f"{'peak RSS':>10} {'above start':>12} {'x model':>8} {'SVDs':>8} {'rest x floor':>13}"
         )
         for what, r in results.items():
@@ -273,7 +319,7 @@ def main() -> int:
             svd = r.get("svd_seconds", 0.0)
             rest = f"{svd:7.2f}s {(r['seconds'] - svd) / floor:13.2f}" if r.get("svd_calls") else ""
             print(
-                f"{what:<15} {r['seconds']:8.2f} {r['seconds'] / floor:8.2f} {anon / 2**20:8.0f}Mi "
+                f"{what:<15} {r['seconds']:8.2f} {r.get('cpu_seconds', 0.0):7.1f} {r['seconds'] / floor:8.2f} {anon / 2**20:8.0f}Mi "
                 f"{anon / model_bytes:8.2f} {r['peak_rss'] / 2**20:8.0f}Mi {above / 2**20:10.0f}Mi "
                 f"{above / model_bytes:8.2f} {rest}"
             )

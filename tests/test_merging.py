@@ -179,6 +179,124 @@ def test_radix_select_equals_kthvalue(values):
         assert global_topk_thresholds(TaskVectors(base, [ft]), k) == [want]
 
 
+def _big_models(n, quantize=None, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"visual.transformer.resblocks.0.w": (300, 400), "visual.transformer.resblocks.1.w": (500, 300), "visual.b": (77,)}
+    base = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    fts = []
+    for t in range(n):
+        d = {k: torch.randn(v.shape, generator=g) * (0.01 * (1 + t)) for k, v in base.items()}
+        if quantize:
+            d = {k: torch.round(v * quantize) / quantize for k, v in d.items()}
+        fts.append({k: base[k] + d[k] for k in base})
+    return base, fts
+
+
+def _flat_thresholds(base, fts, k):
+    keys = sorted(base)
+    tv = torch.stack([torch.cat([f[x].reshape(-1) for x in keys]) for f in fts]) - torch.cat(
+        [base[x].reshape(-1) for x in keys]
+    )
+    d = tv.shape[1]
+    return tv.abs().kthvalue(d - int(d * k), dim=1).values.tolist()
+
+
+@pytest.mark.parametrize("quantize", [None, 200])
+def test_thresholds_come_exact_from_one_pass_when_the_sample_finds_their_bin(quantize):
+    from core.merging import kselect
+
+    base, fts = _big_models(6, quantize)
+    for k in (0.05, 0.2, 0.7):
+        bins, ranks, thr = kselect.topk_thresholds(TaskVectors(base, fts), k)
+        assert thr == _flat_thresholds(base, fts, k), k
+        assert kselect.topk_thresholds(TaskVectors(base, fts), k, None)[2] is None  # no candidates: bins only
+
+
+@pytest.mark.parametrize("n, quantize", [(20, None), (20, 200), (6, None)])
+def test_ties_with_many_tasks_merges_in_two_passes_with_nothing_deferred(monkeypatch, n, quantize):
+    """With 20 tasks nearly every column has some task's entry in its threshold's bin: TIES then gets
+    exact thresholds from the histogram pass (low bits of the sampled candidate bins) and defers nothing,
+    no gather pass. With few tasks it defers (cheaper), unless deferring would fill the budget."""
+    from core.merging import methods
+
+    base, fts = _big_models(n, quantize)
+    if n < 20:
+        monkeypatch.setattr(methods, "DEFER_BUDGET", 1e-6)  # few tasks, but a budget they would fill
+
+    def forbidden(*a, **kw):
+        raise AssertionError("the exact one-pass thresholds should have been used")
+
+    monkeypatch.setattr(methods, "gather_thresholds", forbidden)
+    monkeypatch.setattr(methods._Deferred, "add", forbidden)
+    got = merge(base, fts, "ties", k=0.2, coefficients=0.7)
+    assert torch.equal(flat(got, sorted(base)), _reference_ties_keys(base, fts, 0.2, 0.7))
+
+
+def test_ties_with_few_tasks_skips_the_low_bit_histogram(monkeypatch):
+    from core.merging import methods
+
+    base, fts = _big_models(4)
+    seen = []
+    orig = methods.topk_thresholds
+    monkeypatch.setattr(methods, "topk_thresholds", lambda tvs, k, c: seen.append(c) or orig(tvs, k, c))
+    got = merge(base, fts, "ties", k=0.2, coefficients=0.7)
+    assert seen == [None]
+    assert torch.equal(flat(got, sorted(base)), _reference_ties_keys(base, fts, 0.2, 0.7))
+
+
+def _reference_ties_keys(base, fts, k, lam):
+    keys = sorted(base)
+    fb = torch.cat([base[x].reshape(-1) for x in keys])
+    tv = torch.stack([torch.cat([f[x].reshape(-1) for x in keys]) for f in fts]) - fb
+    d = tv.shape[1]
+    thr = tv.abs().kthvalue(d - int(d * k), dim=1, keepdim=True).values
+    tr = tv * (tv.abs() >= thr)
+    sign = torch.sign(tr.sum(0))
+    sign[sign == 0] = torch.sign(sign.sum())
+    sel = tr * torch.where(sign.unsqueeze(0) > 0, tr > 0, tr < 0)
+    return fb + lam * (sel.sum(0) / torch.clamp((sel != 0).sum(0).float(), min=1))
+
+
+def test_a_sample_that_misses_the_threshold_bin_falls_back_and_stays_exact(monkeypatch):
+    from core.merging import kselect, methods
+
+    calls = []
+    monkeypatch.setattr(methods._Deferred, "add", lambda self, *a, o=methods._Deferred.add: calls.append(1) or o(self, *a))
+
+    base, fts = _big_models(4)
+    true_bins = kselect.topk_thresholds(TaskVectors(base, fts), 0.2)[0]
+    # candidates beside the true bins, and a deferral estimate that makes TIES ask for them
+    wrong = kselect.Candidates(torch.tensor(true_bins) + 3, torch.ones(4, dtype=torch.int64), 1.0)
+    monkeypatch.setattr(kselect, "candidate_bins", lambda tvs, rank: wrong)
+    monkeypatch.setattr(methods, "candidate_bins", lambda tvs, rank: wrong)
+    bins, ranks, thr = kselect.topk_thresholds(TaskVectors(base, fts), 0.2)
+    assert bins == true_bins and thr is None
+    assert global_topk_thresholds(TaskVectors(base, fts), 0.2) == _flat_thresholds(base, fts, 0.2)  # gather pass
+    got = merge(base, fts, "ties", k=0.2, coefficients=0.7)
+    assert calls  # the merge pass deferred the in-bin columns
+    assert torch.equal(flat(got, sorted(base)), _reference_ties_keys(base, fts, 0.2, 0.7))
+
+
+def test_the_threshold_sample_reads_a_small_share_of_each_lazy_file(tmp_path, monkeypatch):
+    from core.checkpoints import open_state_dict, save_state_dict
+    from core.checkpoints.formats import LazyStateDict
+
+    base, fts = _big_models(3)
+    save_state_dict(base, tmp_path / "b.safetensors")
+    for t, f in enumerate(fts):
+        save_state_dict(f, tmp_path / f"t{t}.safetensors")
+    tvs = TaskVectors(open_state_dict(tmp_path / "b.safetensors"), [open_state_dict(tmp_path / f"t{t}.safetensors") for t in range(3)])
+    read = []
+    orig = LazyStateDict.read_range
+    monkeypatch.setattr(LazyStateDict, "read_range", lambda self, key, start, out: read.append(out.numel()) or orig(self, key, start, out))
+    s = tvs.sample(512)
+    d = tvs.numel()
+    assert s.shape[0] == 3 and d / 512 <= s.shape[1] <= d / 512 + 4 * 3 + 77  # ~1 in 512 (+ rounding, small keys whole)
+    assert sum(read) == 4 * s.shape[1]  # base + 3 tasks, nothing else read
+    eager = TaskVectors(base, fts).sample(512)
+    assert torch.equal(s, eager)
+
+
 def test_dare_with_p_zero_equals_task_arithmetic():
     base, fts = make_models(3)
     assert torch.equal(

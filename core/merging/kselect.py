@@ -2,8 +2,10 @@
 
 TIES trims each task vector at a global top-k threshold: the exact k-th smallest |tau| over the
 whole flattened task vector. A radix select on the IEEE-754 bit patterns (monotone in |x| for
-non-negative floats) finds it in two streaming passes: pass 1 histograms the high 16 bits, pass 2
-gathers the one bin that holds the answer and selects inside it. `kth_smallest` is the same idea
+non-negative floats) finds it in one streaming pass when a small sample predicts the bin that holds it
+(`topk_thresholds`: the pass histograms the high 16 bits of every entry and the low 16 bits of the entries
+in the predicted bins), else in two: pass 1 histograms the high 16 bits, pass 2 gathers the one bin that
+holds the answer and selects inside it. `kth_smallest` is the same idea
 for any streamed [N, d] matrix of signed values (PCB's quantiles).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -36,7 +39,7 @@ def high_bits(x: torch.Tensor) -> torch.Tensor:
     return ((x.view(torch.int32) >> 16) & 0x7FFF).to(torch.int16)
 
 
-def _rank(tvs: TaskVectors, k: float) -> int | None:
+def topk_rank(tvs: TaskVectors, k: float) -> int | None:
     """1-indexed rank of the TIES threshold among ascending |tau| (None: keep everything)."""
     frac = trim_fraction(k)
     if frac >= 1:
@@ -45,29 +48,122 @@ def _rank(tvs: TaskVectors, k: float) -> int | None:
     return max(1, d - int(d * frac))
 
 
-def topk_bins(tvs: TaskVectors, k: float) -> tuple[list[int], list[int]] | None:
-    """Pass 1 of the TIES threshold: per task, the high-16-bit bin of |tau| holding the threshold and the
-    threshold's rank inside that bin, from one histogram pass (None when k keeps everything).
-    float32 task vectors only; `bin_edges` turns the bins into |tau| intervals."""
-    rank = _rank(tvs, k)
+SAMPLE_EVERY = 512  # the sample that predicts each task's threshold bin: ~1 entry in 512 (tvs.sample) ...
+SAMPLE_MIN = 1 << 16  # ... but at least this many entries per task (smaller models: denser, or whole)
+FINE_MAX_BINS = 8  # at most this many candidate bins per task get a histogram of their low 16 bits
+FINE_FLUSH = 1 << 22  # low-bit keys buffered before one bincount into the fine histogram
+
+
+@dataclass
+class Candidates:
+    """Per task, the bins a sample says hold its threshold: bins first .. first + width - 1 (width a power
+    of two), and the share of the sample's columns with some task's entry in that task's estimated bin
+    (what TIES would defer without exact thresholds)."""
+
+    first: torch.Tensor  # [N] int64
+    width: torch.Tensor  # [N] int64
+    deferred_share: float
+
+
+def candidate_bins(tvs: TaskVectors, rank: int) -> Candidates | None:
+    """The high-16-bit bins most likely to hold each task's rank-th smallest |tau|, from a sample of about
+    1 entry in SAMPLE_EVERY, and at least SAMPLE_MIN entries (`TaskVectors.sample`): the bins between the
+    sample's quantiles at q -+ 5 standard errors (q = rank / d), at most FINE_MAX_BINS around the
+    estimate, rounded up to a power of two. None when there is nothing to sample from (preprocessed or
+    float64 task vectors, tiny models): the caller then finds the threshold without candidates."""
+    if tvs.preprocess is not None or tvs.dtype != torch.float32:
+        return None
+    s = tvs.sample(max(1, min(SAMPLE_EVERY, tvs.numel() // SAMPLE_MIN))).abs()
+    m = s.shape[1]
+    if m < 64:
+        return None
+    s = torch.nan_to_num(s, nan=float("inf"))  # refused later by the merge pass anyway
+    q = rank / tvs.numel()
+    se = (q * (1 - q) / m) ** 0.5
+
+    def kth(frac):
+        i = min(m, max(1, round(frac * m)))
+        return high_bits(s.kthvalue(i, dim=1).values.contiguous()).to(torch.int64)
+
+    lo, mid, hi = kth(q - 5 * se), kth(q), kth(q + 5 * se)
+    half = FINE_MAX_BINS // 2
+    lo = torch.maximum(lo, mid - half)
+    hi = torch.minimum(hi, lo + FINE_MAX_BINS - 1)
+    width = hi - lo + 1
+    width = 2 ** torch.ceil(torch.log2(width.double())).to(torch.int64)  # power of two: one AND selects
+    share = float((high_bits(s.contiguous()).to(torch.int64) == mid.unsqueeze(1)).any(dim=0).double().mean())
+    return Candidates(lo, width, share)
+
+
+def topk_thresholds(
+    tvs: TaskVectors, k: float, candidates: Candidates | None | str = "sample"
+) -> tuple[list[int], list[int], list[float] | None] | None:
+    """One pass over the task vectors toward each task's TIES threshold (float32 task vectors).
+
+    Returns (bins, ranks, thresholds): per task the high-16-bit bin of |tau| that holds the threshold and
+    the threshold's rank inside that bin, from a histogram of the high 16 bits of every entry; and, when
+    candidate bins are given ("sample": taken by `candidate_bins` first) and hold each task's bin, the
+    exact thresholds themselves: the pass also histograms the low 16 bits of the entries that fall in the
+    candidate bins, and a float32's 32 bits are then known. thresholds is None without candidates or when
+    some task's bin was not among them (the caller finishes from bins and ranks: `gather_thresholds`, or
+    TIES's deferred columns); the whole result is None when k keeps everything. Exact either way: the
+    sample only decides which entries' low bits are counted. The low-bit histogram costs about as much
+    as the high one (a selection over every entry), so TIES asks for it only when deferring would cost
+    more."""
+    rank = topk_rank(tvs, k)
     if rank is None:
         return None
     n = len(tvs)
     nbins = 1 << 15  # high 16 bits of a non-negative float32 (sign bit 0)
-    hist = torch.zeros(n, nbins, dtype=torch.int64, device=tvs.device)
+    dev = tvs.device
+    hist = torch.zeros(n, nbins, dtype=torch.int64, device=dev)
+    cand = candidate_bins(tvs, rank) if candidates == "sample" else candidates
+    if cand is not None:
+        first, width = cand.first, cand.width
+        first16 = first.to(torch.int16).to(dev).unsqueeze(1)
+        outside = (~(width - 1)).to(torch.int16).to(dev).unsqueeze(1)  # bits that are 0 for 0 <= rel < width
+        offset = (torch.cumsum(width, 0) - width).to(dev)  # each task's first fine bin, in units of 2^16
+        fine = torch.zeros(int(width.sum()) << 16, dtype=torch.int64, device=dev)
+        pending, held = [], 0
     # 4x wider slabs than the merge pass: a bincount per task and slab, so fewer, larger ones (measured
     # 2.05 vs 2.8 s for 8 ViT-B/32 task vectors)
     for ch in tvs.chunks(size=4 * chunk_columns(n)):
         high = high_bits(ch.tvs)
         for t in range(n):
             hist[t] += torch.bincount(high[t], minlength=nbins)
+        if cand is None:
+            continue
+        rel = high - first16  # the entry's bin relative to its task's first candidate
+        idx = (rel & outside).eq_(0).view(-1).nonzero().squeeze(1)
+        if idx.numel():
+            task = idx // ch.tvs.shape[1]
+            low = ch.tvs.view(torch.int32).view(-1)[idx] & 0xFFFF  # the low 16 bits of |tau| (sign is high)
+            pending.append(((offset[task] + rel.view(-1)[idx]) << 16) | low)
+            held += idx.numel()
+            if held >= FINE_FLUSH:
+                fine += torch.bincount(torch.cat(pending), minlength=fine.numel())
+                pending, held = [], 0
     cum = hist.cpu().cumsum(dim=1)
     bins, ranks = [], []
     for t in range(n):
         b = int(torch.searchsorted(cum[t], torch.tensor(rank, dtype=torch.int64)))
         bins.append(b)
         ranks.append(rank - (int(cum[t, b - 1]) if b > 0 else 0))
-    return bins, ranks
+    if cand is None:
+        return bins, ranks, None
+    if pending:
+        fine += torch.bincount(torch.cat(pending), minlength=fine.numel())
+    fine = fine.cpu()
+    thresholds = []
+    for t in range(n):
+        j = bins[t] - int(first[t])
+        if not 0 <= j < int(width[t]):
+            return bins, ranks, None  # the sample missed this task's bin
+        seg = fine[(int(offset[t]) + j) << 16 : (int(offset[t]) + j + 1) << 16]
+        low = int(torch.searchsorted(seg.cumsum(0), torch.tensor(ranks[t], dtype=torch.int64)))
+        bits = torch.tensor([(bins[t] << 16) | low], dtype=torch.int32)
+        thresholds.append(float(bits.view(torch.float32)))
+    return bins, ranks, thresholds
 
 
 def bin_edges(bins: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +184,7 @@ def global_topk_thresholds(tvs: TaskVectors, k: float) -> list[float] | None:
     Two streaming passes (histogram, then the candidates of one bin); TIES itself needs only the
     histogram pass (core.merging.methods.ties_direction decides the in-bin entries after its merge pass).
     """
-    rank = _rank(tvs, k)
+    rank = topk_rank(tvs, k)
     if rank is None:
         return None
     n = len(tvs)
@@ -98,8 +194,8 @@ def global_topk_thresholds(tvs: TaskVectors, k: float) -> list[float] | None:
             for t in range(n):
                 per_task[t].append(ch.tvs[t].abs().cpu())
         return [float(torch.kthvalue(torch.cat(c), rank).values) for c in per_task]
-    bins, ranks = topk_bins(tvs, k)
-    return gather_thresholds(tvs, bins, ranks)
+    bins, ranks, thresholds = topk_thresholds(tvs, k)
+    return thresholds if thresholds is not None else gather_thresholds(tvs, bins, ranks)
 
 
 def gather_thresholds(tvs: TaskVectors, bins: list[int], ranks: list[int]) -> list[float]:

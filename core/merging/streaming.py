@@ -180,6 +180,33 @@ class TaskVectors:
     def base_f(self, key: str) -> torch.Tensor:
         return self.read(-1, key)
 
+    def sample(self, every: int, spans: int = 4) -> torch.Tensor:
+        """About one entry in `every` of each task vector, as an [N, m] tensor (compute dtype, CPU).
+
+        Each key contributes ceil(numel / every) entries in `spans` evenly placed runs (small keys whole),
+        read with `read_range` from lazy inputs (a few small preads per file and key; nothing else is
+        read). Raw task vectors, not preprocessed and not checked for NaN/Inf: an estimate's input (TIES's
+        threshold bins, `core.merging.kselect.topk_thresholds`), never a merge's."""
+        parts = []
+        for key in self.keys:
+            n = self.shapes[key].numel()
+            run = max(1, -(-n // (every * spans)))
+            if run * spans >= n:
+                runs = [(0, n)]
+            else:
+                runs = [(min(n - run, (n * (2 * i + 1)) // (2 * spans)), run) for i in range(spans)]
+            for start, length in runs:
+                b = self._slice(self.base, key, start, length)
+                parts.append(torch.stack([self._slice(sd, key, start, length) - b for sd in self.finetuned]))
+        return torch.cat(parts, dim=1) if parts else torch.empty(len(self), 0, dtype=self.dtype)
+
+    def _slice(self, sd: StateDict, key: str, start: int, length: int) -> torch.Tensor:
+        """Flat elements [start, start + length) of `sd[key]` in the compute dtype (lazy inputs: one pread)."""
+        if hasattr(sd, "read_range") and sd.dtype(key) is not None:
+            out = torch.empty(length, dtype=sd.dtype(key))
+            return sd.read_range(key, start, out).to(self.dtype)
+        return sd[key].reshape(-1)[start : start + length].to(self.dtype)
+
     def raw(self, key: str) -> list[torch.Tensor]:
         b = self.base_f(key)
         out = []
