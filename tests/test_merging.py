@@ -181,7 +181,11 @@ def test_radix_select_equals_kthvalue(values):
 
 def _big_models(n, quantize=None, seed=3):
     g = torch.Generator().manual_seed(seed)
-    shapes = {"visual.transformer.resblocks.0.w": (300, 400), "visual.transformer.resblocks.1.w": (500, 300), "visual.b": (77,)}
+    shapes = {
+        "visual.transformer.resblocks.0.w": (300, 400),
+        "visual.transformer.resblocks.1.w": (500, 300),
+        "visual.b": (77,),
+    }
     base = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
     fts = []
     for t in range(n):
@@ -261,7 +265,9 @@ def test_a_sample_that_misses_the_threshold_bin_falls_back_and_stays_exact(monke
     from core.merging import kselect, methods
 
     calls = []
-    monkeypatch.setattr(methods._Deferred, "add", lambda self, *a, o=methods._Deferred.add: calls.append(1) or o(self, *a))
+    monkeypatch.setattr(
+        methods._Deferred, "add", lambda self, *a, o=methods._Deferred.add: calls.append(1) or o(self, *a)
+    )
 
     base, fts = _big_models(4)
     true_bins = kselect.topk_thresholds(TaskVectors(base, fts), 0.2)[0]
@@ -285,10 +291,16 @@ def test_the_threshold_sample_reads_a_small_share_of_each_lazy_file(tmp_path, mo
     save_state_dict(base, tmp_path / "b.safetensors")
     for t, f in enumerate(fts):
         save_state_dict(f, tmp_path / f"t{t}.safetensors")
-    tvs = TaskVectors(open_state_dict(tmp_path / "b.safetensors"), [open_state_dict(tmp_path / f"t{t}.safetensors") for t in range(3)])
+    tvs = TaskVectors(
+        open_state_dict(tmp_path / "b.safetensors"), [open_state_dict(tmp_path / f"t{t}.safetensors") for t in range(3)]
+    )
     read = []
     orig = LazyStateDict.read_range
-    monkeypatch.setattr(LazyStateDict, "read_range", lambda self, key, start, out: read.append(out.numel()) or orig(self, key, start, out))
+    monkeypatch.setattr(
+        LazyStateDict,
+        "read_range",
+        lambda self, key, start, out: read.append(out.numel()) or orig(self, key, start, out),
+    )
     s = tvs.sample(512)
     d = tvs.numel()
     assert s.shape[0] == 3 and d / 512 <= s.shape[1] <= d / 512 + 4 * 3 + 77  # ~1 in 512 (+ rounding, small keys whole)
