@@ -46,7 +46,8 @@ def _accept(ref: ModelSetRef, what: str) -> None:
         st.session_state[REFUSED_KEY] = (what, f"**Not loaded: {what}.** Task problems:\n{lines}")
         st.rerun()
     S.set_model_set(ref)
-    st.session_state[VALIDATED_KEY] = S.ms_key(ms)
+    if report.checked_finite:  # a big set accepted from its headers has its values checked on request only
+        st.session_state[VALIDATED_KEY] = S.ms_key(ms)
     st.rerun()
 
 

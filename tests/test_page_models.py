@@ -119,6 +119,29 @@ def test_non_finite_values_are_refused_naming_the_tensor(tmp_path, value, word):
     assert str(fts[0]) in boxes[1] and "re-export or re-train" in boxes[1]
 
 
+def test_a_big_set_is_accepted_from_its_headers_and_its_values_are_checked_on_request(tmp_path, monkeypatch):
+    """Over AUTO_CHECK_BYTES a set is accepted from its headers (no tensor read: seconds for 25 GB of L/14
+    files); the NaN/Inf pass runs only when asked. It used to run right after "Use these checkpoints"
+    anyway (45 s for a 20-task L/14 set, bench/bigset.py)."""
+    import ui.state
+    from core.checkpoints.formats import LazyStateDict
+
+    monkeypatch.setattr(ui.state, "AUTO_CHECK_BYTES", 1)  # every set is big
+    sd = finetune(1)
+    sd["visual.transformer.resblocks.1.attn.out_proj.weight"][2, 3] = float("nan")
+    base, fts = write_set(tmp_path, good=finetune(2), diverged=sd)
+    reads = []
+    original = LazyStateDict.read_into
+    monkeypatch.setattr(LazyStateDict, "read_into", lambda self, *a: reads.append(self.path) or original(self, *a))
+    at = use_files(base, fts)
+    assert active(at) is not None and reads == []  # accepted from the headers: no value read
+    assert any("checked from the headers" in c.value for c in at.caption)
+    assert not at.error
+    at.button(key="models_check_values").click().run()
+    assert reads  # now every tensor is read once
+    assert [e.value.split(":", 1)[0].lstrip("*") for e in at.error] == ["Non-finite values (NaN/Inf)"]
+
+
 def test_zero_blocks_is_accepted_with_a_warning(tmp_path):
     stem = {k: v for k, v in tiny_visual(0, WIDTH, BLOCKS).items() if ".resblocks." not in k}
     save_state_dict(stem, tmp_path / "base.safetensors")
