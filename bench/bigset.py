@@ -1,5 +1,5 @@
-"""The app on a big model set: the Models page accepting N synthetic fine-tunes, and the Task vectors page
-computing its per-block tables, then reading them back from the on-disk analysis cache.
+"""The app on a big model set: the Models page accepting N synthetic fine-tunes, and the Task vectors and Spectra pages
+computing their per-block tables, then reading them back from the on-disk analysis cache.
 
 Uses bench/merge.py's synthetic checkpoints (ViT-B-32 or ViT-L-14 visual towers: random init plus
 structured perturbations), built once into `--keep DIR` (or a temp dir). Each step runs the page headless
@@ -10,6 +10,7 @@ memory above the process's start (RssAnon sampled every 20 ms: page cache and fi
                   (headers only for a set over 500 MB: keys, shapes, dtypes; the NaN/Inf pass is on request)
   task_vectors    the Task vectors page on the first `--tv-tasks` tasks, analysis cache empty (computed)
   task_vectors    the same page again in a new process (tables read from the on-disk cache)
+  spectra         the Spectra page on the same tasks (its first tab: every source's spectral table), twice
 
 The analysis cache is a fresh temp dir ($MERGESCOPE_CACHE), so the first open really computes.
 Targets (issue scale): the Models page takes a 20-task L/14 set from its metadata in seconds; reopening
@@ -57,7 +58,7 @@ def run_page(step: str, folder: Path, n_tasks: int) -> dict:
         at.button(key="paths_use").click().run()
         ok = "model_set_ref" in at.session_state and at.session_state["model_set_ref"] is not None
     else:
-        at = AppTest.from_file(str(ROOT / "pages" / "task_vectors.py"), default_timeout=3600)
+        at = AppTest.from_file(str(ROOT / "pages" / f"{step}.py"), default_timeout=3600)
         at.session_state["model_set_ref"] = ModelSetRef(
             zoo=None, base=str(base), finetuned=tuple((f"task{t}", str(p)) for t, p in enumerate(fts))
         )
@@ -75,7 +76,7 @@ def main() -> int:
         "--arch", choices=sorted(ARCHS), default="b32", help="b32 (default: make bench) or l14 (25 GB at 20 tasks)"
     )
     ap.add_argument("--tasks", type=int, default=20, help="fine-tuned files the Models page takes")
-    ap.add_argument("--tv-tasks", type=int, default=3, help="tasks the Task vectors page analyses")
+    ap.add_argument("--tv-tasks", type=int, default=3, help="tasks the Task vectors and Spectra pages analyse")
     ap.add_argument("--keep", type=Path, help="reuse/keep the synthetic checkpoints in this folder")
     ap.add_argument("--_step", help=argparse.SUPPRESS)
     ap.add_argument("--_n", type=int, help=argparse.SUPPRESS)
@@ -93,7 +94,8 @@ def main() -> int:
         model_bytes = (folder / "base.safetensors").stat().st_size
         print(f"model size {model_bytes / 2**20:.0f} MiB; load average {os.getloadavg()[0]:.1f}", flush=True)
         rows = []
-        for step, n in (("models", a.tasks), ("task_vectors", a.tv_tasks), ("task_vectors", a.tv_tasks)):
+        steps = [("models", a.tasks)] + [(p, a.tv_tasks) for p in ("task_vectors", "spectra") for _ in range(2)]
+        for step, n in steps:
             label = step if step == "models" else f"{step} ({'reopened' if rows[-1][0].startswith(step) else 'first'})"
             r = subprocess.run(
                 [sys.executable, __file__, "--_step", step, "--keep", str(folder), "--_n", str(n)],
