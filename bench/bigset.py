@@ -16,7 +16,7 @@ The analysis cache is a fresh temp dir ($MERGESCOPE_CACHE), so the first open re
 Targets (issue scale): the Models page takes a 20-task L/14 set from its metadata in seconds; reopening
 the Task vectors page does not recompute; memory within 3 model sizes while the pages are open.
 
-    python bench/bigset.py [--arch b32|l14] [--tasks 20] [--tv-tasks 3] [--keep DIR]   (the issue's figure: --arch l14)
+    python bench/bigset.py [--arch b32|l14] [--tasks 8] [--tv-tasks 3] [--keep DIR]   (the issue's figure: --arch l14)
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main() -> int:
     ap.add_argument(
         "--arch", choices=sorted(ARCHS), default="b32", help="b32 (default: make bench) or l14 (25 GB at 20 tasks)"
     )
-    ap.add_argument("--tasks", type=int, default=20, help="fine-tuned files the Models page takes")
+    ap.add_argument("--tasks", type=int, default=8, help="fine-tuned files the Models page takes")
     ap.add_argument("--tv-tasks", type=int, default=3, help="tasks the Task vectors and Spectra pages analyse")
     ap.add_argument("--keep", type=Path, help="reuse/keep the synthetic checkpoints in this folder")
     ap.add_argument("--_step", help=argparse.SUPPRESS)
