@@ -16,7 +16,7 @@ The analysis cache is a fresh temp dir ($MERGESCOPE_CACHE), so the first open re
 Targets (issue scale): the Models page takes a 20-task L/14 set from its metadata in seconds; reopening
 the Task vectors page does not recompute; memory within 3 model sizes while the pages are open.
 
-    python bench/bigset.py [--arch b32|l14] [--tasks 8] [--tv-tasks 3] [--keep DIR]   (the issue's figure: --arch l14)
+    python bench/bigset.py [--arch b32|l14] [--tasks 8] [--tv-tasks 3] [--keep DIR]   (the issue's figure: --arch l14 --tasks 20)
 """
 
 from __future__ import annotations
