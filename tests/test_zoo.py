@@ -66,3 +66,55 @@ def test_zoo_cli_info_build_reuse_and_errors(micro_zoo_dir, capsys):
     assert "key=value" in capsys.readouterr().err
     assert cli(["zoo", "build", "--micro", "--cache", cache, "--set", "nope=1"]) == 1
     assert "unknown recipe fields" in capsys.readouterr().err
+
+
+def test_the_build_counts_fine_tuning_steps_in_worker_processes(tmp_path):
+    """The fine-tune bar counts optimizer steps (it sat at 0/8 tasks for the first half-minute), also when
+    the fine-tunes run in a pool of worker processes, as the demo zoo's do."""
+    from core.zoo import build_zoo
+    from core.zoo.recipe import recipe_for
+
+    recipe = recipe_for("micro", {"workers": "2", "ft_steps": "40"})
+    seen = []
+
+    def progress(stage, done, total):
+        if stage == "finetune":
+            seen.append((done, total))
+
+    build_zoo("micro", progress, cache=tmp_path, recipe=recipe)
+    total = len(recipe.tasks) * recipe.ft_steps
+    done = [d for d, _ in seen]
+    assert {t for _, t in seen} == {total} and done == sorted(done) and done[0] == 0 and done[-1] == total
+
+
+def _micro_job(micro_zoo, tmp_path, steps):
+    from core.zoo.build import build_model, heads_of
+    from core.zoo.recipe import recipe_for
+
+    recipe = recipe_for("micro", {"ft_steps": str(steps), "n_train": "64"})
+    task = micro_zoo.tasks[0]
+    head = heads_of(build_model(micro_zoo.base()), [task], lambda *a: None)[task]
+    return (str(micro_zoo.base_path), task, head, recipe, str(tmp_path / "ft.safetensors"))
+
+
+def test_finetune_reports_every_step_and_a_worker_adds_them_to_the_shared_counter(micro_zoo, tmp_path):
+    import multiprocessing as mp
+
+    from core.zoo import finetune as F
+
+    base_path, task, head, recipe, out = _micro_job(micro_zoo, tmp_path, 5)
+    steps = []
+    F.finetune(micro_zoo.base(), task, head, recipe, on_step=steps.append)
+    assert steps == [1, 2, 3, 4, 5]
+    import torch
+
+    counter = mp.get_context("spawn").Value("q", 0)
+    F.init_worker(counter)
+    threads = torch.get_num_threads()
+    try:  # what a worker process runs, here in this one (it sets one torch thread: restored below)
+        assert F.finetune_job((base_path, task, head, recipe, out))[0] == task
+    finally:
+        F.init_worker(None)
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)
+    assert counter.value == 5

@@ -33,7 +33,7 @@ from ..models import build_model, zero_shot_head
 from ..runtime.paths import cache_dir
 from ..runtime.threads import auto_threads
 from .data import get_task, load_split
-from .finetune import finetune, finetune_job
+from .finetune import finetune, finetune_job, init_worker
 from .pretrain import head_diagnostics, pretrain
 from .recipe import RECIPES, Recipe, check_recipe
 from .shipped import ASSETS, sha256_of, shipped_base, versions
@@ -180,25 +180,35 @@ def _build(kind: str, recipe: Recipe, work: Path, progress: Progress, cancel) ->
         for task in recipe.tasks
     ]
     workers = max(1, min(recipe.workers, os.cpu_count() or 1, len(jobs)))
-    progress("finetune", 0, len(jobs))
+    total = len(jobs) * recipe.ft_steps  # the bar counts optimizer steps: a fine-tune takes 15-40 s
+    progress("finetune", 0, total)
     if workers == 1:
         for i, (_, task, head, _, out) in enumerate(jobs):
-            sd, stats = finetune(base, task, head, recipe, cancel)
+            done = i * recipe.ft_steps
+            sd, stats = finetune(
+                base, task, head, recipe, cancel, on_step=lambda s, d=done: progress("finetune", d + s, total)
+            )
             save_state_dict(sd, Path(out), metadata={"task": task})
             ft_stats[task] = stats
-            progress("finetune", i + 1, len(jobs))
+            progress("finetune", done + recipe.ft_steps, total)
     else:
         import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for i, (task, stats) in enumerate(pool.imap_unordered(finetune_job, jobs)):
-                ft_stats[task] = stats
-                progress("finetune", i + 1, len(jobs))
+        ctx = mp.get_context("spawn")
+        steps = ctx.Value("q", 0)
+        with ctx.Pool(workers, initializer=init_worker, initargs=(steps,)) as pool:
+            pending = pool.map_async(finetune_job, jobs, chunksize=1)
+            while not pending.ready():
+                pending.wait(0.5)
+                progress("finetune", min(steps.value, total), total)
                 if cancel is not None and cancel.is_set():
                     from ..errors import Cancelled
 
                     pool.terminate()
-                    raise Cancelled(f"zoo build cancelled after {i + 1} of {len(jobs)} fine-tunes")
+                    raise Cancelled(f"zoo build cancelled after {steps.value} of {total} fine-tuning steps")
+            for task, stats in pending.get():
+                ft_stats[task] = stats
+        progress("finetune", total, total)
     timings["finetune"] = round(time.perf_counter() - t, 1)
 
     # evaluate: zero-shot, every fine-tuned model on every task (val and test)

@@ -36,7 +36,7 @@ class TqdmProgress:
 
         if stage != self.stage:
             self.close()
-            unit = "step" if stage == "pretrain" else "it"
+            unit = "step" if stage in ("pretrain", "finetune") else "it"
             self.stage, self.bar = stage, tqdm(total=total, desc=f"{stage:<9}", unit=unit, file=sys.stderr)
         self.bar.total = total
         self.bar.n = done

@@ -37,11 +37,12 @@ def task_seed(recipe: Recipe, task: str) -> int:
 
 
 def finetune(
-    base_sd: dict, task: str, head: torch.Tensor, recipe: Recipe, cancel=None
+    base_sd: dict, task: str, head: torch.Tensor, recipe: Recipe, cancel=None, on_step=None
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Fine-tune the visual tower of `base_sd` on `task` through the frozen `head`; returns (visual state dict, stats).
 
     Deterministic for a recipe and a thread count. Raises `core.errors.Cancelled` when `cancel` is set.
+    `on_step(done)` is called after every optimizer step (the build's progress bar counts steps).
     """
     from ..errors import Cancelled
 
@@ -78,6 +79,7 @@ def finetune(
         cfg,
         cancel=cancel,
         lr_schedule=functools.partial(warmup_cosine, steps=recipe.ft_steps, warmup=recipe.ft_warmup),
+        progress=None if on_step is None else (lambda step, total, row: on_step(step)),
     )
     if res.cancelled:
         raise Cancelled(f"fine-tuning {task} cancelled after {res.steps_done} of {recipe.ft_steps} steps")
@@ -91,11 +93,26 @@ def finetune(
     }
 
 
+_STEPS = None  # a worker's shared step counter (multiprocessing.Value), set by `init_worker`
+
+
+def init_worker(steps) -> None:
+    """Pool initializer: every worker adds its optimizer steps to the shared counter `steps`."""
+    global _STEPS
+    _STEPS = steps
+
+
+def _count_step(_done: int) -> None:
+    with _STEPS.get_lock():
+        _STEPS.value += 1
+
+
 def finetune_job(args: tuple) -> tuple[str, dict]:
     """One fine-tune in a worker process: (base path, task, head, recipe, out path) -> (task, stats)."""
     base_path, task, head, recipe, out_path = args
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    sd, stats = finetune(load_state_dict(Path(base_path)), task, head, recipe)
+    on_step = None if _STEPS is None else _count_step
+    sd, stats = finetune(load_state_dict(Path(base_path)), task, head, recipe, on_step=on_step)
     save_state_dict(sd, Path(out_path), metadata={"task": task})
     return task, stats
