@@ -185,9 +185,12 @@ def _build(kind: str, recipe: Recipe, work: Path, progress: Progress, cancel) ->
     if workers == 1:
         for i, (_, task, head, _, out) in enumerate(jobs):
             done = i * recipe.ft_steps
-            sd, stats = finetune(
-                base, task, head, recipe, cancel, on_step=lambda s, d=done: progress("finetune", d + s, total)
-            )
+
+            def on_step(s, d=done):  # every 10 steps, as pretraining reports (a page redraws its bar per call)
+                if s % 10 == 0:
+                    progress("finetune", d + s, total)
+
+            sd, stats = finetune(base, task, head, recipe, cancel, on_step=on_step)
             save_state_dict(sd, Path(out), metadata={"task": task})
             ft_stats[task] = stats
             progress("finetune", done + recipe.ft_steps, total)
