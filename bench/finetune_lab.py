@@ -1,7 +1,8 @@
 """Fine-tune lab benchmark on the demo zoo: accuracy vs data fraction for uniform lr, TempBalance and
 Model Balancing (3 seeds, mean ± std), then the Weight Scope Alignment merge comparison.
 
-    python bench/finetune_lab.py [--quick] [--workers 2] [--zoo micro --cache DIR]
+    python bench/finetune_lab.py [--quick] [--workers 2] [--zoo micro --cache DIR] [--task T] [--wsa-tasks A,B]
+    python bench/finetune_lab.py --zoo styled --task digits_typed --wsa-tasks digits_typed,letters_novel
     python bench/finetune_lab.py --job-vs-cli [--zoo micro] [--steps 20] [--repeats 2]
 
 It runs the CLI's code path (`python -m core finetune`) with the budget stated below and prints
@@ -115,7 +116,8 @@ def main() -> int:
     ap.add_argument("--zoo", default="demo")
     ap.add_argument("--cache", default=None, help="cache directory of the zoo")
     ap.add_argument("--job-vs-cli", action="store_true", help="time one small grid as the page's job and the CLI")
-    ap.add_argument("--task", default=TASK, help="--job-vs-cli: the task")
+    ap.add_argument("--task", default=TASK, help=f"the task of the fraction grid (default {TASK})")
+    ap.add_argument("--wsa-tasks", default=WSA_TASKS, help=f"the two tasks of the WSA merge (default {WSA_TASKS})")
     ap.add_argument("--steps", type=int, default=20, help="--job-vs-cli: steps per fine-tune")
     ap.add_argument("--repeats", type=int, default=2, help="--job-vs-cli: runs per path (alternating order)")
     ap.add_argument("--threads", type=int, default=1, help="--job-vs-cli: the CLI's --threads")
@@ -138,7 +140,7 @@ def main() -> int:
     grid = [
         *where,
         "--task",
-        TASK,
+        args.task,
         "--fractions",
         fractions,
         "--methods",
@@ -156,7 +158,7 @@ def main() -> int:
         *where,
         "--wsa",
         "--tasks",
-        WSA_TASKS,
+        args.wsa_tasks,
         "--weight",
         str(WSA_WEIGHT),
         "--fraction",

@@ -1,8 +1,9 @@
 """Does the demo zoo separate the merge methods? One row of docs/methods/zoo.md's "what was tried" table.
 
-    python bench/zoo_methods.py --cache DIR [--n-test 2000] [--n-val 500] [--label NAME]
+    python bench/zoo_methods.py --cache DIR [--zoo demo|styled] [--n-test 2000] [--n-val 500]
+    python bench/zoo_methods.py --aggregate A/methods.json B/methods.json C/methods.json
 
-On a built demo zoo (in DIR, e.g. a MERGESCOPE_CACHE of one experiment) it reports, on fresh draws of
+On a built zoo (in DIR, e.g. a MERGESCOPE_CACHE of one experiment) it reports, on fresh draws of
 `--n-test` test images per task (hyperparameters chosen on `--n-val` val images per task, average
 normalized accuracy, `core.select.normalized_accuracy`):
 
@@ -11,7 +12,9 @@ normalized accuracy, `core.select.normalized_accuracy`):
 - paired standard errors of the differences that the goals are about (same images for both methods);
 - the relative task-vector norm per visual block, ||tau|| / ||theta_0||.
 
-Results are printed and stored as JSON (``--out``, default ``<DIR>/methods.json``).
+Results are printed and stored as JSON (``--out``, default ``<DIR>/zoo-<kind>/methods.json``).
+``--aggregate`` reads several such files (e.g. builds with ``--set ft_seed=1``, ``2``: fine-tuning seeds
+over the one shipped base) and prints each figure's mean ± standard deviation over them.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.cli.options import ZOO_KINDS  # noqa: E402
 from core.evaluate import Evaluator  # noqa: E402
 from core.merging import apply_direction, merged_direction  # noqa: E402
 from core.task_vectors import task_vector  # noqa: E402
@@ -73,10 +77,10 @@ def _evaluator(ms, split: str, n: int) -> Evaluator:
     return Evaluator(ms.base(), tasks)
 
 
-def run(cache: str, n_val: int, n_test: int) -> dict:
+def run(cache: str, n_val: int, n_test: int, kind: str = "demo") -> dict:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     torch.set_flush_denormal(True)
-    ms = load_model_set("demo", cache)
+    ms = load_model_set(kind, cache)
     tasks = ms.tasks
     base = {k: v for k, v in ms.base().items() if k.startswith("visual.")}
     fts = ms.finetuned_all()
@@ -114,7 +118,9 @@ def run(cache: str, n_val: int, n_test: int) -> dict:
         "tasks": tasks,
         "n_val": n_val,
         "n_test": n_test,
-        "recipe_hash": manifest("demo", cache)["recipe_hash"],
+        "zoo": kind,
+        "recipe_hash": manifest(kind, cache)["recipe_hash"],
+        "build_seconds": manifest(kind, cache).get("timings_seconds", {}).get("total"),
         "per_task": {
             t: {
                 "zero_shot": float(zs_t[t].mean()),
@@ -180,21 +186,58 @@ def report(r: dict) -> None:
     print("||tau||/||theta0|| per block:", " ".join(f"{x:.4f}" for x in r["relative_tv_norm_per_block"]))
 
 
+AGGREGATED = (
+    ("FT", lambda r: r["abs"]["finetuned"]),
+    ("ZS", lambda r: r["abs"]["zero_shot"]),
+    ("TA", lambda r: r["abs"]["ta"]),
+    ("TA+LiNeS", lambda r: r["abs"]["ta_lines"]),
+    ("TSV-M", lambda r: r["abs"]["tsv_m"]),
+    ("FT-ZS", lambda r: r["abs"]["finetuned"] - r["abs"]["zero_shot"]),
+    ("TA-ZS", lambda r: r["abs"]["ta"] - r["abs"]["zero_shot"]),
+    ("TSV-M-TA", lambda r: r["abs"]["tsv_m"] - r["abs"]["ta"]),
+    ("TSV-M-TA (norm)", lambda r: r["normalized"]["tsv_m"] - r["normalized"]["ta"]),
+    ("LiNeS-TA (norm)", lambda r: r["normalized"]["ta_lines"] - r["normalized"]["ta"]),
+    ("min task FT-ZS", lambda r: min(v["finetuned"] - v["zero_shot"] for v in r["per_task"].values())),
+)
+
+
+def aggregate(rows: list[dict]) -> dict[str, tuple[float, float]]:
+    """Mean and sample standard deviation (ddof 1; 0 for one row) of each `AGGREGATED` figure, in points."""
+    if not rows:
+        raise ValueError("nothing to aggregate")
+    tasks = {tuple(r["tasks"]) for r in rows}
+    if len(tasks) > 1:
+        raise ValueError(f"the runs cover different task lists: {sorted(tasks)}")
+    out = {}
+    for name, get in AGGREGATED:
+        v = 100 * np.array([get(r) for r in rows], dtype=float)
+        out[name] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", default=None, help="cache holding zoo-demo (default $MERGESCOPE_CACHE)")
+    ap.add_argument("--cache", default=None, help="cache holding the built zoo (default $MERGESCOPE_CACHE)")
+    ap.add_argument("--zoo", default="demo", choices=ZOO_KINDS, help="which zoo kind in the cache (default demo)")
+    ap.add_argument("--aggregate", nargs="+", metavar="JSON", help="mean ± std over earlier runs' JSON files")
     ap.add_argument("--n-val", type=int, default=500)
     ap.add_argument("--n-test", type=int, default=2000)
     ap.add_argument("--out", default=None, help="JSON output (default <cache>/zoo-demo/methods.json)")
     args = ap.parse_args(argv)
+    if args.aggregate:
+        rows = [json.loads(Path(f).read_text()) for f in args.aggregate]
+        print(f"{len(rows)} runs of {rows[0]['tasks']}; recipe hashes {[r['recipe_hash'] for r in rows]}")
+        for name, (m, s) in aggregate(rows).items():
+            print(f"{name:<18} {m:7.1f} ± {s:.1f} pts")
+        return 0
     if args.n_val < 2 or args.n_test < 2:
         raise SystemExit("--n-val and --n-test need at least 2 images per task")
     t0 = time.perf_counter()
-    r = run(args.cache, args.n_val, args.n_test)
+    r = run(args.cache, args.n_val, args.n_test, args.zoo)
     r["seconds"] = round(time.perf_counter() - t0, 1)
     r["load_avg"] = os.getloadavg()
     report(r)
-    out = Path(args.out) if args.out else Path(load_model_set("demo", args.cache).zoo_dir) / "methods.json"
+    out = Path(args.out) if args.out else Path(load_model_set(args.zoo, args.cache).zoo_dir) / "methods.json"
     out.write_text(json.dumps(r, indent=2, default=float) + "\n")
     print(f"({r['seconds']}s; stored in {out})")
     return 0

@@ -118,3 +118,20 @@ def test_finetune_reports_every_step_and_a_worker_adds_them_to_the_shared_counte
         torch.set_num_threads(threads)
         torch.set_flush_denormal(False)
     assert counter.value == 5
+
+
+def test_ft_seed_draws_other_training_images_and_another_batch_order(micro_zoo, tmp_path):
+    import dataclasses
+
+    import torch
+
+    from core.zoo import finetune as F
+
+    _, task, head, recipe, _ = _micro_job(micro_zoo, tmp_path, 3)
+    a, _ = F.finetune(micro_zoo.base(), task, head, recipe)
+    again, _ = F.finetune(micro_zoo.base(), task, head, recipe)
+    other, _ = F.finetune(micro_zoo.base(), task, head, dataclasses.replace(recipe, ft_seed=1))
+    assert all(torch.equal(a[k], again[k]) for k in a)  # deterministic for a recipe
+    assert any(not torch.equal(a[k], other[k]) for k in a)
+    shifted, _ = F.finetune(micro_zoo.base(), task, head, dataclasses.replace(recipe, seed=1))
+    assert all(torch.equal(other[k], shifted[k]) for k in a)  # ft_seed 1 fine-tunes as seed 1 would

@@ -57,5 +57,37 @@ def test_the_styled_zoo_is_the_shipped_base_with_style_shifted_tasks_and_longer_
     assert styled.n_train == styled.ft_steps * styled.ft_batch  # every image seen once
     assert styled.pretrain_hash() == demo.pretrain_hash() and shipped_base(styled) is not None  # no pretraining
     assert styled.hash() != demo.hash()
-    assert build_command("styled") == "python -m core zoo build --zoo styled"
-    assert build_command("demo") == "python -m core zoo build"
+    assert build_command("styled") == "python -m core zoo build"  # the default zoo
+    assert build_command("demo") == "python -m core zoo build --zoo demo"
+
+
+def test_the_styled_zoo_is_the_default_everywhere():
+    """`make run` (Makefile's ZOO), the CLI, a spec without a model set and the Models page open one zoo."""
+    import re
+    from pathlib import Path
+
+    from core.cli.options import DEFAULT_ZOO
+    from core.spec import ModelSetRef, RunConfig
+    from core.zoo import cli as zoo_cli
+    from core.zoo.build import build_zoo, load_model_set, zoo_path
+
+    assert DEFAULT_ZOO == "styled" and DEFAULT_ZOO in R.RECIPES
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert re.search(r"^ZOO \?= (\w+)", makefile, re.M).group(1) == DEFAULT_ZOO
+    assert ModelSetRef().zoo == DEFAULT_ZOO and RunConfig.from_dict({}).model_set.zoo == DEFAULT_ZOO
+    assert zoo_cli._kind(zoo_cli.parser().parse_args(["build"])) == DEFAULT_ZOO
+    for f in (build_zoo, load_model_set, zoo_path):
+        assert f.__defaults__[0] == DEFAULT_ZOO, f
+
+
+def test_ft_seed_varies_the_fine_tunes_over_the_same_base_and_keeps_old_hashes_at_zero():
+    for kind in R.RECIPES:
+        r = R.RECIPES[kind]
+        assert r.ft_seed == 0 and r.finetune_seed == r.seed
+        assert R.recipe_for(kind, {"ft_seed": "0"}).hash() == r.hash()  # builds made before the field stay valid
+        s1 = R.recipe_for(kind, {"ft_seed": "1"})
+        assert s1.finetune_seed == r.seed + 1
+        assert s1.hash() != r.hash() and s1.pretrain_hash() == r.pretrain_hash()  # same (shipped) base
+    assert R.RECIPES["styled"].hash() == "6b08faf2002824b2"  # the styled zoo's documented hash is unchanged
+    with pytest.raises(ValueError, match="ft_seed must be >= 0"):
+        R.recipe_for("micro", {"ft_seed": "-1"})

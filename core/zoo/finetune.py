@@ -33,7 +33,8 @@ from .recipe import Recipe
 
 def task_seed(recipe: Recipe, task: str) -> int:
     """The torch seed of a task's fine-tune (it seeds the model's (unused) random init before loading)."""
-    return recipe.seed * 1000 + TASK_NAMES.index(task) if task in TASK_NAMES else recipe.seed
+    seed = recipe.finetune_seed
+    return seed * 1000 + TASK_NAMES.index(task) if task in TASK_NAMES else seed
 
 
 def finetune(
@@ -49,7 +50,7 @@ def finetune(
     t0 = time.perf_counter()
     torch.manual_seed(task_seed(recipe, task))
     model = build_model(base_sd)
-    x, y = load_split(task, "train", seed=recipe.seed, n=recipe.n_train)
+    x, y = load_split(task, "train", seed=recipe.finetune_seed, n=recipe.n_train)
     xp = preprocess(x)
     params = [p for n, p in model.named_parameters() if n.startswith("visual.")]
     for n, p in model.named_parameters():
@@ -62,7 +63,7 @@ def finetune(
         warmup=recipe.ft_warmup,
         optimizer="adamw",
         grad_clip=None,
-        seed=recipe.seed + 17,
+        seed=recipe.finetune_seed + 17,
         log_every=1,
     )
     model.train()

@@ -44,7 +44,13 @@ class Recipe:
     ft_weight_decay: float = 0.1
     ft_warmup: float = 0.1
     n_train: int = 19200  # = ft_steps x ft_batch: every fine-tuning step sees fresh images (no overfitting)
+    ft_seed: int = 0  # added to `seed` for the fine-tunes only (their images and batch order): same base
     workers: int = 2
+
+    @property
+    def finetune_seed(self) -> int:
+        """The seed of the fine-tunes: `seed + ft_seed` (`ft_seed` varies them over one pretrained base)."""
+        return self.seed + self.ft_seed
 
     def pretrain_part(self) -> dict:
         """The fields the pretrained base depends on (and the generator's signature)."""
@@ -62,7 +68,7 @@ class Recipe:
             "pos_embed_scale",
         )
         part = {k: getattr(self, k) for k in keep}
-        for k, v in HASH_OMITS_DEFAULT.items():  # recorded only when changed: older bases still match
+        for k, v in PRETRAIN_OMITS_DEFAULT.items():  # recorded only when changed: older bases still match
             if getattr(self, k) != v:
                 part[k] = getattr(self, k)
         return part | {"generator": generator_signature()}
@@ -83,8 +89,10 @@ class Recipe:
         return _hash(d | extra)
 
 
-# Recipe fields added after the first builds: left out of the hashes while at these defaults.
-HASH_OMITS_DEFAULT = {"mention_prob": 0.5}
+# Recipe fields added after the first builds: left out of the hashes while at these defaults
+# (pretraining's among them enter the pretraining hash too, when changed).
+PRETRAIN_OMITS_DEFAULT = {"mention_prob": 0.5}
+HASH_OMITS_DEFAULT = PRETRAIN_OMITS_DEFAULT | {"ft_seed": 0}
 
 
 def generator_signature() -> dict:
@@ -163,6 +171,8 @@ def check_recipe(r: Recipe) -> None:
     unknown = [t for t in r.tasks if t not in TASK_NAMES]
     if unknown or not r.tasks:
         raise ValueError(f"recipe tasks {list(r.tasks)}: need one or more of {TASK_NAMES}")
+    if r.ft_seed < 0:
+        raise ValueError(f"recipe field ft_seed must be >= 0, got {r.ft_seed}")
     for k in ("pretrain_steps", "pretrain_batch", "ft_steps", "ft_batch", "n_train", "workers"):
         if getattr(r, k) < 1:
             raise ValueError(f"recipe field {k} must be >= 1, got {getattr(r, k)}")
