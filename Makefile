@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
-ZOO ?= demo
+ZOO ?= styled  # core.cli.options.DEFAULT_ZOO (a test keeps the two equal)
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: run test install install-dev bench zoo lint browser clean
@@ -26,8 +26,8 @@ install-dev: $(VENV)/.installed-dev
 zoo: install
 	$(PY) -m core zoo build --zoo $(ZOO)
 
-# The app opens on the zoo it just built: `make run ZOO=styled` for the zoo where the merge methods separate
-# more (MERGESCOPE_DEFAULT_ZOO= to start with nothing loaded).
+# The app opens on the zoo it just built: the styled zoo by default, `make run ZOO=demo` for the first
+# recipe's easier tasks (MERGESCOPE_DEFAULT_ZOO= to start with nothing loaded).
 run: install zoo
 	MERGESCOPE_DEFAULT_ZOO=$${MERGESCOPE_DEFAULT_ZOO-$(ZOO)} $(PY) -m streamlit run ui/app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 

@@ -8,8 +8,9 @@ registry lambda_grid), LiNeS with α = auto (the multi-task rule) and β chosen 
 (--val-subsample, default 100 images per task) to keep the run to a few minutes on 2 cores;
 test uses the full split. Every sweep is stored in the run log.
 
-    python bench/results_table.py            # demo zoo (build it first: python -m core zoo build)
-    python bench/results_table.py --micro    # micro zoo (plumbing only: near-chance accuracy)
+    python bench/results_table.py                # the default zoo (build it first: python -m core zoo build)
+    python bench/results_table.py --zoo demo     # another built zoo
+    python bench/results_table.py --micro        # micro zoo (plumbing only: near-chance accuracy)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.cli.commands import UserError, run_sweep_config  # noqa: E402
+from core.cli.options import DEFAULT_ZOO, ZOO_KINDS  # noqa: E402
 from core.merging import get_method  # noqa: E402
 from core.spec import EvalSpec, MergeSpec, ModelSetRef  # noqa: E402
 from core.sweeps import SweepSpec, default_grid  # noqa: E402
@@ -62,13 +64,15 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--micro", action="store_true", help="use the micro zoo (fast, plumbing only)")
+    p.add_argument("--micro", action="store_true", help="use the micro zoo (fast, plumbing only; = --zoo micro)")
+    p.add_argument("--zoo", default=DEFAULT_ZOO, choices=ZOO_KINDS, help=f"which built zoo (default {DEFAULT_ZOO})")
     p.add_argument("--val-subsample", type=int, default=100, help="val images per task (0: the full split)")
     p.add_argument("--processes", type=int, default=None, help="worker processes (default: up to 4; 0: serial)")
     p.add_argument("--per-task", action="store_true", help="also print per-task test accuracy")
     args = p.parse_args(argv)
 
-    ref = ModelSetRef(zoo="micro" if args.micro else "demo")
+    kind = "micro" if args.micro else args.zoo
+    ref = ModelSetRef(zoo=kind)
     es = EvalSpec(split="val", subsample=args.val_subsample or None, seed=0)
     t0 = time.perf_counter()
     rows, per_task = [], {}
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
     ]
     head[0]["norm"] = sum(zs[t] / ft[t] for t in zs) / len(zs)
     head[1]["norm"] = 1.0
-    print(f"\n{'micro' if args.micro else 'demo'} zoo, {len(ft)} tasks; val subsample {es.subsample or 'full'}/task,")
+    print(f"\n{kind} zoo, {len(ft)} tasks; val subsample {es.subsample or 'full'}/task,")
     print(f"test full split; λ grids: {', '.join(f'{m}: {len(get_method(m).lambda_grid)}' for _, m, _ in METHODS)}")
     print(f"points; LiNeS α = auto, β from the method's beta_grid. Total {time.perf_counter() - t0:.0f} s.\n")
     print(markdown(head + rows))

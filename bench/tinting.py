@@ -15,7 +15,7 @@
    rebuilt when there are new rows); --job-threads N also runs the job at N threads (the old behaviour: the job
    inherited the server's torch setting, 2 threads on this machine).
 
-    python bench/tinting.py [--steps 100] [--seeds 0,1,2] [--cache DIR] [--skip-zoo]
+    python bench/tinting.py [--zoo styled|demo] [--steps 100] [--seeds 0,1,2] [--cache DIR] [--skip-zoo]
     python bench/tinting.py --job-vs-cli [--zoo demo|micro] [--cache DIR] [--steps 20] [--poll] [--job-threads 2]
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from core.cli.options import ZOO_KINDS  # noqa: E402
+from core.cli.options import DEFAULT_ZOO, ZOO_KINDS  # noqa: E402
 
 
 def step_cost(threads: int, tasks: int = 8, batch: int = 32, reps: int = 3) -> dict:
@@ -203,7 +203,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=None, help="default: 100 (zoo check), 20 (--job-vs-cli)")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--zoo", default="demo", choices=ZOO_KINDS)
+    ap.add_argument("--zoo", default=DEFAULT_ZOO, choices=ZOO_KINDS, help=f"which built zoo (default {DEFAULT_ZOO})")
     ap.add_argument("--cache", default=None)
     ap.add_argument("--skip-zoo", action="store_true")
     ap.add_argument("--job-vs-cli", action="store_true", help="time TintJob against the CLI's run function")
@@ -226,13 +226,15 @@ def main() -> int:
         return 0
     from core.zoo import is_built
 
-    if not is_built("demo", args.cache):
-        print("\nThe demo zoo is not built: skipping the accuracy check (python -m core zoo build).")
+    if not is_built(args.zoo, args.cache):
+        from core.zoo.build import build_command
+
+        print(f"\nThe {args.zoo} zoo is not built: skipping the accuracy check ({build_command(args.zoo)}).")
         return 0
     from core.labs.tinting.cli import main as tint_main
 
     steps = str(args.steps or 100)
-    argv = ["--zoo", "demo", "--steps", steps, "--seeds", args.seeds, "--both", "--method", "both", "--no-log"]
+    argv = ["--zoo", args.zoo, "--steps", steps, "--seeds", args.seeds, "--both", "--method", "both", "--no-log"]
     if args.cache:
         argv += ["--cache", args.cache]
     print(f"\n## python -m core tint {' '.join(argv)}\n")

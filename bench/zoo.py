@@ -1,6 +1,6 @@
 """Does the demo zoo show the real phenomena? Prints the numbers of issue 3's five criteria.
 
-    python bench/zoo.py [--micro] [--cache DIR] [--single-grid 11] [--tasks shapes,digits,...]
+    python bench/zoo.py [--zoo demo|styled | --micro] [--cache DIR] [--single-grid 11] [--tasks shapes,digits,...]
 
 Hyperparameters (TA's lambda, LiNeS beta) are chosen on val and reported on test.
 Results are printed and stored under "bench" in the zoo's manifest.json.
@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.cli.options import DEFAULT_ZOO, ZOO_KINDS  # noqa: E402
 from core.evaluate import Evaluator  # noqa: E402
 from core.lines import lines_scale  # noqa: E402
 from core.merging import apply_direction, merged_direction  # noqa: E402
@@ -177,14 +178,15 @@ def report(r: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--micro", action="store_true")
+    ap.add_argument("--micro", action="store_true", help="= --zoo micro")
+    ap.add_argument("--zoo", default=DEFAULT_ZOO, choices=ZOO_KINDS, help=f"which built zoo (default {DEFAULT_ZOO})")
     ap.add_argument("--cache", default=None)
     ap.add_argument("--tasks", default=None, help="comma-separated subset of the zoo's tasks (stored as bench_<tasks>)")
     ap.add_argument(
         "--single-grid", type=int, default=11, help="alpha / scale grid points for the single-task comparison"
     )
     args = ap.parse_args(argv)
-    kind = "micro" if args.micro else "demo"
+    kind = "micro" if args.micro else args.zoo
     t0 = time.perf_counter()
     tasks = args.tasks.split(",") if args.tasks else None
     r = run(kind, args.cache, args.single_grid, tasks)

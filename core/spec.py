@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .cli.options import DEFAULT_ZOO
 from .merging import get_method
 
 
@@ -114,7 +115,7 @@ class EvalSpec:
 
 @dataclass(frozen=True)
 class ModelSetRef:
-    """Which model set: the demo zoo (kind "demo", "styled" or "micro"), a model set JSON by `path`, a model
+    """Which model set: a zoo (kind "styled", the default, "demo" or "micro"), a model set JSON by `path`, a model
     set object given inline (`inline`, canonical JSON text), or base + fine-tuned files.
 
     JSON forms under "model_set": ``{"zoo": "demo"}``, ``{"path": "DIR/modelset.json"}``, the model
@@ -122,7 +123,7 @@ class ModelSetRef:
     against the current directory), or the older ``{"zoo": null, "base": ..., "finetuned": {...}}``.
     """
 
-    zoo: str | None = "demo"
+    zoo: str | None = DEFAULT_ZOO
     base: str | None = None
     finetuned: tuple = ()  # ((task, path), ...)
     path: str | None = None
@@ -189,7 +190,7 @@ class RunConfig:
     @staticmethod
     def from_dict(d: dict) -> RunConfig:
         return RunConfig(
-            model_set=ModelSetRef.from_dict(d.get("model_set", {"zoo": "demo"})),
+            model_set=ModelSetRef.from_dict(d.get("model_set", {"zoo": DEFAULT_ZOO})),
             merge=MergeSpec.from_dict(d.get("merge", {})),
             eval=EvalSpec.from_dict(d.get("eval", {})),
         )

@@ -17,7 +17,7 @@ set that exists only in memory (`run_sweep(..., model_set=ms)`).
 
 Sweep spec JSON (the CLI's `sweep --config`, written by the Sweeps page):
 
-    {"model_set": {"zoo": "demo"},
+    {"model_set": {"zoo": "styled"},
      "merge": {"method": "ties", "params": {"k": 0.2}},
      "eval": {"subsample": 100, "seed": 0},          # the grid's val evaluation (split is always val)
      "grid": {"lambda": [0.1, 0.2, ...]}  or  {"alpha": ["auto"], "beta": [0.1, ...]},

@@ -39,7 +39,7 @@ ms = S.require_model_set()
 if not ms.eval_tasks:
     st.info(
         f"Live evaluation needs tasks with test images and zero-shot heads; the model set {ms.name!r} has none. "
-        "Load the demo zoo on the Models page to steer merges live."
+        "Load the zoo on the Models page to steer merges live."
     )
     st.stop()
 

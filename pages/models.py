@@ -1,4 +1,4 @@
-"""Models: choose the model set (demo zoo, files on the server, or uploads) and check it."""
+"""Models: choose the model set (a zoo, files on the server, or uploads) and check it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from core.checkpoints import DIRECTORY_WEIGHT_FILES, SUPPORTED_SUFFIXES
-from core.cli.options import ZOO_KINDS
+from core.cli.options import DEFAULT_ZOO, ZOO_KINDS
 from core.datasets.check import check_tasks
 from core.runtime.paths import export_dir
 from core.spec import ModelSetRef
@@ -79,17 +79,17 @@ def _zoo_tab() -> None:
     try:
         from core import zoo
     except ImportError:
-        st.warning("The demo zoo module (core/zoo/) is not available in this checkout.")
+        st.warning("The zoo module (core/zoo/) is not available in this checkout.")
         return
     st.markdown(
-        "The **demo zoo**: a small CLIP-style ViT pretrained here on synthetic captioned images, and one "
-        "visual encoder fine-tuned per task (digits, shapes, colours, ...), with zero-shot heads — task "
+        "The **zoo**: a small CLIP-style ViT pretrained here on synthetic captioned images, and one "
+        "visual encoder fine-tuned per task (digits, shapes, letters, counts, ...), with zero-shot heads — task "
         f"arithmetic in miniature. Built once into `{zoo.cache_dir()}`; later starts are instant."
     )
     current = S.current_ref()
     labels = {
-        "demo": "demo (full, a few minutes to build)",
-        "styled": "styled (style-shifted tasks: the merge methods separate more; ~3.5 min to build)",
+        "styled": "styled (the default: style-shifted tasks, the merge methods separate; ~3.5 min to build)",
+        "demo": "demo (the first recipe: easier tasks, methods within a point; ~2.5 min to build)",
         "micro": "micro (tiny, seconds)",
     }
     kinds = list(ZOO_KINDS)
@@ -98,7 +98,7 @@ def _zoo_tab() -> None:
         kinds,
         horizontal=True,
         key="zoo_kind",
-        index=kinds.index(current.zoo) if current is not None and current.zoo in kinds else 0,
+        index=kinds.index(current.zoo if current is not None and current.zoo in kinds else DEFAULT_ZOO),
         format_func=lambda k: labels.get(k, k),
     )
     built = zoo.is_built(kind)
@@ -180,7 +180,7 @@ def _modelset_tab() -> None:
         "**Your own models on your own data.** A `modelset.json` names the base, one fine-tuned checkpoint per "
         "task and, per task, an image folder (`root/<split>/<class>/*.png`) or a CSV (`path,label[,split]`) "
         "and optionally a head file or class names. Paths are relative to the JSON file. "
-        "`python -m core export --zoo demo --out DIR` writes a complete example."
+        "`python -m core export --out DIR` writes a complete example (the zoo's)."
     )
     path = st.text_input("modelset.json on the server", key="ms_json_path", placeholder="/data/vit-b32/modelset.json")
     if st.button("Use this model set", key="ms_json_use", disabled=not path.strip(), type="primary"):

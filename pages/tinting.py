@@ -43,7 +43,7 @@ st.markdown(
 
 ms = S.require_model_set()
 if not ms.eval_tasks:
-    st.warning("Tinting trains on each task's images, and this model set has none: load the demo zoo.")
+    st.warning("Tinting trains on each task's images, and this model set has none: load the zoo (Models page).")
     st.stop()
 
 keys = [k for k in S.analysis_keys(ms) if k.startswith("visual.")]

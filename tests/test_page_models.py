@@ -202,13 +202,18 @@ def test_an_active_set_with_problems_shows_the_grouped_report(tmp_path):
     assert any("Other pages will fail on this set" in c.value for c in at.caption)
 
 
-def test_the_styled_zoo_is_offered_and_says_when_it_is_not_built(tmp_path, monkeypatch):
+def test_the_styled_zoo_is_preselected_and_each_zoo_says_when_it_is_not_built(tmp_path, monkeypatch):
+    from core.cli.options import DEFAULT_ZOO
+
     monkeypatch.setenv("MERGESCOPE_CACHE", str(tmp_path))  # an empty cache: nothing built
     at = AppTest.from_file(PAGE, default_timeout=60).run()
-    assert at.radio(key="zoo_kind").options == ["demo (full, a few minutes to build)",
-                                                 "styled (style-shifted tasks: the merge methods separate more; "
-                                                 "~3.5 min to build)", "micro (tiny, seconds)"]  # fmt: skip
-    at.radio(key="zoo_kind").set_value("styled").run()
-    assert not at.exception
+    radio = at.radio(key="zoo_kind")
+    assert radio.value == DEFAULT_ZOO == "styled"
+    assert radio.options == ["demo (the first recipe: easier tasks, methods within a point; ~2.5 min to build)",
+                             "styled (the default: style-shifted tasks, the merge methods separate; ~3.5 min to build)",
+                             "micro (tiny, seconds)"]  # fmt: skip
     assert at.button(key="zoo_build").label == "Build the styled zoo"
+    radio.set_value("demo").run()
+    assert not at.exception
+    assert at.button(key="zoo_build").label == "Build the demo zoo"
     assert any("Not built yet" in c.value for c in at.caption)

@@ -94,11 +94,11 @@ def test_page_table_lists_every_planned_page_once():
     assert all(f in [r[1] for r in existing_pages()] for f in MINE)
 
 
-def test_landing_points_a_first_visitor_to_the_demo_zoo():
+def test_landing_points_a_first_visitor_to_the_zoo():
     at = app()
     assert_clean(at, "landing")
     assert at.title[0].value == "MergeScope"
-    assert "demo zoo" in at.info[0].value
+    assert "Load the **zoo** on the Models page" in at.info[0].value
     assert at.get("page_link")[0].proto.page == "models"
     assert "None loaded" in at.sidebar.caption[0].value
     assert at.sidebar.number_input(key="seed").value == 0

@@ -31,12 +31,12 @@ the models and steer each layer's share (*LiNeS*, *Merge lab*), measuring accura
     ms = S.get_model_set()
     if ms is None:
         st.info(
-            "**First time here?** Load the **demo zoo** on the Models page: a small CLIP-style model "
+            "**First time here?** Load the **zoo** on the Models page: a small CLIP-style model "
             "pretrained here on synthetic images, plus one fine-tuned copy per task. It is built once "
             "(a few minutes) and cached on disk, so later starts are instant. You can also point the app "
             "at your own checkpoints (open_clip, safetensors, Hugging Face CLIP)."
         )
-        st.page_link(S.MODELS_PAGE, label="Open Models and load the demo zoo", icon=":material/inventory_2:")
+        st.page_link(S.MODELS_PAGE, label="Open Models and load the zoo", icon=":material/inventory_2:")
     else:
         st.success(f"Loaded: **{ms.name}** with {len(ms.tasks)} fine-tuned models ({', '.join(ms.tasks)}).")
         cols = st.columns(3)

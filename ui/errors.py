@@ -24,7 +24,7 @@ def message(e: BaseException) -> str:
         return f"Cancelled: {e}"
     if isinstance(e, FileNotFoundError):
         name = e.filename or str(e)
-        return f"**File not found:** `{name}`. Check the path on the Models page (or rebuild the demo zoo)."
+        return f"**File not found:** `{name}`. Check the path on the Models page (or rebuild the zoo)."
     if isinstance(e, PermissionError):
         return f"**Permission denied:** `{e.filename or e}`. The server cannot read or write this path."
     if isinstance(e, MemoryError):

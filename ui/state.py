@@ -164,7 +164,7 @@ def require_model_set():
         st.error(err)
     st.info(
         "No model set is loaded yet. A model set is one pretrained base plus fine-tuned checkpoints "
-        "(one per task). Load the demo zoo or your own checkpoints on the Models page."
+        "(one per task). Load the zoo or your own checkpoints on the Models page."
     )
     st.page_link(MODELS_PAGE, label="Go to Models to load a model set", icon=":material/inventory_2:")
     st.stop()

@@ -7,8 +7,8 @@ analyze), the zoo's and each lab's own `cli` module. Shared flags and error hand
 from __future__ import annotations
 
 COMMANDS = {
-    "zoo": ("core.zoo.cli", "build or inspect the demo zoo (build, pretrain, info)"),
-    "export": ("core.zoo.export", "write a built demo zoo as a model-set folder (weights, heads, PNG data, JSON)"),
+    "zoo": ("core.zoo.cli", "build or inspect a zoo (build, pretrain, info; default: the styled zoo)"),
+    "export": ("core.zoo.export", "write a built zoo as a model-set folder (weights, heads, PNG data, JSON)"),
     "merge": ("core.cli.commands", "merge a model set from a spec JSON and write safetensors"),
     "eval": ("core.cli.commands", "evaluate a spec (merge + evaluation on every task)"),
     "sweep": ("core.cli.commands", "grid over lambda or LiNeS (alpha, beta) on validation, best point on test"),

@@ -11,7 +11,7 @@ for sweeps), so any result seen in the UI reproduces from a shell:
                             | --base B.safetensors --finetuned task=FT.safetensors ...)
                            --what norms|spectra|scopes [--tower visual|text] [--out table.csv]
 
-A spec's "model_set" is the demo zoo ({"zoo": "demo"}), a model set JSON ({"path": "DIR/modelset.json"}),
+A spec's "model_set" is a zoo ({"zoo": "styled"}, the default), a model set JSON ({"path": "DIR/modelset.json"}),
 or the model set object inline (see core.modelset.ModelSet.from_json and docs/methods/evaluation.md).
 
 Evaluations and sweeps are appended to the run log (core.runs; --no-log to skip).

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import load_state_dict, save_state_dict
+from ..cli.options import DEFAULT_ZOO
 from ..models import build_model, zero_shot_head
 from ..runtime.paths import cache_dir
 from ..runtime.threads import auto_threads
@@ -42,14 +43,14 @@ Progress = Callable[[str, int, int], None]
 MANIFEST_VERSION = 1
 
 
-def zoo_path(kind: str = "demo", cache: str | Path | None = None) -> Path:
+def zoo_path(kind: str = DEFAULT_ZOO, cache: str | Path | None = None) -> Path:
     """The folder of zoo `kind`: ``<cache>/zoo-<kind>`` (cache default: `core.runtime.paths.cache_dir()`)."""
     if kind not in RECIPES:
         raise ValueError(f"unknown zoo kind {kind!r}; choose from {list(RECIPES)}")
     return (Path(cache) if cache is not None else cache_dir()) / f"zoo-{kind}"
 
 
-def is_built(kind: str = "demo", cache: str | Path | None = None) -> bool:
+def is_built(kind: str = DEFAULT_ZOO, cache: str | Path | None = None) -> bool:
     """True when a complete zoo of `kind` built with the current recipe is in the cache."""
     m = zoo_path(kind, cache) / "manifest.json"
     if not m.exists():
@@ -61,7 +62,7 @@ def is_built(kind: str = "demo", cache: str | Path | None = None) -> bool:
     return man.get("complete") is True and man.get("recipe_hash") == RECIPES[kind].hash()
 
 
-def manifest(kind: str = "demo", cache: str | Path | None = None) -> dict:
+def manifest(kind: str = DEFAULT_ZOO, cache: str | Path | None = None) -> dict:
     """The manifest.json of a built zoo (FileNotFoundError naming the build command when absent)."""
     m = zoo_path(kind, cache) / "manifest.json"
     if not m.exists():
@@ -70,10 +71,10 @@ def manifest(kind: str = "demo", cache: str | Path | None = None) -> dict:
 
 
 def build_command(kind: str) -> str:
-    return "python -m core zoo build" + ("" if kind == "demo" else f" --zoo {kind}")
+    return "python -m core zoo build" + ("" if kind == DEFAULT_ZOO else f" --zoo {kind}")
 
 
-def load_model_set(kind: str = "demo", cache: str | Path | None = None):
+def load_model_set(kind: str = DEFAULT_ZOO, cache: str | Path | None = None):
     """The built zoo as a `core.modelset.ModelSet` (base + one fine-tuned visual tower per task)."""
     from ..modelset import ModelSet
 
@@ -102,7 +103,7 @@ def heads_of(model, tasks, progress: Progress | None = None) -> dict[str, torch.
 
 
 def build_zoo(
-    kind: str = "demo",
+    kind: str = DEFAULT_ZOO,
     progress: Progress | None = None,
     force: bool = False,
     cache: str | Path | None = None,
@@ -229,7 +230,8 @@ def _build(kind: str, recipe: Recipe, work: Path, progress: Progress, cancel) ->
         "seeds": {
             "recipe": recipe.seed,
             "data": "core.zoo.data.load_split(task, split, seed=0)",
-            "train_split_seed": recipe.seed,
+            "train_split_seed": recipe.finetune_seed,
+            "finetune": recipe.finetune_seed,
         },
         "base": pre_stats,
         "head_max_cosine": diag,

@@ -1,4 +1,4 @@
-"""`python -m core zoo build|pretrain|info`: build, pretrain or inspect the demo zoo.
+"""`python -m core zoo build|pretrain|info`: build, pretrain or inspect a zoo (default: `DEFAULT_ZOO`, styled).
 
     python -m core zoo build [--micro | --zoo demo|styled|micro] [--force] [--cache DIR] [--set key=value ...]
     python -m core zoo pretrain [--out DIR] [--set key=value ...]
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..cli.options import UserError, add_zoo_options, guarded
+from ..cli.options import DEFAULT_ZOO, UserError, add_zoo_options, guarded
 from ..runtime.threads import auto_threads
 from .build import build_command, build_zoo, is_built, manifest, zoo_path
 from .recipe import RECIPES, recipe_for
@@ -62,11 +62,11 @@ def overrides(pairs: list[str] | None) -> dict:
 def _kind(args) -> str:
     if args.micro and args.zoo not in (None, "micro"):
         raise UserError(f"--micro contradicts --zoo {args.zoo}")
-    return "micro" if args.micro else (args.zoo or "demo")
+    return "micro" if args.micro else (args.zoo or DEFAULT_ZOO)
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m core zoo", description="Build or inspect the demo zoo.")
+    ap = argparse.ArgumentParser(prog="python -m core zoo", description="Build or inspect a zoo.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build the zoo into the cache (reused when already built)")
     b.add_argument("--micro", action="store_true", help="the tiny zoo used by the tests (= --zoo micro)")
@@ -161,10 +161,11 @@ def print_summary(man: dict) -> None:
             f"forgetting {a['mean_forgetting']:.3f}"
         )
     a = man["accuracy"]["test"]
-    print(f"{'task':<10} {'zero-shot':>9} {'fine-tuned':>10} {'control':>8} {'head cos':>8}")
+    w = max(10, *(len(t) for t in man["tasks"]))
+    print(f"{'task':<{w}} {'zero-shot':>9} {'fine-tuned':>10} {'control':>8} {'head cos':>8}")
     for t in man["tasks"]:
         print(
-            f"{t:<10} {a['zero_shot'][t]:>9.3f} {a['finetuned'][t]:>10.3f} {a['control'][t]['control']:>8.3f} "
+            f"{t:<{w}} {a['zero_shot'][t]:>9.3f} {a['finetuned'][t]:>10.3f} {a['control'][t]['control']:>8.3f} "
             f"{man['head_max_cosine'][t]:>8.3f}"
         )
     print("timings (s):", man["timings_seconds"])
