@@ -1,5 +1,6 @@
 """Reading the live loop's results: the comparison table the Merge lab draws, the choice of the LiNeS
-α sweep, and the run-log recorder that logs every live evaluation. Pure functions over `LiveMerger`
+α sweep, the run-log recorder that logs every live evaluation, and the two lessons a zoo build measures
+(which task shows LiNeS best; each merge method's λ on validation). Pure functions over `LiveMerger`
 results (core.live); no forward pass here."""
 
 from __future__ import annotations
@@ -138,4 +139,65 @@ def cached_lines_lesson(ms, live=None, *, cache=None, compute: bool = True, prog
         live = LiveMerger(ms)
     value = lines_lesson(live, progress=progress)
     cache.put("lines_lesson", lesson_files(ms), params, value)
+    return value
+
+
+# The methods whose λ a model set's merge lesson chooses on validation: the Merge lab opens each of them there.
+LESSON_METHODS: tuple[str, ...] = ("task_arithmetic", "ties", "tsv_m", "iso_c")
+LESSON_PATIENCE = 3  # stop a method's grid after this many points in a row below its best so far
+
+
+def merge_lesson(live, methods: tuple[str, ...] = LESSON_METHODS, split: str = "val", progress=None) -> dict:
+    """Each method's global λ chosen on `split`, as the papers tune it (task arithmetic's and TSV-M's
+    scaling coefficient chosen on validation): the point of the method's registry `lambda_grid` with the
+    highest average normalized accuracy over the merged tasks (`core.select.best_index`: first best). The
+    grid is walked upwards and left after `LESSON_PATIENCE` points in a row below the best so far (the
+    curves are single-peaked on every model set tried; the walk reads 8-14 of TSV-M's 30 points).
+
+    Returns {"lambda": {method: λ}, "normalized": {method: val score at λ}, "curve": {method: {λ: score}},
+    "split"}. progress: optional callable(done, total, message), total = the full grids' size."""
+    from .merging import get_method
+
+    if not [t for t in live.tasks if t in live.eval_tasks]:
+        raise ValueError("the model set has no task with evaluation data: there is no lesson to measure")
+    out = {"lambda": {}, "normalized": {}, "curve": {}, "split": split}
+    total, done = sum(len(get_method(m).lambda_grid) for m in methods), 0
+    for m in methods:
+        grid = get_method(m).lambda_grid
+        scores: list[float] = []
+        for lam in grid:
+            scores.append(float(live.evaluate(MergeSpec.make(m, {"coefficients": lam}), split)["normalized_mean"]))
+            done += 1
+            if progress is not None:
+                progress(done, total, f"{m} at λ {lam}")
+            best = best_index(scores)
+            if best is not None and len(scores) - 1 - best >= LESSON_PATIENCE:
+                break
+        i = best_index(scores)
+        if i is None:
+            raise ValueError(f"{m}: no finite validation score on the λ grid")
+        out["lambda"][m], out["normalized"][m] = grid[i], scores[i]
+        out["curve"][m] = {str(g): v for g, v in zip(grid, scores)}
+        done = sum(len(get_method(x).lambda_grid) for x in methods[: methods.index(m) + 1])
+    return out
+
+
+def cached_merge_lesson(ms, live=None, *, cache=None, compute: bool = True, progress=None) -> dict | None:
+    """`merge_lesson` of a model set, kept on disk like `cached_lines_lesson`: `zoo build` measures it
+    once, the Merge lab opens each method at its λ. compute=False only reads (None when never measured)."""
+    from .analysis_cache import AnalysisCache
+    from .merging import get_method
+
+    cache = cache or AnalysisCache()
+    grids = {m: list(get_method(m).lambda_grid) for m in LESSON_METHODS}
+    params = {"fingerprint": ms.fingerprint(), "grids": grids, "patience": LESSON_PATIENCE, "split": "val"}
+    hit = cache.get("merge_lesson", lesson_files(ms), params)
+    if hit is not None or not compute:
+        return hit
+    if live is None:
+        from .live import LiveMerger
+
+        live = LiveMerger(ms)
+    value = merge_lesson(live, progress=progress)
+    cache.put("merge_lesson", lesson_files(ms), params, value)
     return value

@@ -64,6 +64,20 @@ L = live.num_blocks
 depths = tower_depths(S.analysis_keys(ms))
 
 
+# Each method opens at the λ its merge lesson chose on validation when the set was built (`zoo build`
+# measures it; core.live_report.merge_lesson); a link's or the user's own value always wins.
+LESSON = S.merge_lesson(ms) or {}
+
+
+def lesson_preset(method: str) -> float | None:
+    """Preset `method`'s global λ to its lesson value when the user has not set it; returns that value."""
+    lam = LESSON.get("lambda", {}).get(method)
+    key = f"ml_{method}_coefficients"
+    if lam is not None and key not in st.session_state and not st.session_state.get(key + "__per_task"):
+        st.session_state[key] = float(lam)
+    return lam
+
+
 # --------------------------------------------------------------------------- URL -> widgets (once per session)
 def load_spec_into_widgets(spec: MergeSpec) -> None:
     ss = st.session_state
@@ -155,6 +169,7 @@ def lab_body() -> None:
             st.warning("Pick at least one task to merge.")
             return
         lines_on = bool(st.session_state.get("ml_lines"))
+        chosen = lesson_preset(method)
         params = {
             p.name: param_widget(
                 p,
@@ -165,6 +180,11 @@ def lab_body() -> None:
             )
             for p in m.params
         }
+        if chosen is not None:
+            st.caption(
+                f"λ chosen on validation when this model set was built: {chosen} "
+                f"({100 * LESSON['normalized'][method]:.1f} % normalized on val)."
+            )
         lines = None
         if st.toggle("LiNeS: scale τ_merged by block, λ(ℓ) = α + β·ℓ/(L−1)", key="ml_lines"):
             auto = st.toggle(

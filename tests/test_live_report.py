@@ -45,3 +45,61 @@ def test_the_lesson_is_kept_on_disk_and_dropped_when_a_checkpoint_changes(live, 
         assert cached_lines_lesson(micro_zoo, cache=cache, compute=False) is None
     finally:
         os.utime(ft, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+class _CurveLive:
+    """A stand-in LiveMerger whose validation score is a given function of (method, λ)."""
+
+    tasks = eval_tasks = ("a", "b")
+
+    def __init__(self, score):
+        self.score, self.asked = score, []
+
+    def evaluate(self, spec, split):
+        lam = spec.param_dict["coefficients"]
+        self.asked.append((spec.method, lam, split))
+        return {"normalized_mean": self.score(spec.method, lam)}
+
+
+def test_the_merge_lesson_takes_each_methods_best_lambda_and_stops_after_the_peak():
+    from core.live_report import LESSON_PATIENCE, merge_lesson
+    from core.merging import get_method
+
+    peaks = {"task_arithmetic": 0.2, "ties": 0.7, "tsv_m": 1.5, "iso_c": 3.0}  # iso_c peaks on its grid's end
+    live = _CurveLive(lambda m, lam: 1.0 - abs(lam - peaks[m]))
+    steps = []
+    les = merge_lesson(live, progress=lambda d, n, msg: steps.append((d, n)))
+    assert les["lambda"] == peaks and les["split"] == "val"
+    for m, peak in peaks.items():
+        grid = list(get_method(m).lambda_grid)
+        asked = [lam for meth, lam, split in live.asked if meth == m]
+        # walked upwards from the grid's start, left LESSON_PATIENCE points after the peak (or at the end)
+        assert asked == grid[: min(len(grid), grid.index(peak) + 1 + LESSON_PATIENCE)]
+        assert les["normalized"][m] == pytest.approx(1.0) and list(les["curve"][m]) == [str(x) for x in asked]
+    total = sum(len(get_method(m).lambda_grid) for m in peaks)
+    assert steps[-1] == (total, total) and all(s[0] <= total for s in steps)
+    flat = _CurveLive(lambda m, lam: 0.5)  # ties keep the first (smallest) λ
+    assert set(merge_lesson(flat)["lambda"].values()) == {0.1}
+
+
+def test_the_merge_lesson_refuses_a_set_without_evaluation_data():
+    live = _CurveLive(lambda m, lam: 0.0)
+    live.eval_tasks = ()
+    with pytest.raises(ValueError, match="no task with evaluation data"):
+        from core.live_report import merge_lesson
+
+        merge_lesson(live)
+
+
+def test_the_merge_lesson_is_measured_on_the_set_and_kept_on_disk(live, micro_zoo, tmp_path):
+    from core.live_report import cached_merge_lesson
+    from core.spec import MergeSpec
+
+    cache = AnalysisCache(tmp_path)
+    assert cached_merge_lesson(micro_zoo, cache=cache, compute=False) is None
+    les = cached_merge_lesson(micro_zoo, live, cache=cache)
+    for m, lam in les["lambda"].items():  # the stored score is the live merger's own on val
+        got = live.evaluate(MergeSpec.make(m, {"coefficients": lam}), "val")["normalized_mean"]
+        assert les["normalized"][m] == pytest.approx(got)
+        assert les["normalized"][m] == max(les["curve"][m].values())
+    assert cached_merge_lesson(micro_zoo, cache=cache, compute=False) == les

@@ -225,3 +225,24 @@ def test_numbers_first_and_the_bars_only_in_their_tab(micro_zoo):
     at = _page(ml_tab="Bars")
     bars = at.get("plotly_chart")
     assert len(bars) == 1 and "Accuracy per task" in bars[0].proto.spec
+
+
+def test_each_method_opens_at_the_lambda_its_merge_lesson_chose_on_val(micro_zoo, monkeypatch, tmp_path):
+    """With a measured merge lesson (what `zoo build` stores) the lab opens task arithmetic at its val λ and
+    says so; switching method presets that method's own λ; a link's λ wins over the lesson."""
+    from core.analysis_cache import AnalysisCache
+    from core.live_report import cached_merge_lesson
+
+    cache = AnalysisCache(tmp_path / "analysis")
+    monkeypatch.setattr("ui.state.analysis_cache", lambda: cache)
+    les = cached_merge_lesson(micro_zoo, cache=cache)
+    at = _page()
+    lam = les["lambda"]["task_arithmetic"]
+    assert at.slider(key="ml_task_arithmetic_coefficients").value == pytest.approx(lam)
+    assert _result(at)["accuracy"] == _core(micro_zoo, method="task_arithmetic", coefficients=lam)
+    assert any(f"chosen on validation when this model set was built: {lam}" in c.value for c in at.caption)
+    at.selectbox(key="ml_method").set_value("tsv_m").run()
+    assert not at.exception
+    assert at.session_state["ml_tsv_m_coefficients"] == pytest.approx(les["lambda"]["tsv_m"])
+    linked = _page(query={"method": "task_arithmetic", "params": '{"coefficients": 0.7}'})
+    assert linked.slider(key="ml_task_arithmetic_coefficients").value == pytest.approx(0.7)

@@ -297,6 +297,14 @@ def lines_lesson(ms) -> dict | None:
     return cached_lines_lesson(ms, compute=False, cache=analysis_cache())
 
 
+def merge_lesson(ms) -> dict | None:
+    """The model set's measured merge lesson (each method's λ on validation,
+    core.live_report.cached_merge_lesson), read from disk; None when it was never measured."""
+    from core.live_report import cached_merge_lesson
+
+    return cached_merge_lesson(ms, compute=False, cache=analysis_cache())
+
+
 def measure_lines_lesson(ms, live, progress) -> dict:
     """Measure the LiNeS lesson now (2 x 3 validation passes per task) and keep it on disk."""
     from core.live_report import cached_lines_lesson

@@ -134,22 +134,35 @@ def run(args) -> int:
 
 
 def lesson(kind: str, cache) -> None:
-    """Measure (once, then read from disk) which task shows the LiNeS effect best: the LiNeS page's default."""
-    from ..live_report import cached_lines_lesson
+    """Measure (once, then read from disk) the two lessons the pages open on: which task shows the LiNeS
+    effect best (the LiNeS page's target) and each merge method's λ on validation (the Merge lab's start)."""
+    from ..live import LiveMerger
+    from ..live_report import cached_lines_lesson, cached_merge_lesson
     from . import load_model_set
 
     ms = load_model_set(kind, cache=cache)
-    les = cached_lines_lesson(ms, compute=False)
+    les, mles = cached_lines_lesson(ms, compute=False), cached_merge_lesson(ms, compute=False)
+    live = LiveMerger(ms) if les is None or mles is None else None
     if les is None:
         bar = TqdmProgress()
         try:
-            les = cached_lines_lesson(ms, progress=lambda i, n, _: bar("LiNeS lesson: LiNeS vs uniform on val", i, n))
+            les = cached_lines_lesson(
+                ms, live, progress=lambda i, n, _: bar("LiNeS lesson: LiNeS vs uniform on val", i, n)
+            )
         finally:
             bar.close()
     adv = ", ".join(f"{t} {a:+.3f}" for t, a in sorted(les["advantage"].items(), key=lambda kv: -kv[1]))
     print(
         f"LiNeS lesson: default target {les['target']} (score LiNeS - uniform on val, mean over α {les['alphas']}: {adv})"
     )
+    if mles is None:
+        bar = TqdmProgress()
+        try:
+            mles = cached_merge_lesson(ms, live, progress=lambda i, n, _: bar("Merge lesson: each method's λ on val", i, n))
+        finally:
+            bar.close()
+    chosen = ", ".join(f"{m} λ {lam} ({100 * mles['normalized'][m]:.1f})" for m, lam in mles["lambda"].items())
+    print(f"Merge lesson (λ chosen on val, normalized accuracy %): {chosen}")
 
 
 def print_summary(man: dict) -> None:
