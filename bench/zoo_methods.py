@@ -2,6 +2,7 @@
 
     python bench/zoo_methods.py --cache DIR [--zoo demo|styled] [--n-test 2000] [--n-val 500]
     python bench/zoo_methods.py --aggregate A/methods.json B/methods.json C/methods.json
+    python bench/zoo_methods.py --competing-probe [--zoo demo] [--n-test 400]
 
 On a built zoo (in DIR, e.g. a MERGESCOPE_CACHE of one experiment) it reports, on fresh draws of
 `--n-test` test images per task (hyperparameters chosen on `--n-val` val images per task, average
@@ -14,7 +15,8 @@ normalized accuracy, `core.select.normalized_accuracy`):
 
 Results are printed and stored as JSON (``--out``, default ``<DIR>/zoo-<kind>/methods.json``).
 ``--aggregate`` reads several such files (e.g. builds with ``--set ft_seed=1``, ``2``: fine-tuning seeds
-over the one shipped base) and prints each figure's mean ± standard deviation over them.
+over the one shipped base) and prints each figure's mean ± standard deviation over them. ``--competing-probe`` asks the style-shifted tasks' own scenes other questions in words pretraining
+knows (colour, position) and prints the base's zero-shot accuracy on each (lever 2 of docs/methods/zoo.md).
 """
 
 from __future__ import annotations
@@ -215,11 +217,47 @@ def aggregate(rows: list[dict]) -> dict[str, tuple[float, float]]:
     return out
 
 
+COMPETING = (  # (question task whose classes and prompts are asked, style of the scenes)
+    *((q, s) for s in ("textured_shape", "typed_digit", "novel_letter") for q in ("colors", "position")),
+    ("colors", "mixed_count"),
+)
+
+
+def competing_probe(kind: str, cache, n: int) -> dict[str, float]:
+    """Zero-shot accuracy of the base on each `COMPETING` question asked of a styled scene kind. The
+    questions are temporary tasks (a copy of the question's TaskSpec whose scenes come from
+    `make_styled_scene`); the zoo's own task tables are restored afterwards."""
+    import dataclasses
+
+    from core.zoo import data as D
+
+    ms = load_model_set(kind, cache)
+    added, out = [], {}
+    try:
+        tasks = {}
+        for q, style in COMPETING:
+            name = f"{q}_of_{style}"
+            D._TASKS[name] = dataclasses.replace(D.get_task(q), name=name)
+            D._TASK_STYLE[name] = style
+            added.append(name)
+            x, y = D.generate_split(name, "test", 0, n)
+            tasks[name] = (x, y, D.get_task(name))
+        ev = Evaluator(ms.base(), tasks)
+        for name, lg in ev.logits(None).items():
+            out[name] = float((lg.argmax(1) == ev.tasks[name].labels).float().mean())
+    finally:
+        for name in added:
+            D._TASKS.pop(name, None)
+            D._TASK_STYLE.pop(name, None)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", default=None, help="cache holding the built zoo (default $MERGESCOPE_CACHE)")
     ap.add_argument("--zoo", default="demo", choices=ZOO_KINDS, help="which zoo kind in the cache (default demo)")
     ap.add_argument("--aggregate", nargs="+", metavar="JSON", help="mean ± std over earlier runs' JSON files")
+    ap.add_argument("--competing-probe", action="store_true", help="zero-shot of other questions on styled scenes")
     ap.add_argument("--n-val", type=int, default=500)
     ap.add_argument("--n-test", type=int, default=2000)
     ap.add_argument("--out", default=None, help="JSON output (default <cache>/zoo-demo/methods.json)")
@@ -229,6 +267,11 @@ def main(argv=None) -> int:
         print(f"{len(rows)} runs of {rows[0]['tasks']}; recipe hashes {[r['recipe_hash'] for r in rows]}")
         for name, (m, s) in aggregate(rows).items():
             print(f"{name:<18} {m:7.1f} ± {s:.1f} pts")
+        return 0
+    if args.competing_probe:
+        n = min(args.n_test, 400) if args.n_test == ap.get_default("n_test") else args.n_test
+        for name, acc in competing_probe(args.zoo, args.cache, n).items():
+            print(f"{name:<28} zero-shot {acc:.3f}  ({n} test images)")
         return 0
     if args.n_val < 2 or args.n_test < 2:
         raise SystemExit("--n-val and --n-test need at least 2 images per task")

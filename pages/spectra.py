@@ -21,7 +21,7 @@ st.caption(
 )
 st.markdown(
     "**What to look for:** "
-    "compare a fine-tuned model with the base, then open a task vector (tv:): fine-tuning leaves the mean α almost where it was (3.71 → 3.70 for counts on the demo zoo, though single layers move), and a task vector's spectrum falls off fast: a few directions carry each update, the low rank the SVD merges (TSV-M, Iso-C, CART) act on."
+    "compare a fine-tuned model with the base, then open a task vector (tv:): fine-tuning lowers the mean α (on the styled zoo 3.71 → 3.32 for digits_typed, 3.12 for letters, 3.68 for counts: the more a task had to learn, the heavier the tails, as HT-SR theory and TempBalance assume), and a task vector's spectrum falls off fast (mean α 1.8–2.4): a few directions carry each update, the low rank the SVD merges (TSV-M, Iso-C, CART) act on."
 )
 
 METRICS = ["alpha", "alpha_weighted", "stable_rank", "lambda_max"]

@@ -18,7 +18,7 @@ st.caption(
 )
 st.markdown(
     "**What to look for:** "
-    "the relative change ‖τ‖ / ‖θ₀‖ grows with depth (on the demo zoo from 0.026 in block 0 to 0.035 in the last block: fine-tuning moves the deep blocks most, the premise of LiNeS), while two tasks' signs disagree on about half of the entries in every block: nearly orthogonal task vectors, little interference to resolve."
+    "the relative change ‖τ‖ / ‖θ₀‖ grows with depth (on the styled zoo from 0.088 in block 0 to 0.109 in the last block, averaged over the tasks: fine-tuning moves the deep blocks most, the premise of LiNeS). Under *Agreement between tasks*, tasks that share class words share directions: counts and counts_mixed have a cosine of 0.53, shapes and shapes_textured 0.47 (the mean over all pairs is 0.16, against 0.03 on the demo zoo), and in every block 94–97 % of the entries are pushed up by some tasks and down by others: the interference that TIES and the SVD merges resolve."
 )
 if not ms.tasks:
     st.warning("This model set has no fine-tuned checkpoints.")
