@@ -2,7 +2,7 @@
 Model Balancing (3 seeds, mean ± std), then the Weight Scope Alignment merge comparison.
 
     python bench/finetune_lab.py [--quick] [--workers 2] [--zoo micro --cache DIR] [--task T] [--wsa-tasks A,B]
-    python bench/finetune_lab.py --zoo styled --task digits_typed --wsa-tasks digits_typed,letters_novel
+    python bench/finetune_lab.py --zoo styled --task digits_typed --wsa-tasks digits_typed,letters_novel [--grid-steps 300]
     python bench/finetune_lab.py --job-vs-cli [--zoo micro] [--steps 20] [--repeats 2]
 
 It runs the CLI's code path (`python -m core finetune`) with the budget stated below and prints
@@ -117,6 +117,7 @@ def main() -> int:
     ap.add_argument("--cache", default=None, help="cache directory of the zoo")
     ap.add_argument("--job-vs-cli", action="store_true", help="time one small grid as the page's job and the CLI")
     ap.add_argument("--task", default=TASK, help=f"the task of the fraction grid (default {TASK})")
+    ap.add_argument("--grid-steps", type=int, default=STEPS, help=f"steps per fine-tune of the grid and WSA (default {STEPS})")
     ap.add_argument("--wsa-tasks", default=WSA_TASKS, help=f"the two tasks of the WSA merge (default {WSA_TASKS})")
     ap.add_argument("--steps", type=int, default=20, help="--job-vs-cli: steps per fine-tune")
     ap.add_argument("--repeats", type=int, default=2, help="--job-vs-cli: runs per path (alternating order)")
@@ -148,7 +149,7 @@ def main() -> int:
         "--seeds",
         str(seeds),
         "--steps",
-        str(STEPS),
+        str(args.grid_steps),
         "--workers",
         str(args.workers),
     ]
@@ -164,7 +165,7 @@ def main() -> int:
         "--fraction",
         str(WSA_FRACTION),
         "--steps",
-        str(STEPS),
+        str(args.grid_steps),
     ]
     print("\n$ python -m core finetune " + " ".join(wsa) + "\n", flush=True)
     rc = rc or finetune_main(wsa)

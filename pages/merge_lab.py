@@ -18,7 +18,7 @@ from core.live import (
     SUBSAMPLE_CHOICES,
     default_subsample,
 )
-from core.live_report import comparison_table
+from core.live_report import LESSON_METHODS, comparison_table
 from core.merging import METHODS, get_method
 from core.plots.merge import accuracy_bars
 from core.plots.svg import block_scale_svg
@@ -64,8 +64,9 @@ L = live.num_blocks
 depths = tower_depths(S.analysis_keys(ms))
 
 
-# Each method opens at the λ its merge lesson chose on validation when the set was built (`zoo build`
-# measures it; core.live_report.merge_lesson); a link's or the user's own value always wins.
+# Each method opens at the λ its merge lesson chose on validation (`zoo build` measures it for the zoo, the
+# button under the sliders for any model set; core.live_report.merge_lesson); a link's or the user's own
+# value always wins.
 LESSON = S.merge_lesson(ms) or {}
 
 
@@ -182,9 +183,20 @@ def lab_body() -> None:
         }
         if chosen is not None:
             st.caption(
-                f"λ chosen on validation when this model set was built: {chosen} "
+                f"λ chosen on validation for this model set: {chosen} "
                 f"({100 * LESSON['normalized'][method]:.1f} % normalized on val)."
             )
+        elif not LESSON and method in LESSON_METHODS:
+            if st.button(
+                "Choose λ on validation for " + ", ".join(LESSON_METHODS) + " (a grid per method)",
+                key="ml_lesson_btn",
+            ):
+                cb = S.progress_callback("Each method's λ on the validation split")
+                S.measure_merge_lesson(ms, live, cb)
+                cb.finish("Measured: each method now opens at its λ")
+                for m in LESSON_METHODS:  # let the presets apply (a user's own value is kept by a link only)
+                    st.session_state.pop(f"ml_{m}_coefficients", None)
+                st.rerun(scope="app")
         lines = None
         if st.toggle("LiNeS: scale τ_merged by block, λ(ℓ) = α + β·ℓ/(L−1)", key="ml_lines"):
             auto = st.toggle(

@@ -240,9 +240,25 @@ def test_each_method_opens_at_the_lambda_its_merge_lesson_chose_on_val(micro_zoo
     lam = les["lambda"]["task_arithmetic"]
     assert at.slider(key="ml_task_arithmetic_coefficients").value == pytest.approx(lam)
     assert _result(at)["accuracy"] == _core(micro_zoo, method="task_arithmetic", coefficients=lam)
-    assert any(f"chosen on validation when this model set was built: {lam}" in c.value for c in at.caption)
+    assert any(f"λ chosen on validation for this model set: {lam}" in c.value for c in at.caption)
     at.selectbox(key="ml_method").set_value("tsv_m").run()
     assert not at.exception
     assert at.session_state["ml_tsv_m_coefficients"] == pytest.approx(les["lambda"]["tsv_m"])
     linked = _page(query={"method": "task_arithmetic", "params": '{"coefficients": 0.7}'})
     assert linked.slider(key="ml_task_arithmetic_coefficients").value == pytest.approx(0.7)
+
+
+def test_without_a_lesson_the_lab_offers_to_measure_it_and_then_opens_there(micro_zoo, monkeypatch, tmp_path):
+    from core.analysis_cache import AnalysisCache
+    from core.live_report import cached_merge_lesson
+
+    cache = AnalysisCache(tmp_path / "analysis")
+    monkeypatch.setattr("ui.state.analysis_cache", lambda: cache)
+    at = _page()
+    assert at.slider(key="ml_task_arithmetic_coefficients").value == pytest.approx(0.3)  # the registry default
+    at.button(key="ml_lesson_btn").click().run()
+    assert not at.exception
+    les = cached_merge_lesson(micro_zoo, cache=cache, compute=False)
+    assert les is not None
+    assert at.slider(key="ml_task_arithmetic_coefficients").value == pytest.approx(les["lambda"]["task_arithmetic"])
+    assert all(b.key != "ml_lesson_btn" for b in at.button)  # nothing left to measure

@@ -305,6 +305,13 @@ def merge_lesson(ms) -> dict | None:
     return cached_merge_lesson(ms, compute=False, cache=analysis_cache())
 
 
+def measure_merge_lesson(ms, live, progress) -> dict:
+    """Measure the merge lesson now (each lesson method's λ grid on validation) and keep it on disk."""
+    from core.live_report import cached_merge_lesson
+
+    return cached_merge_lesson(ms, live, cache=analysis_cache(), progress=progress)
+
+
 def measure_lines_lesson(ms, live, progress) -> dict:
     """Measure the LiNeS lesson now (2 x 3 validation passes per task) and keep it on disk."""
     from core.live_report import cached_lines_lesson
