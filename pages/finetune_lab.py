@@ -35,7 +35,7 @@ st.caption(
 )
 st.markdown(
     "**What to look for:** "
-    "TempBalance / Model Balancing against one uniform learning rate, by data fraction and over seeds: on the demo zoo the differences stay inside the seeds' spread, so the papers' effect does not show here."
+    "TempBalance / Model Balancing against one uniform learning rate, by data fraction and over seeds: on both zoos (digits_typed on the styled zoo, 80 and 300 steps; digits on the demo zoo) the differences stay inside the seeds' spread, so the papers' effect does not show here (README, \"Fine-tune lab\")."
 )
 ms = S.require_model_set()
 tasks = lab_tasks(ms)
