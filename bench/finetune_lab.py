@@ -117,7 +117,9 @@ def main() -> int:
     ap.add_argument("--cache", default=None, help="cache directory of the zoo")
     ap.add_argument("--job-vs-cli", action="store_true", help="time one small grid as the page's job and the CLI")
     ap.add_argument("--task", default=TASK, help=f"the task of the fraction grid (default {TASK})")
-    ap.add_argument("--grid-steps", type=int, default=STEPS, help=f"steps per fine-tune of the grid and WSA (default {STEPS})")
+    ap.add_argument(
+        "--grid-steps", type=int, default=STEPS, help=f"steps per fine-tune of the grid and WSA (default {STEPS})"
+    )
     ap.add_argument("--wsa-tasks", default=WSA_TASKS, help=f"the two tasks of the WSA merge (default {WSA_TASKS})")
     ap.add_argument("--steps", type=int, default=20, help="--job-vs-cli: steps per fine-tune")
     ap.add_argument("--repeats", type=int, default=2, help="--job-vs-cli: runs per path (alternating order)")

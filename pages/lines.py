@@ -73,7 +73,7 @@ st.markdown(
     "shallow blocks only, so at the same α the target keeps more of its accuracy and the score is higher. "
     "On the styled zoo this is clearest on digits_typed; there the α sweep's trade-off curve (control accuracy "
     "at equal target accuracy) favours uniform scaling by about 2 points, because a new look is learnt in the "
-    "shallow blocks too; on the demo zoo LiNeS wins that comparison on every task (README, \"The zoo, measured\")."
+    'shallow blocks too; on the demo zoo LiNeS wins that comparison on every task (README, "The zoo, measured").'
 )
 if lesson:
     ahead = ", ".join(f"{a:g}" for a in lesson["wins"].get(target, [])) or "none of"

@@ -36,7 +36,7 @@ st.caption(
 )
 st.markdown(
     "**What to look for:** "
-    "each method opens at the λ chosen on validation when the zoo was built (the caption under its sliders says which). Switch from task arithmetic to TSV-M or Iso-C and watch the normalized accuracy: on the styled zoo TSV-M is about 2 points above task arithmetic (69.8 vs 67.8 % normalized on validation, at λ 0.6 and 0.1) and Iso-C about 1, while TIES falls 3 points below it. Then turn LiNeS on: here it moves task arithmetic by under a point, where the paper reports +5 on ViT-B/32 (the README's \"what the zoo does not show\" has the measured gaps; on the older demo zoo every method lands within a point)."
+    'each method opens at the λ chosen on validation when the zoo was built (the caption under its sliders says which). Switch from task arithmetic to TSV-M or Iso-C and watch the normalized accuracy: on the styled zoo TSV-M is about 2 points above task arithmetic (69.8 vs 67.8 % normalized on validation, at λ 0.6 and 0.1) and Iso-C about 1, while TIES falls 3 points below it. Then turn LiNeS on: here it moves task arithmetic by under a point, where the paper reports +5 on ViT-B/32 (the README\'s "The zoo, measured" has the measured gaps; on the demo zoo every method lands within a point).'
 )
 ms = S.require_model_set()
 if not ms.eval_tasks:

@@ -23,8 +23,12 @@ PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "merge_lab.py")
 
 
 @pytest.fixture(autouse=True)
-def _micro_cache(micro_zoo, monkeypatch):
+def _micro_cache(micro_zoo, monkeypatch, tmp_path):
     monkeypatch.setenv("MERGESCOPE_CACHE", str(micro_zoo.zoo_dir.parent))  # where ModelSetRef(zoo="micro") looks
+    from core.analysis_cache import AnalysisCache
+
+    # an empty analysis cache: no merge lesson unless a test measures one (`zoo build` may have stored one)
+    monkeypatch.setattr("ui.state.analysis_cache", lambda: AnalysisCache(tmp_path / "empty-analysis"))
 
 
 def _page(query: dict | None = None, **state) -> AppTest:

@@ -59,7 +59,15 @@ def test_zoo_cli_info_build_reuse_and_errors(micro_zoo_dir, capsys):
     out = capsys.readouterr().out
     assert "current recipe: yes" in out and "fine-tuned" in out
     assert cli(["zoo", "build", "--zoo", "micro", "--cache", cache]) == 0
-    assert "already built" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "already built" in out and "LiNeS lesson: default target" in out and "Merge lesson (λ chosen on val" in out
+    from core.analysis_cache import AnalysisCache
+    from core.live_report import cached_lines_lesson, cached_merge_lesson
+    from core.zoo import load_model_set
+
+    ms, store = load_model_set("micro", cache), AnalysisCache(micro_zoo_dir.parent / "analysis")
+    assert cached_lines_lesson(ms, cache=store, compute=False) is not None  # where an app on this cache looks
+    assert cached_merge_lesson(ms, cache=store, compute=False) is not None
     assert cli(["zoo", "build", "--micro", "--zoo", "demo", "--cache", cache]) == 1
     assert "contradicts" in capsys.readouterr().err
     assert cli(["zoo", "build", "--micro", "--cache", cache, "--set", "ft_steps"]) == 1

@@ -136,18 +136,21 @@ def run(args) -> int:
 def lesson(kind: str, cache) -> None:
     """Measure (once, then read from disk) the two lessons the pages open on: which task shows the LiNeS
     effect best (the LiNeS page's target) and each merge method's λ on validation (the Merge lab's start)."""
+    from ..analysis_cache import AnalysisCache
     from ..live import LiveMerger
     from ..live_report import cached_lines_lesson, cached_merge_lesson
     from . import load_model_set
 
     ms = load_model_set(kind, cache=cache)
-    les, mles = cached_lines_lesson(ms, compute=False), cached_merge_lesson(ms, compute=False)
+    # into the analysis cache of the zoo's own cache folder: an app served with MERGESCOPE_CACHE=<cache> reads them
+    store = AnalysisCache(None if cache is None else Path(cache) / "analysis")
+    les, mles = cached_lines_lesson(ms, compute=False, cache=store), cached_merge_lesson(ms, compute=False, cache=store)
     live = LiveMerger(ms) if les is None or mles is None else None
     if les is None:
         bar = TqdmProgress()
         try:
             les = cached_lines_lesson(
-                ms, live, progress=lambda i, n, _: bar("LiNeS lesson: LiNeS vs uniform on val", i, n)
+                ms, live, cache=store, progress=lambda i, n, _: bar("LiNeS lesson: LiNeS vs uniform on val", i, n)
             )
         finally:
             bar.close()
@@ -158,7 +161,9 @@ def lesson(kind: str, cache) -> None:
     if mles is None:
         bar = TqdmProgress()
         try:
-            mles = cached_merge_lesson(ms, live, progress=lambda i, n, _: bar("Merge lesson: each method's λ on val", i, n))
+            mles = cached_merge_lesson(
+                ms, live, cache=store, progress=lambda i, n, _: bar("Merge lesson: each method's λ on val", i, n)
+            )
         finally:
             bar.close()
     chosen = ", ".join(f"{m} λ {lam} ({100 * mles['normalized'][m]:.1f})" for m, lam in mles["lambda"].items())
