@@ -122,24 +122,31 @@ def lesson_files(ms) -> list:
     return [ms.base_path, *ms.finetuned_paths.values()]
 
 
-def cached_lines_lesson(ms, live=None, *, cache=None, compute: bool = True, progress=None) -> dict | None:
-    """`lines_lesson` of a model set, kept on disk (core.analysis_cache, keyed by the files and the
-    model set's fingerprint): `zoo build` measures it once, the LiNeS page reads it back. compute=False
-    only reads (None when it was never measured)."""
+def _cached_lesson(kind: str, measure, ms, live, cache, compute: bool, params: dict, progress) -> dict | None:
+    """The one get-or-measure of a model set's lesson `kind` in the analysis cache (keyed by the set's
+    checkpoints and fingerprint plus `params`); `measure(live, progress)` runs on a miss when `compute`."""
     from .analysis_cache import AnalysisCache
 
     cache = cache or AnalysisCache()
-    params = {"fingerprint": ms.fingerprint(), "alphas": list(LESSON_ALPHAS), "split": "val"}
-    hit = cache.get("lines_lesson", lesson_files(ms), params)
+    params = {"fingerprint": ms.fingerprint(), **params}
+    hit = cache.get(kind, lesson_files(ms), params)
     if hit is not None or not compute:
         return hit
     if live is None:
         from .live import LiveMerger
 
         live = LiveMerger(ms)
-    value = lines_lesson(live, progress=progress)
-    cache.put("lines_lesson", lesson_files(ms), params, value)
+    value = measure(live, progress=progress)
+    cache.put(kind, lesson_files(ms), params, value)
     return value
+
+
+def cached_lines_lesson(ms, live=None, *, cache=None, compute: bool = True, progress=None) -> dict | None:
+    """`lines_lesson` of a model set, kept on disk (core.analysis_cache, keyed by the files and the
+    model set's fingerprint): `zoo build` measures it once, the LiNeS page reads it back. compute=False
+    only reads (None when it was never measured)."""
+    params = {"alphas": list(LESSON_ALPHAS), "split": "val"}
+    return _cached_lesson("lines_lesson", lines_lesson, ms, live, cache, compute, params, progress)
 
 
 # The methods whose λ a model set's merge lesson chooses on validation: the Merge lab opens each of them there.
@@ -185,19 +192,8 @@ def merge_lesson(live, methods: tuple[str, ...] = LESSON_METHODS, split: str = "
 def cached_merge_lesson(ms, live=None, *, cache=None, compute: bool = True, progress=None) -> dict | None:
     """`merge_lesson` of a model set, kept on disk like `cached_lines_lesson`: `zoo build` measures it
     once, the Merge lab opens each method at its λ. compute=False only reads (None when never measured)."""
-    from .analysis_cache import AnalysisCache
     from .merging import get_method
 
-    cache = cache or AnalysisCache()
     grids = {m: list(get_method(m).lambda_grid) for m in LESSON_METHODS}
-    params = {"fingerprint": ms.fingerprint(), "grids": grids, "patience": LESSON_PATIENCE, "split": "val"}
-    hit = cache.get("merge_lesson", lesson_files(ms), params)
-    if hit is not None or not compute:
-        return hit
-    if live is None:
-        from .live import LiveMerger
-
-        live = LiveMerger(ms)
-    value = merge_lesson(live, progress=progress)
-    cache.put("merge_lesson", lesson_files(ms), params, value)
-    return value
+    params = {"grids": grids, "patience": LESSON_PATIENCE, "split": "val"}
+    return _cached_lesson("merge_lesson", merge_lesson, ms, live, cache, compute, params, progress)

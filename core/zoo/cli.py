@@ -144,28 +144,26 @@ def lesson(kind: str, cache) -> None:
     ms = load_model_set(kind, cache=cache)
     # into the analysis cache of the zoo's own cache folder: an app served with MERGESCOPE_CACHE=<cache> reads them
     store = AnalysisCache(None if cache is None else Path(cache) / "analysis")
-    les, mles = cached_lines_lesson(ms, compute=False, cache=store), cached_merge_lesson(ms, compute=False, cache=store)
-    live = LiveMerger(ms) if les is None or mles is None else None
-    if les is None:
+    live = None
+
+    def get(cached, label: str) -> dict:
+        nonlocal live
+        found = cached(ms, compute=False, cache=store)
+        if found is not None:
+            return found
+        live = live or LiveMerger(ms)
         bar = TqdmProgress()
         try:
-            les = cached_lines_lesson(
-                ms, live, cache=store, progress=lambda i, n, _: bar("LiNeS lesson: LiNeS vs uniform on val", i, n)
-            )
+            return cached(ms, live, cache=store, progress=lambda i, n, _: bar(label, i, n))
         finally:
             bar.close()
+
+    les = get(cached_lines_lesson, "LiNeS lesson: LiNeS vs uniform on val")
     adv = ", ".join(f"{t} {a:+.3f}" for t, a in sorted(les["advantage"].items(), key=lambda kv: -kv[1]))
     print(
         f"LiNeS lesson: default target {les['target']} (score LiNeS - uniform on val, mean over α {les['alphas']}: {adv})"
     )
-    if mles is None:
-        bar = TqdmProgress()
-        try:
-            mles = cached_merge_lesson(
-                ms, live, cache=store, progress=lambda i, n, _: bar("Merge lesson: each method's λ on val", i, n)
-            )
-        finally:
-            bar.close()
+    mles = get(cached_merge_lesson, "Merge lesson: each method's λ on val")
     chosen = ", ".join(f"{m} λ {lam} ({100 * mles['normalized'][m]:.1f})" for m, lam in mles["lambda"].items())
     print(f"Merge lesson (λ chosen on val, normalized accuracy %): {chosen}")
 
