@@ -4,7 +4,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
-ZOO ?= styled  # core.cli.options.DEFAULT_ZOO (a test keeps the two equal)
+# The zoo `make run` builds and opens: core.cli.options.DEFAULT_ZOO (a test keeps the two equal; no comment
+# after the value: make would keep the spaces before it in $(ZOO))
+ZOO ?= styled
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: run test install install-dev bench zoo lint browser clean
