@@ -272,7 +272,16 @@ def results(spec: MergeSpec) -> None:
     """Anytime numbers: rounds of test images redraw an estimate with 95% intervals. A newer slider position
     cancels the evaluation in flight between batches (S.newer_input), so only the latest position is
     evaluated to the end (the cancelled run hands over to it at once, S.follow_newer_input)."""
-    ta_lam = st.number_input("λ of the plain task-arithmetic baseline", 0.0, 2.0, 0.3, 0.05, key="ml_ta_lambda")
+    base_lam = float(LESSON.get("lambda", {}).get("task_arithmetic", 0.3))  # the baseline at its own val λ too
+    ta_lam = st.number_input(
+        "λ of the plain task-arithmetic baseline",
+        0.0,
+        2.0,
+        step=0.05,
+        key="ml_ta_lambda",
+        help="Preset to task arithmetic's λ chosen on validation when the model set has a merge lesson, else 0.3.",
+        **_value_kw("ml_ta_lambda", base_lam),
+    )
     note = st.empty()
     note.caption(f"Updating the numbers for {describe(spec)}…")
     body = st.empty()

@@ -245,6 +245,7 @@ def test_each_method_opens_at_the_lambda_its_merge_lesson_chose_on_val(micro_zoo
     assert at.slider(key="ml_task_arithmetic_coefficients").value == pytest.approx(lam)
     assert _result(at)["accuracy"] == _core(micro_zoo, method="task_arithmetic", coefficients=lam)
     assert any(f"λ chosen on validation for this model set: {lam}" in c.value for c in at.caption)
+    assert at.number_input(key="ml_ta_lambda").value == pytest.approx(lam)  # the baseline at its val λ too
     at.selectbox(key="ml_method").set_value("tsv_m").run()
     assert not at.exception
     assert at.session_state["ml_tsv_m_coefficients"] == pytest.approx(les["lambda"]["tsv_m"])
