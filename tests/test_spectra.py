@@ -324,3 +324,31 @@ def test_device_auto_is_the_cpu_without_a_gpu_and_forcing_cuda_without_one_is_an
             esd_many(weights, device="cuda")
     with pytest.raises(ValueError, match="unsupported device"):
         resolve_device("meta")
+
+
+def test_spectral_table_streams_on_the_cpu_and_a_bad_matrix_stops_the_rest(monkeypatch):
+    """The table's CPU stream (`_cpu_esd_stream`) names a NaN matrix in the middle and cancels the
+    matrices not yet started; a finite set gives the same rows with one worker or two."""
+    from core import spectra as S
+
+    rng = torch.Generator().manual_seed(0)
+    sd = {f"visual.transformer.resblocks.{i}.mlp.c_fc.weight": torch.randn(24, 16, generator=rng) for i in range(12)}
+    monkeypatch.setattr(S, "_default_workers", lambda: 1)
+    serial = spectral_table(sd)
+    monkeypatch.setattr(S, "_default_workers", lambda: 2)
+    pd.testing.assert_frame_equal(serial, spectral_table(sd))
+    bad = dict(sd)
+    bad["visual.transformer.resblocks.3.mlp.c_fc.weight"] = torch.full((24, 16), float("nan"))
+    seen = []
+    real = S._gram_eigenvalues_numpy
+    import time
+
+    def slow(w):  # 50 ms per matrix: the stream meets the bad one long before the rest could all be done
+        seen.append(1)
+        time.sleep(0.05)
+        return real(w)
+
+    monkeypatch.setattr(S, "_gram_eigenvalues_numpy", slow)
+    with pytest.raises(ValueError, match=r"resblocks\.3\.mlp\.c_fc\.weight: NaN or inf"):
+        spectral_table(bad)
+    assert len(seen) <= 7  # of the 11 finite matrices, those after the bad one were cancelled
