@@ -160,8 +160,8 @@ def merge_lesson(live, methods: tuple[str, ...] = LESSON_METHODS, split: str = "
     highest average normalized accuracy over the merged tasks (`core.select.best_index`: first best). The
     grid is walked upwards and left after `LESSON_PATIENCE` points in a row below the best so far (the
     curves were single-peaked on the styled and micro zoos; on the styled zoo the walk reads 9 of TSV-M's
-    30 points and 4 of task arithmetic's 10). A validation choice of λ follows task arithmetic's
-    (mlfoundations/task_vectors src/eval.py: the scaling coefficient with the best validation accuracy).
+    30 points and 4 of task arithmetic's 10). The choice follows nik-dim/tall_masks src/utils/utils.py
+    `find_optimal_coef` (metric avg_normalized_top1 on validation, strict > so the first best wins).
 
     Returns {"lambda": {method: λ}, "normalized": {method: val score at λ}, "curve": {method: {λ: score}},
     "split"}. progress: optional callable(done, total, message), total = the full grids' size."""
