@@ -170,15 +170,14 @@ def merge_lesson(live, methods: tuple[str, ...] = LESSON_METHODS, split: str = "
     if not [t for t in live.tasks if t in live.eval_tasks]:
         raise ValueError("the model set has no task with evaluation data: there is no lesson to measure")
     out = {"lambda": {}, "normalized": {}, "curve": {}, "split": split}
-    total, done = sum(len(get_method(m).lambda_grid) for m in methods), 0
-    for m in methods:
-        grid = get_method(m).lambda_grid
+    grids = [get_method(m).lambda_grid for m in methods]
+    total, offset = sum(map(len, grids)), 0  # a method left early jumps the bar to the next one's start
+    for m, grid in zip(methods, grids):
         scores: list[float] = []
         for lam in grid:
             scores.append(float(live.evaluate(MergeSpec.make(m, {"coefficients": lam}), split)["normalized_mean"]))
-            done += 1
             if progress is not None:
-                progress(done, total, f"{m} at λ {lam}")
+                progress(offset + len(scores), total, f"{m} at λ {lam}")
             best = best_index(scores)
             if best is not None and len(scores) - 1 - best >= LESSON_PATIENCE:
                 break
@@ -187,7 +186,7 @@ def merge_lesson(live, methods: tuple[str, ...] = LESSON_METHODS, split: str = "
             raise ValueError(f"{m}: no finite validation score on the λ grid")
         out["lambda"][m], out["normalized"][m] = grid[i], scores[i]
         out["curve"][m] = {str(g): v for g, v in zip(grid, scores)}
-        done = sum(len(get_method(x).lambda_grid) for x in methods[: methods.index(m) + 1])
+        offset += len(grid)
     return out
 
 

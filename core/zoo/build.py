@@ -230,8 +230,7 @@ def _build(kind: str, recipe: Recipe, work: Path, progress: Progress, cancel) ->
         "seeds": {
             "recipe": recipe.seed,
             "data": "core.zoo.data.load_split(task, split, seed=0)",
-            "train_split_seed": recipe.finetune_seed,
-            "finetune": recipe.finetune_seed,
+            "train_split_seed": recipe.finetune_seed,  # seed + ft_seed: the fine-tunes' images and order
         },
         "base": pre_stats,
         "head_max_cosine": diag,
