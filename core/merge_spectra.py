@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from .layers import layer_index
-from .merging.lowrank import SVD_DTYPE, is_matrix, tsv_rank
+from .merging.lowrank import SVD_DTYPE, is_matrix, svd, tsv_rank
 from .runtime.devices import resolve_device
 
 TaskVectorSet = Mapping[str, Mapping[str, torch.Tensor]]
@@ -80,7 +80,7 @@ def singular_values_table(
 
 
 def _top_subspaces(m: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    u, _, vh = torch.linalg.svd(m, full_matrices=False)
+    u, _, vh = svd(m)
     return u[:, :k], vh[:k, :].T
 
 

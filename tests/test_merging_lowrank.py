@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.merging import merge, merged_direction
-from core.merging.lowrank import iso_cts_sizes, polar
+from core.merging.lowrank import iso_cts_sizes, polar, svd
 
 SHAPES = {
     "visual.class_embedding": (8,),
@@ -218,6 +218,27 @@ def test_polar_factors_are_orthogonal(shape):
     if shape[0] >= shape[1]:
         h = p.T @ a
         assert torch.allclose(h, h.T, atol=1e-12) and bool((torch.linalg.eigvalsh(h) > -1e-12).all())
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (5, 12), (7, 7)])
+def test_svd_decomposes_wide_matrices_through_their_transpose(shape, monkeypatch):
+    a = torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    seen = []
+    real = torch.linalg.svd
+
+    def spy(x, *args, **kwargs):
+        seen.append(tuple(x.shape))
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svd", spy)
+    u, s, vh = svd(a)
+    r = min(shape)
+    assert seen == [(max(shape), r)]  # LAPACK only ever sees the tall orientation
+    assert u.shape == (shape[0], r) and s.shape == (r,) and vh.shape == (r, shape[1])
+    assert torch.allclose((u * s) @ vh, a, atol=1e-12)
+    assert torch.allclose(u.T @ u, torch.eye(r, dtype=a.dtype), atol=1e-12)
+    assert torch.allclose(vh @ vh.T, torch.eye(r, dtype=a.dtype), atol=1e-12)
+    assert torch.allclose(s, torch.linalg.svdvals(a), atol=1e-12) and bool((s[:-1] >= s[1:]).all())
 
 
 def test_tsv_m_orthogonalises_the_stacked_bases():

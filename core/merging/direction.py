@@ -95,14 +95,6 @@ class BlockL1:
         return self.value
 
 
-def total(tensors) -> torch.Tensor:
-    """sum_t tensors[t], added in task order into one new tensor (no [T, ...] stack)."""
-    out = tensors[0].clone()
-    for t in tensors[1:]:
-        out += t
-    return out
-
-
 def weighted(tvs: torch.Tensor, per_task: list[float] | None) -> torch.Tensor:
     """[N, width] task vectors scaled row by row (None: unchanged)."""
     if per_task is None:

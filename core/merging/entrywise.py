@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import streaming
-from .direction import BlockL1, MergedDirection, global_scale, l1, total
+from .direction import BlockL1, MergedDirection, global_scale, l1
 from .kselect import kth_smallest
 from .registry import Param, merge_method
 from .streaming import FlatWriter, TaskVectors
@@ -61,9 +61,8 @@ def breadcrumbs(tvs: TaskVectors, density: float = 0.2, gamma: float = 0.1, coef
             raise ValueError(f"breadcrumbs: {name} must be in [0, 1], got {v}")
     scale = global_scale(coefficients, "breadcrumbs")
     out, summed = {}, 0.0
-    for key in tvs.keys:
-        ts = tvs.get(key)
-        summed += l1(total(ts))
+    for key, ts, tot in tvs.keywise():
+        summed += l1(tot)
         acc = breadcrumbs_mask(ts[0], float(density), float(gamma))
         for t in ts[1:]:
             acc = acc + breadcrumbs_mask(t, float(density), float(gamma))
@@ -84,9 +83,8 @@ def magmax(tvs: TaskVectors, coefficients: float = 0.5) -> MergedDirection:
     floating-point key; theta = theta_0 + lambda * tau_max (official lambda 0.5)."""
     scale = global_scale(coefficients, "magmax")
     out, summed = {}, 0.0
-    for key in tvs.keys:
-        ts = tvs.get(key)
-        summed += l1(total(ts))
+    for key, ts, tot in tvs.keywise():
+        summed += l1(tot)
         best = ts[0]
         for t in ts[1:]:
             best = torch.where(t.abs() >= best.abs(), t, best)
