@@ -236,16 +236,59 @@ def test_ties_with_many_tasks_merges_in_two_passes_with_nothing_deferred(monkeyp
     assert torch.equal(flat(got, sorted(base)), _reference_ties_keys(base, fts, 0.2, 0.7))
 
 
-def test_ties_with_few_tasks_skips_the_low_bit_histogram(monkeypatch):
+def _count_passes(monkeypatch):
+    passes = []
+    orig = TaskVectors.chunks
+    monkeypatch.setattr(TaskVectors, "chunks", lambda self, **kw: passes.append(kw) or orig(self, **kw))
+    return passes
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_ties_with_few_tasks_merges_in_one_pass(monkeypatch, n):
+    """A dense sample gives each threshold's range; the one pass defers the columns with an entry in it
+    and counts the entries below it, which places the exact threshold inside: no histogram pass."""
     from core.merging import methods
 
-    base, fts = _big_models(4)
-    seen = []
-    orig = methods.topk_thresholds
-    monkeypatch.setattr(methods, "topk_thresholds", lambda tvs, k, c: seen.append(c) or orig(tvs, k, c))
+    base, fts = _big_models(n)
+    passes = _count_passes(monkeypatch)
+    monkeypatch.setattr(methods, "topk_thresholds", lambda *a: pytest.fail("no histogram pass expected"))
     got = merge(base, fts, "ties", k=0.2, coefficients=0.7)
-    assert seen == [None]
+    assert len(passes) == 1
     assert torch.equal(flat(got, sorted(base)), _reference_ties_keys(base, fts, 0.2, 0.7))
+
+
+@pytest.mark.parametrize("how", ["missed", "too_wide"])
+def test_a_one_pass_range_that_fails_falls_back_to_two_passes_and_stays_exact(monkeypatch, how):
+    from core.merging import kselect, methods
+
+    base, fts = _big_models(4)
+    bins = torch.tensor(kselect.topk_thresholds(TaskVectors(base, fts), 0.2)[0])
+    if how == "missed":  # a range beside the true threshold's bin
+        lo, hi = kselect.bin_edges((bins + 3).tolist())
+    else:  # a range holding every entry: the deferred columns overflow the budget
+        lo, hi = kselect.bin_edges([0] * 4)[0], kselect.bin_edges([0x7F7F] * 4)[1]
+    monkeypatch.setattr(methods, "threshold_range", lambda tvs, rank: kselect.ThresholdRange(lo, hi, 0.0))
+    if how == "too_wide":
+        monkeypatch.setattr(methods, "DEFER_BUDGET", 0.3)  # 4 tasks x all columns = 4 model sizes deferred
+    passes = _count_passes(monkeypatch)
+    got = merge(base, fts, "ties", k=0.2, coefficients=0.7)
+    assert len(passes) == 3  # the failed pass, the histogram, the merge
+    assert torch.equal(flat(got, sorted(base)), _reference_ties_keys(base, fts, 0.2, 0.7))
+
+
+def test_the_threshold_range_of_a_dense_sample_is_narrow_and_holds_the_thresholds():
+    from core.merging import kselect
+
+    base, fts = _big_models(4)
+    tvs = TaskVectors(base, fts)
+    rank = kselect.topk_rank(tvs, 0.2)
+    r = kselect.threshold_range(tvs, rank)
+    want = torch.tensor(_flat_thresholds(base, fts, 0.2)).unsqueeze(1)
+    assert bool(((r.lo <= want) & (want < r.hi)).all())
+    bins_lo = r.lo.view(torch.int32) >> 16
+    bins_hi = r.hi.view(torch.int32) >> 16
+    assert bool(((bins_hi - bins_lo) <= 8).all())  # a few bins of 1/128 of an octave each
+    assert 0 < r.deferred_share < 0.5
 
 
 def _reference_ties_keys(base, fts, k, lam):

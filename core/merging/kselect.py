@@ -71,9 +71,26 @@ def candidate_bins(tvs: TaskVectors, rank: int) -> Candidates | None:
     sample's quantiles at q -+ 5 standard errors (q = rank / d), at most FINE_MAX_BINS around the
     estimate, rounded up to a power of two. None when there is nothing to sample from (preprocessed or
     float64 task vectors, tiny models): the caller then finds the threshold without candidates."""
+    sampled = _sample_bins(tvs, rank, SAMPLE_EVERY, (-5, 0, 5))
+    if sampled is None:
+        return None
+    s, (lo, mid, hi) = sampled
+    half = FINE_MAX_BINS // 2
+    lo = torch.maximum(lo, mid - half)
+    hi = torch.minimum(hi, lo + FINE_MAX_BINS - 1)
+    width = hi - lo + 1
+    width = 2 ** torch.ceil(torch.log2(width.double())).to(torch.int64)  # power of two: one AND selects
+    share = float((high_bits(s.contiguous()).to(torch.int64) == mid.unsqueeze(1)).any(dim=0).double().mean())
+    return Candidates(lo, width, share)
+
+
+def _sample_bins(tvs: TaskVectors, rank: int, every: int, zs: Sequence[float]):
+    """(|sample| [N, m], [the bins of its quantiles at q + z se for z in zs]) per task, q = rank / d, from
+    about one entry in `every` (at least SAMPLE_MIN per task); None when there is nothing to sample from
+    (preprocessed or float64 task vectors, tiny models)."""
     if tvs.preprocess is not None or tvs.dtype != torch.float32:
         return None
-    s = tvs.sample(max(1, min(SAMPLE_EVERY, tvs.numel() // SAMPLE_MIN))).abs()
+    s = tvs.sample(max(1, min(every, tvs.numel() // SAMPLE_MIN))).abs()
     m = s.shape[1]
     if m < 64:
         return None
@@ -85,14 +102,35 @@ def candidate_bins(tvs: TaskVectors, rank: int) -> Candidates | None:
         i = min(m, max(1, round(frac * m)))
         return high_bits(s.kthvalue(i, dim=1).values.contiguous()).to(torch.int64)
 
-    lo, mid, hi = kth(q - 5 * se), kth(q), kth(q + 5 * se)
-    half = FINE_MAX_BINS // 2
-    lo = torch.maximum(lo, mid - half)
-    hi = torch.minimum(hi, lo + FINE_MAX_BINS - 1)
-    width = hi - lo + 1
-    width = 2 ** torch.ceil(torch.log2(width.double())).to(torch.int64)  # power of two: one AND selects
-    share = float((high_bits(s.contiguous()).to(torch.int64) == mid.unsqueeze(1)).any(dim=0).double().mean())
-    return Candidates(lo, width, share)
+    return s, [kth(q + z * se) for z in zs]
+
+
+RANGE_EVERY = 64  # the denser sample of `threshold_range` (measured on 8 ViT-B/32 task vectors: ranges of 2-3 bins)
+
+
+@dataclass
+class ThresholdRange:
+    """Per task, a range of |tau| a sample says holds its threshold: lo <= threshold < hi ([N, 1] float32
+    bin edges), and the share of the sample's columns with some task's entry in its range."""
+
+    lo: torch.Tensor
+    hi: torch.Tensor
+    deferred_share: float
+
+
+def threshold_range(tvs: TaskVectors, rank: int, every: int = RANGE_EVERY) -> ThresholdRange | None:
+    """The high-16-bit bins between a sample's quantiles at q -+ 5 standard errors (`_sample_bins`, one
+    entry in `every`), as value edges: TIES's one-pass merge decides every entry outside [lo, hi) and
+    defers the columns with an entry inside (core.merging.methods.ties_direction). A range that misses
+    the threshold costs a pass, never exactness. On 8 ViT-B/32-shaped task vectors (1 entry in 64, 1.4M
+    per task): 2-3 bins per task, 4.4 % of the columns deferred, 0.094 s for the sample (measured)."""
+    sampled = _sample_bins(tvs, rank, every, (-5, 5))
+    if sampled is None:
+        return None
+    s, (lo, hi) = sampled
+    hb = high_bits(s.contiguous()).to(torch.int64)
+    share = float(((hb >= lo.unsqueeze(1)) & (hb <= hi.unsqueeze(1))).any(dim=0).double().mean())
+    return ThresholdRange(bin_edges(lo.tolist())[0], bin_edges(hi.tolist())[1], share)
 
 
 def topk_thresholds(

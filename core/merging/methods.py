@@ -18,6 +18,7 @@ from .kselect import (
     candidate_bins,
     gather_thresholds,
     global_topk_thresholds,
+    threshold_range,
     topk_rank,
     topk_thresholds,
     trim_fraction,
@@ -64,6 +65,9 @@ def task_arithmetic(tvs: TaskVectors, coefficients: float | Sequence[float] = 0.
 
 
 DEFER_BUDGET = 0.5  # model sizes of deferred TIES columns held before falling back to an exact threshold pass
+ONE_PASS_SHARE = (
+    0.8  # TIES tries one pass when the sample's estimate of its deferred columns is this share of the budget
+)
 
 
 class _DeferOverflow(Exception):
@@ -95,9 +99,20 @@ def ties_direction(tvs: TaskVectors, k: float = 0.2, agg: str = "mean", per_task
     if tvs.dtype == torch.float64:  # rare: exact thresholds by selection, then one merge pass
         thr = torch.tensor(global_topk_thresholds(tvs, k), dtype=tvs.dtype, device=tvs.device).unsqueeze(1)
         return _ties_pass(tvs, thr, thr, None, agg, per_task)
-    cand = candidate_bins(tvs, topk_rank(tvs, k))
+    rank = topk_rank(tvs, k)
+    cand = candidate_bins(tvs, rank)
     if cand is not None and cand.deferred_share * len(tvs) <= DEFER_BUDGET / 2:
         cand = None  # few columns to defer: the plain histogram pass is cheaper than the low-bit one
+        # Fewer still: one pass, deferring every column with an entry in the range a denser sample says
+        # holds the threshold (counting the entries below it gives the threshold's rank inside it).
+        one = None if tvs.allow_nonfinite else threshold_range(tvs, rank)
+        if one is not None and one.deferred_share * len(tvs) <= ONE_PASS_SHARE * DEFER_BUDGET:
+            try:
+                return _ties_pass(
+                    tvs, one.lo, one.hi, None, agg, per_task, budget=DEFER_BUDGET * tvs.numel() * 4, rank=rank
+                )
+            except _DeferOverflow:
+                pass  # the range missed a threshold or held too much: the two passes below, exact as ever
     bins, ranks, exact = topk_thresholds(tvs, k, cand)
     if exact is not None:  # many tasks: exact thresholds from the histogram pass, nothing deferred
         thr = torch.tensor(exact, dtype=tvs.dtype, device=tvs.device).unsqueeze(1)
@@ -151,39 +166,46 @@ def _disjoint(tr: torch.Tensor, s: torch.Tensor, agg: str) -> tuple[torch.Tensor
 
 
 class _Deferred:
-    """The deferred columns of a TIES merge pass: their N task-vector values, in one buffer grown by
-    doubling (not one small tensor per chunk: long-lived small tensors pin the heap's freed slabs, which
-    measured +1 model size of resident memory), with the chunk each batch came from."""
+    """The deferred columns of a TIES merge pass: their N task-vector values, in one [N, capacity] buffer
+    grown by doubling (not one small tensor per chunk: long-lived small tensors pin the heap's freed slabs,
+    which measured +1 model size of resident memory), with the chunk each batch came from. Task-major, so
+    a batch is N contiguous row segments (a column-major copy of T[:, cols] was 2x slower)."""
 
     def __init__(self, n: int, dtype: torch.dtype):
-        self.vals = torch.empty(0, n, dtype=dtype)  # [m, N]: one row per deferred column
+        self.vals = torch.empty(n, 0, dtype=dtype)  # [N, m]: one column per deferred column
         self.cols = torch.empty(0, dtype=torch.int64)  # its column in its chunk
         self.size = 0
-        self.batches: list[tuple[list, int, int]] = []  # (segments, first row, rows)
+        self.batches: list[tuple[list, int, int]] = []  # (segments, first column, columns)
 
     def add(self, segments: list, cols: torch.Tensor, T: torch.Tensor) -> int:
         """Defer columns `cols` of the [N, w] slab T (kept on the CPU, whatever device T is on)."""
         m = cols.numel()
-        if self.size + m > self.vals.shape[0]:
-            cap = max(2 * self.vals.shape[0], self.size + m, 1024)
-            vals, idx = torch.empty(cap, self.vals.shape[1], dtype=self.vals.dtype), torch.empty(cap, dtype=torch.int64)
-            vals[: self.size], idx[: self.size] = self.vals[: self.size], self.cols[: self.size]
+        if self.size + m > self.vals.shape[1]:
+            cap = max(2 * self.vals.shape[1], self.size + m, 1024)
+            vals = torch.empty(self.vals.shape[0], cap, dtype=self.vals.dtype)
+            idx = torch.empty(cap, dtype=torch.int64)
+            vals[:, : self.size], idx[: self.size] = self.vals[:, : self.size], self.cols[: self.size]
             self.vals, self.cols = vals, idx
-        self.vals[self.size : self.size + m] = T[:, cols].t().cpu()
+        self.vals[:, self.size : self.size + m] = T.index_select(1, cols).cpu()
         self.cols[self.size : self.size + m] = cols.cpu()
         self.batches.append((segments, self.size, m))
         self.size += m
-        return self.size * self.vals.shape[1] * self.vals.element_size()
+        return self.size * self.vals.shape[0] * self.vals.element_size()
 
     def __iter__(self):
         """(segments, chunk columns, contiguous [N, m] values) per batch."""
         for segments, first, m in self.batches:
-            yield segments, self.cols[first : first + m], self.vals[first : first + m].t().contiguous()
+            yield segments, self.cols[first : first + m], self.vals[:, first : first + m].contiguous()
 
 
-def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf")):
-    """The TIES merge pass; entries with lo <= |tau| < hi are undecided (their columns deferred)."""
+def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf"), rank: int | None = None):
+    """The TIES merge pass; entries with lo <= |tau| < hi are undecided (their columns deferred).
+
+    ranks: each task's threshold rank among its entries in [lo, hi). Or rank: the threshold's rank among
+    all entries (ascending |tau|), when [lo, hi) is only a sample's estimate: the pass then counts each
+    task's entries >= lo and raises _DeferOverflow if some threshold is not inside its range."""
     w, summed, total = FlatWriter(tvs.shapes, tvs.dtype), BlockL1(), 0
+    at_or_above = None if rank is None else torch.zeros(len(tvs), dtype=torch.int64, device=tvs.device)
     pending = []  # (segments, columns, value under a negative majority)
     deferred = _Deferred(len(tvs), tvs.dtype)
     undecided_possible = lo is not None and lo is not hi
@@ -200,7 +222,10 @@ def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf")):
             a = T.abs()
             sure = a >= hi_d
             if undecided_possible:
-                und = torch.ge(a, lo_d).bitwise_xor_(sure)  # lo <= |tau| < hi: inside the threshold's bin
+                und = torch.ge(a, lo_d)
+                if at_or_above is not None:
+                    at_or_above += und.view(torch.int8).sum(dim=1, dtype=torch.int64)
+                und.bitwise_xor_(sure)  # lo <= |tau| < hi: inside the threshold's bin
                 hits = und.view(torch.int8).sum(dim=0, dtype=torch.int16)
                 if bool(hits.any()):
                     dcols = hits.nonzero().flatten()
@@ -220,12 +245,18 @@ def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf")):
             pending.append((list(ch.segments), cols, neg))
         w.write(ch, out)
     thresholds = None if lo is None else [float(x) for x in lo.flatten()]
-    if deferred.size:
+    if at_or_above is not None:  # the rank of each threshold inside its range, from the entries below it
+        d = tvs.numel()
+        ranks = [rank - (d - int(c)) for c in at_or_above.cpu()]
+    if deferred.size or rank is not None:
         n = len(tvs)
         thresholds = []
         for t in range(n):
-            v = deferred.vals[: deferred.size, t].abs()
-            thresholds.append(float(torch.kthvalue(v[(v >= lo[t]) & (v < hi[t])], ranks[t]).values))
+            v = deferred.vals[t, : deferred.size].abs()
+            v = v[(v >= lo[t]) & (v < hi[t])]
+            if not 1 <= ranks[t] <= v.numel():  # the sample's range missed this task's threshold
+                raise _DeferOverflow
+            thresholds.append(float(torch.kthvalue(v, ranks[t]).values))
         thr = torch.tensor(thresholds, dtype=tvs.dtype).unsqueeze(1)
         for segments, dcols, vals in deferred:
             tr = weighted(vals * (vals.abs() >= thr), per_task)
