@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from .layers import layer_index
-from .merging.lowrank import SVD_DTYPE, is_matrix, svd, tsv_rank
+from .merging.lowrank import SVD_DTYPE, is_matrix, svd, svdvals, tsv_rank
 from .runtime.devices import resolve_device
 
 TaskVectorSet = Mapping[str, Mapping[str, torch.Tensor]]
@@ -63,7 +63,7 @@ def singular_values_table(
         sources.append(("merged", merged[key].to(resolve_device("auto"), SVD_DTYPE) * float(merged_scale)))
     rows = []
     for name, m in sources:
-        s = torch.linalg.svdvals(m).cpu().numpy()
+        s = svdvals(m).cpu().numpy()
         total = float((s**2).sum())
         for i, v in enumerate(s, start=1):
             rows.append(
@@ -169,7 +169,7 @@ def rank_table(task_vectors: TaskVectorSet, sv_reduction: float | None = None) -
     for key in matrix_keys(task_vectors):
         for t in tasks:
             m = _matrix(task_vectors, t, key)
-            s = torch.linalg.svdvals(m).cpu()
+            s = svdvals(m).cpu()
             k = tsv_rank(m.shape, frac)
             e = s**2
             total = float(e.sum())

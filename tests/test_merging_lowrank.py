@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.merging import merge, merged_direction
-from core.merging.lowrank import iso_cts_sizes, polar, svd
+from core.merging.lowrank import iso_cts_sizes, polar, svd, svdvals
 
 SHAPES = {
     "visual.class_embedding": (8,),
@@ -239,6 +239,9 @@ def test_svd_decomposes_wide_matrices_through_their_transpose(shape, monkeypatch
     assert torch.allclose(u.T @ u, torch.eye(r, dtype=a.dtype), atol=1e-12)
     assert torch.allclose(vh @ vh.T, torch.eye(r, dtype=a.dtype), atol=1e-12)
     assert torch.allclose(s, torch.linalg.svdvals(a), atol=1e-12) and bool((s[:-1] >= s[1:]).all())
+    seen.clear()
+    monkeypatch.setattr(torch.linalg, "svdvals", lambda x: seen.append(tuple(x.shape)) or real(x)[1])
+    assert torch.allclose(svdvals(a), s, atol=1e-12) and seen == [(max(shape), r)]
 
 
 def test_tsv_m_orthogonalises_the_stacked_bases():

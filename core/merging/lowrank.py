@@ -46,6 +46,12 @@ def svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.linalg.svd(a, full_matrices=False)
 
 
+def svdvals(a: torch.Tensor) -> torch.Tensor:
+    """torch.linalg.svdvals(a), a wide matrix through its transpose (same values): 0.316 vs 0.084 s for a
+    float32 768x3072, 0.689 vs 0.166 s for 1024x4096, 2 threads, measured."""
+    return torch.linalg.svdvals(a.mT if a.shape[-2] < a.shape[-1] else a)
+
+
 def polar(a: torch.Tensor, dtype: torch.dtype = SVD_DTYPE) -> torch.Tensor:
     """The orthogonal polar factor U V^T of a, from a = U S V^T computed in float64: the nearest matrix
     with orthonormal columns (or rows, for a wide a). The product U V^T is formed in `dtype` (the methods
