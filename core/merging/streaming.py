@@ -1,7 +1,7 @@
 """Task vectors, streamed: the one place where merge inputs are read.
 
 Methods never stack N full models. They walk the (possibly lazy) state dicts key by key
-(`TaskVectors.get`) or in chunks of a virtual flat vector (`TaskVectors.chunks`) and write their
+(`TaskVectors.get`, `TaskVectors.keywise`) or in chunks of a virtual flat vector (`TaskVectors.chunks`) and write their
 result back with a `FlatWriter`. Every tensor is checked for NaN/Inf the first time it is read
 (`core.task_vectors.check_finite`): a merge refuses non-finite inputs with a `NonFiniteError`
 naming the checkpoint and the tensor, unless allow_nonfinite=True - no extra pass over the data.
