@@ -12,7 +12,7 @@ import torch
 
 from core.checkpoints import load_state_dict, open_state_dict, save_state_dict
 from core.checkpoints.formats import LazyStateDict
-from core.merging import METHODS, TaskVectors, merge
+from core.merging import METHODS, TaskVectors, merge, merged_direction
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,3 +183,27 @@ def test_every_method_takes_a_device_and_returns_its_direction_on_the_cpu(files,
         assert all(torch.equal(auto.vector[k], cpu.vector[k]) for k in cpu.vector)
         with pytest.raises(ValueError, match="no CUDA GPU"):
             merged_direction(base, fts, method, device="cuda")
+
+
+def test_a_consumer_that_does_not_check_its_columns_is_stopped(files):
+    tvs = TaskVectors(open_state_dict(files / "base.safetensors"), [open_state_dict(files / "t0.safetensors")])
+    with pytest.raises(ValueError, match="check"):
+        next(tvs.chunks(check="rows"))
+    it = tvs.chunks(check="columns")
+    ch = next(it)
+    assert ch.unchecked  # the slices read into it wait for the consumer's check
+    with pytest.raises(RuntimeError, match="not checked"):
+        next(it)
+
+
+def test_column_sums_that_overflow_are_rechecked_not_refused(tmp_path):
+    """Finite float32 entries whose sum over the tasks overflows make the cheap column check fail: the
+    per-tensor check then finds them finite, and the merge goes on (its sum is inf, as the reference's)."""
+    key = "visual.transformer.resblocks.0.mlp.c_fc.weight"
+    base = {key: torch.zeros(64, 32)}
+    save_state_dict(base, tmp_path / "b.safetensors")
+    for t in range(2):
+        save_state_dict({key: torch.full((64, 32), 3e38)}, tmp_path / f"t{t}.safetensors")
+    fts = [open_state_dict(tmp_path / f"t{t}.safetensors") for t in range(2)]
+    d = merged_direction(open_state_dict(tmp_path / "b.safetensors"), fts, "task_arithmetic", coefficients=1.0)
+    assert bool(torch.isinf(d.vector[key]).all())

@@ -103,6 +103,7 @@ class Chunk:
     tvs: torch.Tensor  # [N, width] task vectors
     base: torch.Tensor  # [width] pretrained weights
     finetuned: torch.Tensor | None = None  # [N, width], when asked for
+    unchecked: list | None = None  # chunks(check="columns"): keys the consumer checks (TaskVectors.check_columns)
 
 
 class TaskVectors:
@@ -279,12 +280,34 @@ class TaskVectors:
                 )
         return b, fts
 
-    def chunks(self, *, with_finetuned: bool = False, size: int | None = None):
+    def check_columns(self, chunk: Chunk, column_sums: torch.Tensor) -> None:
+        """The NaN/Inf check of a chunk from chunks(check="columns"), from the consumer's own sums over the
+        tasks of chunk.tvs (before any change to it): a non-finite entry makes its column's sum, and so
+        the sum of the sums, non-finite, so one reduction over the width checks the whole slab. Only
+        when that fails (or a float32 sum overflows) does the per-task check run and name the tensor."""
+        keys, chunk.unchecked = chunk.unchecked, None
+        if not keys:
+            return
+        if not bool(torch.isfinite(column_sums.sum())):
+            self._check_slab(chunk.tvs, keys)
+            return
+        for key, done in keys:
+            if done:
+                self._checked.update((t, key) for t in range(len(self)))
+
+    def chunks(self, *, with_finetuned: bool = False, size: int | None = None, check: str = "slab"):
         """Yield Chunks covering the flat vector in order, each `size` wide (the last may be shorter).
 
         The chunk's tensors are reused buffers, valid until the next chunk is requested.
         Task vectors are written straight into the [N, size] buffer (one pass per input).
+        check: "slab" checks the slices read straight into the slab for NaN/Inf before the chunk is
+        yielded (one sum per task); "columns" leaves it to the consumer, which sums over the tasks anyway
+        and must call `check_columns` with those sums before asking for the next chunk (task arithmetic:
+        the slab's per-task sums were 40 % of its arithmetic).
         """
+        if check not in ("slab", "columns"):
+            raise ValueError(f"check must be 'slab' or 'columns', got {check!r}")
+        by_columns = check == "columns"
         size = size or chunk_columns(len(self))
         n_tasks = len(self)
         dev = self.device
@@ -352,17 +375,31 @@ class TaskVectors:
                 pos += take
                 off += take
                 if pos == size:
-                    self._check_slab(buf, to_check)
+                    ch = chunk(size)
+                    if by_columns:
+                        ch.unchecked = to_check
+                    else:
+                        self._check_slab(buf, to_check)
                     to_check = []
-                    yield chunk(size)
+                    yield ch
+                    if ch.unchecked:
+                        raise RuntimeError(
+                            "chunks(check='columns'): a slab was not checked (TaskVectors.check_columns)"
+                        )
                     since_trim += size * n_tasks * 4
                     if since_trim >= TRIM_BYTES:  # what the consumer freed meanwhile: back to the OS
                         release_freed_memory()
                         since_trim = 0
                     start, pos, segments = start + size, 0, []
         if pos:
-            self._check_slab(buf[:, :pos], to_check)
-            yield chunk(pos)
+            ch = chunk(pos)
+            if by_columns:
+                ch.unchecked = to_check
+            else:
+                self._check_slab(buf[:, :pos], to_check)
+            yield ch
+            if ch.unchecked:
+                raise RuntimeError("chunks(check='columns'): a slab was not checked (TaskVectors.check_columns)")
         b = fts = tvs = None  # views into the pool's buffers: drop them with it
         pool = buf = bbuf = fbuf = None  # the slabs and read buffers: freed before the trim
         release_freed_memory()
@@ -382,8 +419,20 @@ class FlatWriter:
     def __init__(self, shapes: Mapping[str, torch.Size], dtype=torch.float32):
         self.out = {k: torch.empty(s, dtype=dtype) for k, s in shapes.items()}
 
+    def view(self, chunk: Chunk) -> torch.Tensor | None:
+        """The output's own memory for a chunk that lies inside one key, on the CPU: a method can compute
+        the chunk's values into it (`out=`) and `write` then has nothing to copy. None otherwise."""
+        if len(chunk.segments) != 1 or chunk.tvs.device.type != "cpu":
+            return None
+        key, off, ln = chunk.segments[0]
+        return self.out[key].view(-1)[off : off + ln]
+
     def write(self, chunk: Chunk, values: torch.Tensor) -> None:
         values = values.cpu()  # results of a GPU merge come back here, one slab at a time
+        if len(chunk.segments) == 1:
+            key, off, ln = chunk.segments[0]
+            if values.data_ptr() == self.out[key].view(-1)[off : off + ln].data_ptr():
+                return  # computed in place (`view`)
         pos = 0
         for key, off, ln in chunk.segments:
             self.out[key].view(-1)[off : off + ln] = values[pos : pos + ln]
