@@ -221,9 +221,11 @@ def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf"), 
         lo_d = lo.to(tvs.device)
         hi_d = lo_d if hi is lo else hi.to(tvs.device)
         lo, hi = lo.cpu(), hi.cpu()  # for the deferred columns, kept on the CPU
-    for ch in tvs.chunks():
+    for ch in tvs.chunks(check="columns"):
         T = ch.tvs  # the chunk's scratch buffer: trimmed in place
-        summed.add(T.sum(dim=0))
+        column_sums = T.sum(dim=0)
+        tvs.check_columns(ch, column_sums)  # before T changes: the NaN/Inf check rides on this sum
+        summed.add(column_sums)
         dcols = None
         if lo is not None:
             a = T.abs()
