@@ -67,9 +67,8 @@ def task_arithmetic(tvs: TaskVectors, coefficients: float | Sequence[float] = 0.
 
 
 DEFER_BUDGET = 0.5  # model sizes of deferred TIES columns held before falling back to an exact threshold pass
-ONE_PASS_SHARE = (
-    0.8  # TIES tries one pass when the sample's estimate of its deferred columns is this share of the budget
-)
+# TIES tries one pass when a sample's estimate of the columns it would defer is at most this share of the budget
+ONE_PASS_SHARE = 0.8
 
 
 class _DeferOverflow(Exception):
