@@ -67,6 +67,7 @@ def breadcrumbs(tvs: TaskVectors, density: float = 0.2, gamma: float = 0.1, coef
         for t in ts[1:]:
             acc = acc + breadcrumbs_mask(t, float(density), float(gamma))
         out[key] = acc
+        ts = tot = acc = None  # dropped before the next key is read: one key's N tensors at a time
     return MergedDirection(out, scale, summed, len(tvs), {"density": density, "gamma": gamma})
 
 
@@ -89,6 +90,7 @@ def magmax(tvs: TaskVectors, coefficients: float = 0.5) -> MergedDirection:
         for t in ts[1:]:
             best = torch.where(t.abs() >= best.abs(), t, best)
         out[key] = best
+        ts = tot = best = None  # dropped before the next key is read: one key's N tensors at a time
     return MergedDirection(out, scale, summed, len(tvs))
 
 
