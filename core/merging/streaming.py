@@ -29,9 +29,10 @@ StateDict = Mapping[str, torch.Tensor]
 
 CHUNK: int | None = None  # columns per chunk; None: chunk_columns(N) (tests set small values to cut tensors)
 TRIM_BYTES = 256 << 20  # release freed heap memory after every 256 MB of task-vector slabs
-# ... and after every 64 MB of keys read whole (`keywise`): the SVD methods' per-key temporaries, many
-# sizes up to 2x a key in float64, fragment glibc's heap (Iso-CTS, 3 ViT-B/32 blocks of 20 tasks: peak
-# 811 MiB above start trimming every 256 MB, 488 MiB trimming every key, 408 MiB with no heap at all)
+# ... and after every 64 MB of keys read whole (`keywise`: every large key of a 20-task set). What bounds the
+# SVD methods' memory is allocating their outputs before the temporaries (core.merging.lowrank._direction):
+# trimming alone left Iso-CTS on 3 ViT-B/32 blocks x 20 tasks at 488-1145 MiB above start over runs (the
+# heap's state varies), against 408 MiB with large blocks never on the heap.
 KEY_TRIM_BYTES = 64 << 20
 CHUNK_BYTES = 5 << 19  # one [N, width] float32 temporary: 2.5 MB, so a chunk's temporaries stay in L2/L3
 
