@@ -28,12 +28,7 @@ from ..task_vectors import check_finite
 StateDict = Mapping[str, torch.Tensor]
 
 CHUNK: int | None = None  # columns per chunk; None: chunk_columns(N) (tests set small values to cut tensors)
-TRIM_BYTES = 256 << 20  # release freed heap memory after every 256 MB of task-vector slabs
-# ... and after every 64 MB of keys read whole (`keywise`: every large key of a 20-task set). What bounds the
-# SVD methods' memory is allocating their outputs before the temporaries (core.merging.lowrank._direction):
-# trimming alone left Iso-CTS on 3 ViT-B/32 blocks x 20 tasks at 488-1145 MiB above start over runs (the
-# heap's state varies), against 408 MiB with large blocks never on the heap.
-KEY_TRIM_BYTES = 64 << 20
+TRIM_BYTES = 256 << 20  # release freed heap memory after every 256 MB of task-vector slabs or keys read whole
 CHUNK_BYTES = 5 << 19  # one [N, width] float32 temporary: 2.5 MB, so a chunk's temporaries stay in L2/L3
 
 
@@ -238,14 +233,17 @@ class TaskVectors:
         Tried, not kept: reading the next key on a worker thread while the caller decomposes the current
         one. On two cores torch.linalg.svd keeps both busy, and the worker's reads and subtractions
         stalled its OpenMP threads: Iso-C on ViT-B/32 x 8 took 21.3-22.5 s instead of 15.8-16.1 s (its
-        SVDs 18 s instead of 12.5 s), measured interleaved in fresh processes."""
+        SVDs 18 s instead of 12.5 s), measured interleaved in fresh processes. Nor trimming freed memory
+        after every 64 MB of keys instead of 256 MB: Iso-C at B/32 x 8 13.3 vs 12.1 s (the trimmed pages
+        fault back in), no less memory; what bounds the SVD methods' memory is allocating their outputs
+        first (core.merging.lowrank._direction)."""
         since_trim = 0
         for key in self.keys:
             ts = self.get(key)
             yield key, ts, total(ts)
             since_trim += (len(ts) + 1) * ts[0].numel() * ts[0].element_size()
             ts = None
-            if since_trim >= KEY_TRIM_BYTES:  # what the caller freed meanwhile: back to the OS
+            if since_trim >= TRIM_BYTES:  # what the caller freed meanwhile: back to the OS
                 release_freed_memory()
                 since_trim = 0
         release_freed_memory()
