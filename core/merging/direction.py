@@ -12,13 +12,13 @@ sliders over lambda, LiNeS (alpha, beta) or the block curve only re-apply a cach
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from ..lines import infer_num_blocks, key_scales, lines_curve, multitask_alpha
-from .streaming import StateDict, as_compute
+from .streaming import FlatWriter, StateDict, TaskVectors, as_compute
 
 
 @dataclass
@@ -93,6 +93,23 @@ class BlockL1:
     def total(self) -> float:
         self._flush()
         return self.value
+
+
+def keywise_direction(
+    tvs: TaskVectors, merge_key: Callable[[str, list, torch.Tensor], torch.Tensor], scale: float, info=None
+) -> MergedDirection:
+    """The merged direction of a method that works key by key: merge_key(key, the key's N task vectors,
+    their sum) for every key (TaskVectors.keywise), ||sum_t tau_t||_1 accumulated on the way.
+
+    The outputs are allocated before any temporary: long-lived tensors allocated among the per-key
+    temporaries pin glibc's heap (Iso-CTS at ViT-B/32 x 20 peaked at 3.56 model sizes of memory, 2.07
+    after). A key's tensors are dropped before the next key is read: one key's N tensors at a time."""
+    out, summed = FlatWriter(tvs.shapes, tvs.dtype).out, 0.0
+    for key, ts, tot in tvs.keywise():
+        summed += l1(tot)
+        out[key].copy_(merge_key(key, ts, tot))
+        ts = tot = None  # the loop variables would hold them while the next key is read
+    return MergedDirection(out, scale, summed, len(tvs), info or {})
 
 
 def weighted(tvs: torch.Tensor, per_task: list[float] | None) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import streaming
-from .direction import BlockL1, MergedDirection, global_scale, l1
+from .direction import BlockL1, MergedDirection, global_scale, keywise_direction
 from .kselect import kth_smallest
 from .registry import Param, merge_method
 from .streaming import FlatWriter, TaskVectors
@@ -60,15 +60,14 @@ def breadcrumbs(tvs: TaskVectors, density: float = 0.2, gamma: float = 0.1, coef
         if not 0 <= float(v) <= 1:
             raise ValueError(f"breadcrumbs: {name} must be in [0, 1], got {v}")
     scale = global_scale(coefficients, "breadcrumbs")
-    out, summed = {}, 0.0
-    for key, ts, tot in tvs.keywise():
-        summed += l1(tot)
+
+    def merge_key(key, ts, tot):
         acc = breadcrumbs_mask(ts[0], float(density), float(gamma))
         for t in ts[1:]:
             acc = acc + breadcrumbs_mask(t, float(density), float(gamma))
-        out[key] = acc
-        ts = tot = acc = None  # dropped before the next key is read: one key's N tensors at a time
-    return MergedDirection(out, scale, summed, len(tvs), {"density": density, "gamma": gamma})
+        return acc
+
+    return keywise_direction(tvs, merge_key, scale, {"density": density, "gamma": gamma})
 
 
 # --------------------------------------------------------------------------- MagMax
@@ -83,15 +82,14 @@ def magmax(tvs: TaskVectors, coefficients: float = 0.5) -> MergedDirection:
     a tie goes to the later task (the official `where(|current| >= |best|, current, best)`), over every
     floating-point key; theta = theta_0 + lambda * tau_max (official lambda 0.5)."""
     scale = global_scale(coefficients, "magmax")
-    out, summed = {}, 0.0
-    for key, ts, tot in tvs.keywise():
-        summed += l1(tot)
+
+    def merge_key(key, ts, tot):
         best = ts[0]
         for t in ts[1:]:
             best = torch.where(t.abs() >= best.abs(), t, best)
-        out[key] = best
-        ts = tot = best = None  # dropped before the next key is read: one key's N tensors at a time
-    return MergedDirection(out, scale, summed, len(tvs))
+        return best
+
+    return keywise_direction(tvs, merge_key, scale)
 
 
 # --------------------------------------------------------------------------- PCB-merging

@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .direction import MergedDirection, global_scale, l1
+from .direction import MergedDirection, global_scale, keywise_direction
 from .registry import Param, merge_method
-from .streaming import FlatWriter, TaskVectors, total
+from .streaming import TaskVectors, total
 
 SVD_DTYPE = torch.float64
 
@@ -76,18 +76,6 @@ def _decompose(tvs: TaskVectors, key: str, mats: list[torch.Tensor], fn: Callabl
     dev = tvs.device
     out = fn([m.to(dev) for m in mats])
     return out.to("cpu", tvs.dtype)
-
-
-def _direction(tvs: TaskVectors, merge_key: Callable[..., torch.Tensor], scale: float, info=None):
-    """merge_key(key, task vectors of key, their sum) for every key (TaskVectors.keywise)."""
-    # The outputs are allocated before any temporary: long-lived tensors allocated among the per-key
-    # temporaries pin glibc's heap (Iso-CTS at ViT-B/32 x 20 peaked at 3.56 model sizes of memory).
-    out, summed = FlatWriter(tvs.shapes, tvs.dtype).out, 0.0
-    for key, ts, tot in tvs.keywise():
-        summed += l1(tot)
-        out[key].copy_(merge_key(key, ts, tot))
-        ts = tot = None  # dropped before the next key is read, not after: one key's N tensors at a time
-    return MergedDirection(out, scale, summed, len(tvs), info or {})
 
 
 # --------------------------------------------------------------------------- TSV-M
@@ -148,7 +136,7 @@ def tsv_m(tvs: TaskVectors, sv_reduction: float | None = None, coefficients: flo
             return running_mean(ts)
         return _decompose(tvs, key, ts, lambda ms: tsv_matrix(ms, frac))
 
-    return _direction(tvs, merge_key, scale, {"sv_reduction": frac})
+    return keywise_direction(tvs, merge_key, scale, {"sv_reduction": frac})
 
 
 # --------------------------------------------------------------------------- Iso-C / Iso-CTS
@@ -178,7 +166,7 @@ def iso_c(tvs: TaskVectors, coefficients: float = 1.0) -> MergedDirection:
             return tot / n
         return _decompose(tvs, key, ts, lambda ms: iso_c_matrix(ms, tot))
 
-    return _direction(tvs, merge_key, scale)
+    return keywise_direction(tvs, merge_key, scale)
 
 
 def iso_cts_sizes(shape: Sequence[int], n_tasks: int, common_space_fraction: float) -> tuple[int, int]:
@@ -246,7 +234,7 @@ def iso_cts(tvs: TaskVectors, common_space_fraction: float = 0.8, coefficients: 
             return running_mean(ts)
         return _decompose(tvs, key, ts, lambda ms: iso_cts_matrix(ms, f, key, tot))
 
-    return _direction(tvs, merge_key, scale, {"common_space_fraction": f})
+    return keywise_direction(tvs, merge_key, scale, {"common_space_fraction": f})
 
 
 # --------------------------------------------------------------------------- CART
@@ -313,4 +301,4 @@ def cart(tvs: TaskVectors, rank_ratio: float = 0.12, prior: float = 2.0, coeffic
             return tot / n
         return _decompose(tvs, key, ts, lambda ms: cart_matrix(ms, r, prior, tot))
 
-    return _direction(tvs, merge_key, scale, {"rank_ratio": r, "prior": prior})
+    return keywise_direction(tvs, merge_key, scale, {"rank_ratio": r, "prior": prior})

@@ -236,7 +236,7 @@ class TaskVectors:
         SVDs 18 s instead of 12.5 s), measured interleaved in fresh processes. Nor trimming freed memory
         after every 64 MB of keys instead of 256 MB: Iso-C at B/32 x 8 13.3 vs 12.1 s (the trimmed pages
         fault back in), no less memory; what bounds the SVD methods' memory is allocating their outputs
-        first (core.merging.lowrank._direction)."""
+        first (core.merging.direction.keywise_direction)."""
         since_trim = 0
         for key in self.keys:
             ts = self.get(key)
@@ -334,6 +334,18 @@ class TaskVectors:
             t, b, f = (None if x is None else x.to(dev) for x in parts)
             return Chunk(start, segments, t, b, f)
 
+        def hand_over(width, unchecked):
+            """Yield the chunk of the slab's first `width` columns, its slices checked for NaN/Inf here, or
+            (check="columns") by the consumer before it asks for the next chunk."""
+            ch = chunk(width)
+            if by_columns:
+                ch.unchecked = unchecked
+            else:
+                self._check_slab(buf[:, :width], unchecked)
+            yield ch
+            if ch.unchecked:
+                raise RuntimeError("chunks(check='columns'): a slab was not checked (TaskVectors.check_columns)")
+
         # The base tensor of a key is read whole into a reused buffer; fine-tuned float tensors of the
         # compute dtype are read slice by slice with pread straight into their row of the slab and the
         # base subtracted in place (no per-key copy of N tensors); others (in memory, half precision,
@@ -378,31 +390,15 @@ class TaskVectors:
                 pos += take
                 off += take
                 if pos == size:
-                    ch = chunk(size)
-                    if by_columns:
-                        ch.unchecked = to_check
-                    else:
-                        self._check_slab(buf, to_check)
+                    yield from hand_over(size, to_check)
                     to_check = []
-                    yield ch
-                    if ch.unchecked:
-                        raise RuntimeError(
-                            "chunks(check='columns'): a slab was not checked (TaskVectors.check_columns)"
-                        )
                     since_trim += size * n_tasks * 4
                     if since_trim >= TRIM_BYTES:  # what the consumer freed meanwhile: back to the OS
                         release_freed_memory()
                         since_trim = 0
                     start, pos, segments = start + size, 0, []
         if pos:
-            ch = chunk(pos)
-            if by_columns:
-                ch.unchecked = to_check
-            else:
-                self._check_slab(buf[:, :pos], to_check)
-            yield ch
-            if ch.unchecked:
-                raise RuntimeError("chunks(check='columns'): a slab was not checked (TaskVectors.check_columns)")
+            yield from hand_over(pos, to_check)
         b = fts = tvs = None  # views into the pool's buffers: drop them with it
         pool = buf = bbuf = fbuf = None  # the slabs and read buffers: freed before the trim
         release_freed_memory()
