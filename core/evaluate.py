@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -264,11 +265,12 @@ class Evaluator:
             load_visual(target, self.base_visual)
         if n_visual:
             load_visual(target, state_dict)
-        state["loaded"] = id(state_dict)
+        state["loaded"] = _Loaded(state_dict)
 
     def _ensure_loaded(self, state_dict) -> None:
-        want = "base" if state_dict is None else id(state_dict)
-        if self._target()[1]["loaded"] != want:
+        loaded = self._target()[1]["loaded"]
+        fresh = loaded == "base" if state_dict is None else isinstance(loaded, _Loaded) and loaded.holds(state_dict)
+        if not fresh:
             self.load(state_dict)
 
     def _autocast(self):
@@ -479,6 +481,32 @@ class Evaluator:
         if unknown:
             raise KeyError(f"tasks {unknown} are not in this evaluator (it has {list(self.tasks)})")
         return tasks
+
+
+class _Loaded:
+    """Which state dict's weights the model holds: the dict's id and weak references to its visual tensors.
+
+    An id alone is not an identity: once a merged dict is freed, the next one can be allocated at the same
+    address (the LiNeS page's next target then showed the previous target's accuracies). The same id with
+    the very same tensor objects is the same weights; no reference is kept, so nothing stays alive for it."""
+
+    __slots__ = ("ident", "refs")
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor]):
+        self.ident = id(state_dict)
+        self.refs = {k: weakref.ref(v) for k, v in state_dict.items() if k.startswith("visual.")}
+
+    def holds(self, state_dict: Mapping[str, torch.Tensor]) -> bool:
+        if id(state_dict) != self.ident:
+            return False
+        n = 0
+        for k, v in state_dict.items():
+            if k.startswith("visual."):
+                ref = self.refs.get(k)
+                if ref is None or ref() is not v:
+                    return False
+                n += 1
+        return n == len(self.refs)
 
 
 def _cancelled(cancel) -> bool:

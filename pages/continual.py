@@ -106,7 +106,7 @@ def live_panel() -> None:
             job.cancel.set()
         # The matrix changes once per task: build its figure only then, not on every 1-s refresh.
         acc = job.acc
-        stamp = (id(job), int(np.isfinite(acc).sum()))
+        stamp = (job.serial, int(np.isfinite(acc).sum()))
         live = st.session_state.get("_cl_live_fig")
         if live is None or live[0] != stamp:
             cols = [f"after {t}" for t in job.cfg.tasks]
@@ -115,8 +115,8 @@ def live_panel() -> None:
         st.plotly_chart(live[1], key="cl_live_acc")
     if job.error:
         st.error(f"The run failed: {job.error}")
-    if not job.running and job.result is not None and st.session_state.get("_cl_seen") != id(job):
-        st.session_state["_cl_seen"] = id(job)
+    if not job.running and job.result is not None and st.session_state.get("_cl_seen") != job.serial:
+        st.session_state["_cl_seen"] = job.serial
         res = job.result
         label = f"{res.config.label()} · {res.config.setting} · seed {res.config.seed}" + (
             " (cancelled)" if res.cancelled else ""

@@ -132,8 +132,8 @@ with grid_tab:
     def grid_panel() -> None:
         job = st.session_state.get(GRID_JOB)
         live(job, "grid")
-        if job is not None and not job.running and st.session_state.get("_ft_grid_seen") != id(job):
-            st.session_state["_ft_grid_seen"] = id(job)
+        if job is not None and not job.running and st.session_state.get("_ft_grid_seen") != job.serial:
+            st.session_state["_ft_grid_seen"] = job.serial
             runs = st.session_state.setdefault(RUNS, {})
             for r in job.results:
                 runs[model_name(r.config)] = r
@@ -219,9 +219,9 @@ with wsa_tab:
             job is not None
             and not job.running
             and job.result is not None
-            and st.session_state.get("_ft_wsa_seen") != id(job)
+            and st.session_state.get("_ft_wsa_seen") != job.serial
         ):
-            st.session_state["_ft_wsa_seen"] = id(job)
+            st.session_state["_ft_wsa_seen"] = job.serial
             st.session_state[WSA_RESULTS] = job.result
             st.rerun()
 

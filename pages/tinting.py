@@ -123,7 +123,7 @@ def live_panel() -> None:
     if job.running and st.button("Cancel", key="tint_cancel"):
         job.cancel.set()
     # The figures are rebuilt only when the job has new rows (not on every 1-s poll).
-    fig_key = (id(job), id(job.rows), len(job.rows), len(job.evals))
+    fig_key = (job.serial, id(job.rows), len(job.rows), len(job.evals))
     figs = st.session_state.get("_tint_figs")
     if figs is None or figs[0] != fig_key:
         figs = (fig_key, P.training_curves(pd.DataFrame(job.rows)), P.accuracy_curves(pd.DataFrame(job.evals)))
@@ -133,8 +133,8 @@ def live_panel() -> None:
     c2.plotly_chart(figs[2], key="tint_acc_fig")
     if job.error:
         st.error(f"Tinting failed: {job.error}")
-    if not job.running and job.results and st.session_state.get("_tint_seen") != id(job):
-        st.session_state["_tint_seen"] = id(job)
+    if not job.running and job.results and st.session_state.get("_tint_seen") != job.serial:
+        st.session_state["_tint_seen"] = job.serial
         for res in job.results:
             label = res.config.label() + (" (cancelled)" if res.cancelled else "")
             st.session_state.setdefault(RUNS, {})[label] = res

@@ -233,3 +233,27 @@ def test_cpu_bf16_tower_follows_the_weights_loaded_by_any_view(micro_zoo):
     acc_b = bf.accuracy(b)
     assert acc_b != acc_a  # a stale low-precision copy would still hold a's weights
     assert all(abs(acc_b[t] - fp32_b[t]) <= 0.1 for t in fp32_b)
+
+
+def test_rounds_reload_a_new_dict_that_reuses_a_freed_dicts_id(micro_zoo):
+    """The model remembers which dict it holds by id and by its visual tensors, not by id alone: a merged dict
+    freed and the next one allocated at the same address (here: the same dict given other tensors) is reloaded.
+    With an id alone the LiNeS page showed the previous target's accuracies for the next target."""
+    ev = Evaluator.for_model_set(micro_zoo, "test", subsample=40)
+    a, b = micro_zoo.finetuned(micro_zoo.tasks[0]), micro_zoo.finetuned(micro_zoo.tasks[1])
+    want_a, want_b = ev.accuracy(a), ev.accuracy(b)
+    assert want_a != want_b
+
+    def final(sd):
+        return {t: e.accuracy for t, e in list(ev.rounds(sd, first=7))[-1].items()}
+
+    sd = dict(a)
+    assert final(sd) == want_a
+    sd.update(b)  # same id, new tensors: what a freed dict's successor at the same address looks like
+    assert final(sd) == want_b
+    assert final(sd) == want_b  # and unchanged tensors are not reloaded needlessly
+    loads = []
+    real = ev.load
+    ev.load = lambda s: (loads.append(1), real(s))[1]
+    final(sd)
+    assert loads == []

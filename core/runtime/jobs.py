@@ -11,6 +11,7 @@ accuracy matrix); the thread, the cancel event, the thread setting and the error
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +29,11 @@ class Job:
     ``job.result``. An exception becomes ``job.error`` (text, "Type: message") and
     ``job.exception``; `Cancelled` marks the job ``cancelled`` instead of failed.
     threads: torch intra-op threads while the job runs (None: leave as is).
+    serial: unique in the process, for "have I shown this job yet" marks (an ``id()`` is reused once a
+    finished job is freed, so a second job could be taken for the first and its results never shown).
     """
+
+    _serials = itertools.count(1)
 
     def __init__(
         self,
@@ -39,6 +44,7 @@ class Job:
         autostart: bool = True,
     ):
         self.name = name
+        self.serial = next(Job._serials)
         self.threads = threads
         self.cancel = threading.Event()
         self.done, self.total, self.label = 0, 0, "starting"
