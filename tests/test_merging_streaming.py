@@ -211,3 +211,103 @@ def test_column_sums_that_overflow_are_rechecked_not_refused(tmp_path):
     fts = [open_state_dict(tmp_path / f"t{t}.safetensors") for t in range(2)]
     d = merged_direction(open_state_dict(tmp_path / "b.safetensors"), fts, "task_arithmetic", coefficients=1.0)
     assert bool(torch.isinf(d.vector[key]).all())
+
+
+def _reader_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "mergescope-read-ahead" and t.is_alive()]
+
+
+def test_read_ahead_fills_slabs_on_a_reader_thread_with_the_same_bits(files, monkeypatch):
+    """Task arithmetic reads its slabs on a reader thread (chunks(read_ahead=True)) while it sums the
+    previous one on one torch thread fewer; the bits are those of the inline pass, the thread ends with the
+    pass and the torch thread setting is restored."""
+    import core.merging.streaming as streaming
+
+    monkeypatch.setattr(streaming, "CHUNK", 97)  # many slabs, tensors cut across them
+    base = open_state_dict(files / "base.safetensors")
+    fts = [open_state_dict(files / f"t{t}.safetensors") for t in range(4)]
+    started = []
+    real = streaming._read_ahead.__init__
+
+    def spy(self, *a, **k):
+        started.append(torch.get_num_threads())
+        real(self, *a, **k)
+
+    monkeypatch.setattr(streaming._read_ahead, "__init__", spy)
+    threads = torch.get_num_threads()
+    ahead = merge(base, fts, "task_arithmetic", coefficients=[0.3, 0.5, 0.2, 0.7], lines=("auto", 0.5))
+    assert started and torch.get_num_threads() == threads and not _reader_threads()
+    monkeypatch.setattr(streaming, "READ_AHEAD", False)
+    started.clear()
+    inline = merge(base, fts, "task_arithmetic", coefficients=[0.3, 0.5, 0.2, 0.7], lines=("auto", 0.5))
+    assert not started
+    eager = merge(
+        load_state_dict(files / "base.safetensors"),
+        [load_state_dict(f.path) for f in fts],
+        "task_arithmetic",
+        coefficients=[0.3, 0.5, 0.2, 0.7],
+        lines=("auto", 0.5),
+    )
+    for k in eager:
+        assert torch.equal(ahead[k], inline[k]) and torch.equal(ahead[k], eager[k]), k
+
+
+def test_a_read_error_on_the_reader_thread_is_raised_in_the_merge(files, monkeypatch):
+    import threading
+
+    import core.merging.streaming as streaming
+    from core.errors import CheckpointError
+
+    monkeypatch.setattr(streaming, "CHUNK", 97)
+    calls = []
+    real = LazyStateDict.read_range
+
+    def failing(self, key, start, out):
+        if threading.current_thread().name == "mergescope-read-ahead":
+            calls.append(key)
+            if len(calls) == 40:
+                raise CheckpointError(f"{self.path}: tensor {key!r} is cut short; the file is truncated")
+        return real(self, key, start, out)
+
+    monkeypatch.setattr(LazyStateDict, "read_range", failing)
+    threads = torch.get_num_threads()
+    base = open_state_dict(files / "base.safetensors")
+    fts = [open_state_dict(files / f"t{t}.safetensors") for t in range(4)]
+    with pytest.raises(CheckpointError, match="cut short"):
+        merged_direction(base, fts, "task_arithmetic")
+    assert len(calls) == 40 and not _reader_threads() and torch.get_num_threads() == threads
+
+
+def test_a_consumer_that_stops_early_stops_the_reader(files, monkeypatch):
+    import core.merging.streaming as streaming
+
+    monkeypatch.setattr(streaming, "CHUNK", 64)
+    threads = torch.get_num_threads()
+    tvs = TaskVectors(open_state_dict(files / "base.safetensors"), [open_state_dict(files / "t0.safetensors")])
+    it = tvs.chunks(read_ahead=True)
+    first = next(it)
+    assert first.tvs.shape[1] == 64 and _reader_threads()
+    it.close()
+    assert not _reader_threads() and torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "consensus"])
+def test_a_nonfinite_base_read_in_slices_is_refused_by_name(tmp_path, monkeypatch, method):
+    """The base is read in slices into the slabs too: a NaN in it is named as the base's."""
+    import core.merging.streaming as streaming
+    from core.errors import NonFiniteError
+
+    monkeypatch.setattr(streaming, "CHUNK", 97)
+    base = _tower(0)
+    key = "visual.transformer.resblocks.2.attn.out_proj.weight"
+    for t in range(2):
+        save_state_dict({k: v + 0.05 * _tower(100 + t)[k] for k, v in base.items()}, tmp_path / f"t{t}.safetensors")
+    base[key] = base[key].clone()
+    base[key].view(-1)[[5, 200]] = float("nan")
+    save_state_dict(base, tmp_path / "base.safetensors")
+    fts = {f"t{t}": open_state_dict(tmp_path / f"t{t}.safetensors") for t in range(2)}
+    with pytest.raises(NonFiniteError) as e:
+        merge(open_state_dict(tmp_path / "base.safetensors"), fts, method)
+    assert (e.value.source, e.value.key, e.value.n_bad) == ("base", key, 2)

@@ -23,22 +23,37 @@ from .streaming import FlatWriter, StateDict, TaskVectors, as_compute
 
 @dataclass
 class MergedDirection:
-    """tau_merged, the global scale lambda, and ||sum_t tau_t||_1 for the LiNeS multi-task alpha."""
+    """tau_merged, the global scale lambda, and ||sum_t tau_t||_1 for the LiNeS multi-task alpha.
+
+    summed_l1 None: the vector *is* sum_t tau_t (task arithmetic without per-task coefficients), so the
+    rule's ratio is 1 and alpha = 1/N exactly; no norm is computed unless asked for (`summed`)."""
 
     vector: dict[str, torch.Tensor]
     scale: float
-    summed_l1: float
+    summed_l1: float | None
     num_tasks: int
     info: dict = field(default_factory=dict)
     merged_l1_value: float | None = None  # accumulated chunk by chunk exactly like summed_l1
 
     def merged_l1(self) -> float:
-        if self.merged_l1_value is not None:
-            return self.merged_l1_value
-        return float(sum(float(v.abs().sum()) for v in self.vector.values()))
+        """||tau_merged||_1 in BlockL1's blocks over the flat order (as the streamed sums were taken)."""
+        if self.merged_l1_value is None:
+            acc = BlockL1()
+            for v in self.vector.values():
+                acc.add(v)
+            self.merged_l1_value = acc.total()
+        return self.merged_l1_value
+
+    def summed(self) -> float:
+        """||sum_t tau_t||_1."""
+        return self.merged_l1() if self.summed_l1 is None else self.summed_l1
 
     def auto_alpha(self) -> float:
-        return multitask_alpha(self.summed_l1, self.merged_l1(), self.num_tasks)
+        if self.summed_l1 is None and self.merged_l1_value is None:  # tau_merged = sum_t tau_t: ratio 1
+            if not any(bool(v.any()) for v in self.vector.values()):
+                raise ValueError("the merged task vector is all zeros; LiNeS alpha is undefined")
+            return 1.0 / self.num_tasks
+        return multitask_alpha(self.summed(), self.merged_l1(), self.num_tasks)
 
 
 def split_coefficients(coefficients, n: int) -> tuple[list[float] | None, float]:
