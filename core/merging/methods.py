@@ -229,20 +229,24 @@ def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf"), 
         summed.add(column_sums)
         dcols = None
         if lo is not None:
+            # Masks as 0/1 floats written by the comparisons themselves (a bool mask converted to floats, and
+            # bool counts summed in wider integer types, each cost a converting copy of the slab: TIES at
+            # ViT-B/32 x 8 ~12 % faster without them); counts of at most N per column or `width` per task
+            # are exact in float32.
             a = T.abs()
-            sure = a >= hi_d
-            if undecided_possible:
-                und = torch.ge(a, lo_d)
+            ge_lo = torch.ge(a, lo_d, out=torch.empty_like(a)) if undecided_possible else None
+            kept = torch.ge(a, hi_d, out=a)  # |tau| >= hi: kept for sure (|tau| is not needed any more)
+            if ge_lo is not None:
                 if at_or_above is not None:
-                    at_or_above += und.view(torch.int8).sum(dim=1, dtype=torch.int64)
-                und.bitwise_xor_(sure)  # lo <= |tau| < hi: inside the threshold's bin
-                hits = und.view(torch.int8).sum(dim=0, dtype=torch.int16)
+                    at_or_above += ge_lo.sum(dim=1).to(torch.int64)
+                hits = ge_lo.sub_(kept).sum(dim=0)  # entries with lo <= |tau| < hi, per column
                 if bool(hits.any()):
                     dcols = hits.nonzero().flatten()
                     if deferred.add(list(ch.segments), dcols, T) > budget:
                         raise _DeferOverflow
-            del a
-            T.mul_(_mask(sure, T.dtype))
+                del ge_lo, hits
+            T.mul_(kept)
+            del a, kept
         tr = weighted(T, per_task)
         out, raw, cols, neg = _elect(tr, agg)
         if dcols is not None:  # provisional values: counted when the deferred columns are merged
