@@ -283,10 +283,8 @@ def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf"), 
     if majority <= 0:  # sign 0 keeps the negative entries, exactly like -1
         for segments, cols, neg in pending:
             w.write_at(segments, cols, neg)
-    merged = BlockL1()
-    for key in tvs.keys:  # the output in flat order, as the reference's flattened merged vector
-        merged.add(w.out[key])
-    return w.out, summed.total(), {"thresholds": thresholds, "majority_sign": majority, "merged_l1": merged.total()}
+    # ||tau_merged||_1 (LiNeS' multi-task alpha) only when asked: MergedDirection.merged_l1, same blocks
+    return w.out, summed.total(), {"thresholds": thresholds, "majority_sign": majority}
 
 
 @merge_method(
@@ -304,7 +302,7 @@ def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf"), 
 def ties(tvs: TaskVectors, k: float = 0.2, agg: str = "mean", coefficients: float | Sequence[float] = 1.0):
     per_task, scale = split_coefficients(coefficients, len(tvs))
     vec, summed, info = ties_direction(tvs, k, agg, per_task)
-    return MergedDirection(vec, scale, summed, len(tvs), info, merged_l1_value=info["merged_l1"])
+    return MergedDirection(vec, scale, summed, len(tvs), info)
 
 
 def dare_mask_seed(seed: int, task: int, key: str) -> int:

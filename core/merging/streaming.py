@@ -16,6 +16,7 @@ N = 2..20 and d up to 3M, 1 and 2 threads), while memory stays at one slab.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ import torch
 
 from ..analysis_cache import float_keys, tensor_dtype, tensor_shape
 from ..runtime.devices import resolve_device
-from ..runtime.threads import torch_threads
+from ..runtime.threads import one_thread_fewer
 from ..task_vectors import check_finite
 
 StateDict = Mapping[str, torch.Tensor]
@@ -373,18 +374,16 @@ class TaskVectors:
         ahead = read_ahead and READ_AHEAD and self.preprocess is None and self._all_direct()
         filled = _read_ahead(self._fill, size, new_slab) if ahead else self._fill(size, _same(new_slab()))
         since_trim = 0
-        threads = torch_threads(max(1, torch.get_num_threads() - 1) if ahead else None)
-        threads.__enter__()
         try:
-            for f in filled:
-                yield from hand_over(f)
-                f.release()
-                since_trim += size * n_tasks * 4
-                if since_trim >= TRIM_BYTES:  # what the consumer freed meanwhile: back to the OS
-                    release_freed_memory()
-                    since_trim = 0
+            with one_thread_fewer() if ahead else contextlib.nullcontext():  # the reader has its own core
+                for f in filled:
+                    yield from hand_over(f)
+                    f.release()
+                    since_trim += size * n_tasks * 4
+                    if since_trim >= TRIM_BYTES:  # what the consumer freed meanwhile: back to the OS
+                        release_freed_memory()
+                        since_trim = 0
         finally:
-            threads.__exit__(None, None, None)
             filled.close()
             filled = f = None  # the slabs and read buffers: freed before the trim
             release_freed_memory()

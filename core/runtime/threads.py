@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 
 def available_cpus() -> int:
@@ -43,3 +44,33 @@ def torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+_fewer_lock = threading.Lock()
+_fewer_active = 0
+_fewer_saved = 1
+
+
+@contextlib.contextmanager
+def one_thread_fewer():
+    """Run a block with one intra-op torch thread fewer (at least one), for a pass that keeps a core busy
+    on its own thread (`core.merging.streaming.TaskVectors.chunks(read_ahead=True)`'s reader).
+
+    Counted: passes that overlap (two sessions' merges in the app) lower the setting once, and the last
+    one out restores it; nested `torch_threads` save/restore pairs that interleave across threads could
+    otherwise leave the process at the lowered setting for good."""
+    import torch
+
+    global _fewer_active, _fewer_saved
+    with _fewer_lock:
+        if _fewer_active == 0:
+            _fewer_saved = torch.get_num_threads()
+            torch.set_num_threads(max(1, _fewer_saved - 1))
+        _fewer_active += 1
+    try:
+        yield
+    finally:
+        with _fewer_lock:
+            _fewer_active -= 1
+            if _fewer_active == 0:
+                torch.set_num_threads(_fewer_saved)
