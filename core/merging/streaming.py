@@ -26,6 +26,7 @@ from ..analysis_cache import float_keys, tensor_dtype, tensor_shape
 from ..runtime.devices import resolve_device
 from ..runtime.threads import one_thread_fewer
 from ..task_vectors import check_finite
+from .slabs import Filled, ReadAhead, Slab, same_slab
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -89,6 +90,12 @@ class ReadPool:
             buf = torch.empty(max(need, 64), dtype=torch.uint8)
             self._buffers[source] = buf
         return read_into(key, buf)
+
+
+def any_true(mask: torch.Tensor) -> bool:
+    """Whether a bool tensor holds a True, as a uint8 max: torch's bool `any` took 40 us on a 64K-entry row
+    on an idle 2-core machine and up to 300 us on a busy one, the max 8 us (one call per TIES slab)."""
+    return mask.numel() > 0 and bool(mask.view(torch.uint8).max())
 
 
 def as_compute(t: torch.Tensor) -> torch.Tensor:
@@ -334,14 +341,14 @@ class TaskVectors:
         dev = self.device
         pin = dev.type == "cuda"  # page-locked slabs: faster copies to the GPU
 
-        def new_slab() -> _Slab:
-            return _Slab(
+        def new_slab() -> Slab:
+            return Slab(
                 torch.empty(n_tasks, size, dtype=self.dtype, pin_memory=pin),
                 torch.empty(size, dtype=self.dtype, pin_memory=pin),
                 torch.empty(n_tasks, size, dtype=self.dtype, pin_memory=pin) if with_finetuned else None,
             )
 
-        def hand_over(f: _Filled):
+        def hand_over(f: Filled):
             """Yield the chunk of the slab's first `width` columns, its slices checked for NaN/Inf here, or
             (check="columns") by the consumer before it asks for the next chunk."""
             buf, bbuf, fbuf = f.slab.tvs, f.slab.base, f.slab.finetuned
@@ -372,7 +379,7 @@ class TaskVectors:
                 raise RuntimeError("chunks(check='columns'): a slab was not checked (TaskVectors.check_columns)")
 
         ahead = read_ahead and READ_AHEAD and self.preprocess is None and self._all_direct()
-        filled = _read_ahead(self._fill, size, new_slab) if ahead else self._fill(size, _same(new_slab()))
+        filled = ReadAhead(self._fill, size, new_slab) if ahead else self._fill(size, same_slab(new_slab()))
         since_trim = 0
         try:
             with one_thread_fewer() if ahead else contextlib.nullcontext():  # the reader has its own core
@@ -399,8 +406,8 @@ class TaskVectors:
             for k in self.keys
         )
 
-    def _fill(self, size: int, acquire: Callable[[], _Slab]):
-        """The slabs of `chunks`, filled in flat order: yields a `_Filled` per slab (its buffers from
+    def _fill(self, size: int, acquire: Callable[[], Slab]):
+        """The slabs of `chunks`, filled in flat order: yields a `Filled` per slab (its buffers from
         `acquire()`). Runs on the reader thread for a read-ahead pass: then every key is direct and this
         only issues preads (base slice into the base row, fine-tuned slices into their rows)."""
         n_tasks = len(self)
@@ -449,126 +456,15 @@ class TaskVectors:
                 pos += take
                 off += take
                 if pos == size:
-                    yield _Filled(slab, start, size, segments, raw, to_check)
+                    yield Filled(slab, start, size, segments, raw, to_check)
                     slab = acquire()
                     start, pos, segments, raw, to_check = start + size, 0, [], [], []
             b = fts = tvs = None  # views into the pool's buffers
         if pos:
-            yield _Filled(slab, start, pos, segments, raw, to_check)
+            yield Filled(slab, start, pos, segments, raw, to_check)
 
 
 READ_AHEAD = True  # chunks(): fill the next slab on a reader thread when every input is read in slices
-
-
-@dataclass
-class _Slab:
-    tvs: torch.Tensor  # [N, size]
-    base: torch.Tensor  # [size]
-    finetuned: torch.Tensor | None  # [N, size] (with_finetuned)
-    free: Callable[[], None] | None = None  # gives the slab back to a read-ahead reader
-
-
-@dataclass
-class _Filled:
-    """A slab as `TaskVectors._fill` leaves it: columns [start, start + width) of the flat vector; `raw`
-    column ranges still hold fine-tuned values (the base not yet subtracted)."""
-
-    slab: _Slab
-    start: int
-    width: int
-    segments: list[tuple[str, int, int]]
-    raw: list[list[int]]
-    to_check: list[tuple[str, bool]]
-
-    def release(self) -> None:
-        if self.slab.free is not None:
-            self.slab.free()
-
-
-def _same(slab: _Slab) -> Callable[[], _Slab]:
-    """`acquire` of an inline pass: one slab, refilled once its chunk has been consumed."""
-    return lambda: slab
-
-
-class _read_ahead:
-    """Iterate `fill(size, acquire)` on a reader thread, one slab ahead of the consumer: two slabs, each
-    given back (`_Filled.release`) once its chunk is consumed. The reader's exceptions are raised in the
-    consumer at the slab where they happened; `close()` (the consumer stops early) stops the reader."""
-
-    def __init__(self, fill, size: int, new_slab: Callable[[], _Slab]):
-        import queue
-        import threading
-
-        self._queue: queue.Queue = queue.Queue(maxsize=1)
-        self._free: queue.Queue = queue.Queue()
-        self._stop = threading.Event()
-        for _ in range(2):
-            slab = new_slab()
-            slab.free = lambda slab=slab: self._free.put(slab)
-            self._free.put(slab)
-        self._fill = fill(size, self._acquire)
-        self._thread = threading.Thread(target=self._run, daemon=True, name="mergescope-read-ahead")
-        self._thread.start()
-
-    def _acquire(self) -> _Slab:
-        import queue
-
-        while not self._stop.is_set():
-            try:
-                return self._free.get(timeout=0.1)
-            except queue.Empty:
-                continue
-        raise _Stopped
-
-    def _put(self, item) -> None:
-        import queue
-
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def _run(self) -> None:
-        try:
-            for f in self._fill:
-                self._put(f)
-                if self._stop.is_set():
-                    return
-            self._put(_END)
-        except _Stopped:
-            return
-        except BaseException as e:  # raised in the consumer
-            self._put(_Failed(e))
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> _Filled:
-        item = self._queue.get()
-        if item is _END:
-            raise StopIteration
-        if isinstance(item, _Failed):
-            raise item.error
-        return item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._fill.close()
-
-
-class _Stopped(Exception):
-    pass
-
-
-@dataclass
-class _Failed:
-    error: BaseException
-
-
-_END = object()
 
 
 def total(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
