@@ -6,21 +6,15 @@ import threading
 import pytest
 import torch
 
-from core.checkpoints import load_state_dict, open_state_dict, save_state_dict
+from core.checkpoints import load_state_dict, open_state_dict
 from core.checkpoints.formats import LazyStateDict
 from core.merging import TaskVectors, merge, merged_direction
-from tests.test_merging_streaming import _tower
+from tests.test_merging_streaming import write_tower_files
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("slabs")
-    base = _tower(0)
-    save_state_dict(base, root / "base.safetensors")
-    for t in range(4):
-        delta = _tower(100 + t, scale=0.05)
-        save_state_dict({k: base[k] + delta[k] for k in base}, root / f"t{t}.safetensors")
-    return root
+    return write_tower_files(tmp_path_factory.mktemp("slabs"))
 
 
 def _reader_threads() -> list:

@@ -33,15 +33,19 @@ def _tower(seed: int, d: int = 16, blocks: int = 3, scale: float = 1.0) -> dict[
     return sd
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stream")
+def write_tower_files(root: Path, n_tasks: int = 4) -> Path:
+    """base.safetensors and t0..t{n-1}.safetensors: a small tower and its fine-tunes, under `root`."""
     base = _tower(0)
     save_state_dict(base, root / "base.safetensors")
-    for t in range(4):
+    for t in range(n_tasks):
         delta = _tower(100 + t, scale=0.05)
         save_state_dict({k: base[k] + delta[k] for k in base}, root / f"t{t}.safetensors")
     return root
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return write_tower_files(tmp_path_factory.mktemp("stream"))
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
