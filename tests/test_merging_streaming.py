@@ -83,7 +83,9 @@ _CHILD = textwrap.dedent(
     from core.checkpoints import open_state_dict, save_state_dict
     from core.merging import merge
     import core.merging.streaming
-    core.merging.streaming.CHUNK = 1 << 16  # chunk temporaries small next to the model, as at ViT-L/14 scale
+    # chunk temporaries small next to the model, as at ViT-L/14 scale: task arithmetic and TIES read 4x
+    # the default width, so their slabs have 64K columns (8 MB of temporaries at 256K, a quarter model here)
+    core.merging.streaming.CHUNK = 1 << 14
     root, method, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     def anon():
         for line in open("/proc/self/status"):
@@ -111,8 +113,8 @@ _CHILD = textwrap.dedent(
 @pytest.mark.parametrize("method", ["task_arithmetic", "ties", "tsv_m", "iso_cts"])
 def test_a_merge_of_n_files_does_not_hold_n_models(tmp_path, method):
     """8 fine-tunes of a 32 MB model: loading them would take 8+ model sizes; the streamed merge
-    (output included, saved to safetensors) stays under 3 (chunks of 64K columns: at ViT-L/14 size the
-    default 1M-column chunks are as small next to the model). The key-wise SVD methods hold one key's
+    (output included, saved to safetensors) stays under 3 (slabs of 64K columns: at ViT-L/14 size the
+    default ones are as small next to the model). The key-wise SVD methods hold one key's
     tensors at a time: its 64 keys of 256 x 512 are each 1.6 % of the model, as ViT-B/32's largest is 2.7 %
     and ViT-L/14's 1.4 % (with 16 keys of 1024 x 512 one key of 8 tasks alone is half a model)."""
     g = torch.Generator().manual_seed(0)

@@ -395,16 +395,13 @@ class TaskVectors:
             filled = f = None  # the slabs and read buffers: freed before the trim
             release_freed_memory()
 
+    def _base_direct(self, key: str) -> bool:
+        """Whether the base tensor `key` can be read in slices straight into a slab's base row."""
+        return hasattr(self.base, "read_range") and self.base.dtype(key) == self.dtype
+
     def _all_direct(self) -> bool:
         """Whether the base and every fine-tuned tensor can be read in slices straight into a slab."""
-        base = self.base
-        return all(
-            self._direct(k)
-            and hasattr(base, "read_range")
-            and base.dtype(k) == self.dtype
-            and base.shape(k) == tuple(self.shapes[k])
-            for k in self.keys
-        )
+        return all(self._direct(k) and self._base_direct(k) for k in self.keys)
 
     def _fill(self, size: int, acquire: Callable[[], Slab]):
         """The slabs of `chunks`, filled in flat order: yields a `Filled` per slab (its buffers from
@@ -416,7 +413,7 @@ class TaskVectors:
         pos, start, segments, raw, to_check = 0, 0, [], [], []
         for key in self.keys:
             direct = self.preprocess is None and self._direct(key)
-            ranged = direct and hasattr(self.base, "read_range") and self.base.dtype(key) == self.dtype
+            ranged = direct and self._base_direct(key)
             b = fts = tvs = None
             if not ranged:
                 if direct:
