@@ -99,6 +99,14 @@ def run_one(dirpath: Path, what: str, n_tasks: int, threads: int | None = None, 
     base = open_state_dict(dirpath / "base.safetensors")
     fts = [open_state_dict(dirpath / f"task{t}.safetensors") for t in range(n_tasks)]
     out_path = dirpath / f"out-{what}.safetensors"
+    # TIES's compiled kernel (numba import, its cached machine code, the check of torch's summation order):
+    # once per process, like the imports above, so it is loaded before the clock starts and reported apart
+    from core.merging import fused
+    from core.runtime.devices import resolve_device
+
+    t_load = time.perf_counter()
+    fused.usable(resolve_device(device), torch.float32)
+    kernel_load = time.perf_counter() - t_load
     import_peak = (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     )  # the import of torch's CUDA build peaks high
@@ -142,6 +150,7 @@ def run_one(dirpath: Path, what: str, n_tasks: int, threads: int | None = None, 
         "anon_peak": anon_peak,
         "svd_seconds": svd_time[0],
         "svd_calls": svd_time[1],
+        "kernel_load_seconds": kernel_load,
     }
 
 
@@ -345,6 +354,8 @@ def main() -> int:
                 f"{anon / model_bytes:8.2f} {r['peak_rss'] / 2**20:8.0f}Mi {above / 2**20:10.0f}Mi "
                 f"{above / model_bytes:8.2f} {rest}"
             )
+        loads = [x.get("kernel_load_seconds", 0.0) for rs in runs.values() for x in rs]
+        print(f"TIES kernel load (numba, once per process, before each timed run): {min(loads):.2f}-{max(loads):.2f} s")
         imp = max(r["import_peak_rss"] for r in results.values())
         print(
             "targets: ta, ta_lines <= 1.5x floor, ties <= 4x floor, peak anonymous memory <= 3.0 model sizes; "

@@ -86,6 +86,9 @@ _CHILD = textwrap.dedent(
     # chunk temporaries small next to the model, as at ViT-L/14 scale: task arithmetic and TIES read 4x
     # the default width, so their slabs have 64K columns (8 MB of temporaries at 256K, a quarter model here)
     core.merging.streaming.CHUNK = 1 << 14
+    # TIES's compiled kernel (numba's runtime, ~80 MB once per process, not per model): loaded before the baseline
+    from core.merging import fused
+    fused.usable(torch.device("cpu"), torch.float32)
     root, method, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     def anon():
         for line in open("/proc/self/status"):

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from . import fused
 from .direction import BlockL1, MergedDirection, split_coefficients, weighted
 from .kselect import (
     bin_edges,
@@ -183,10 +184,11 @@ class _Deferred:
         self.vals = torch.empty(n, 0, dtype=dtype)  # [N, m]: one column per deferred column
         self.cols = torch.empty(0, dtype=torch.int64)  # its column in its chunk
         self.size = 0
-        self.batches: list[tuple[list, int, int]] = []  # (segments, first column, columns)
+        self.batches: list[tuple[list, int, int, int]] = []  # (segments, chunk start, first column, columns)
 
-    def add(self, segments: list, cols: torch.Tensor, T: torch.Tensor) -> int:
-        """Defer columns `cols` of the [N, w] slab T (kept on the CPU, whatever device T is on)."""
+    def add(self, segments: list, cols: torch.Tensor, T: torch.Tensor, start: int) -> int:
+        """Defer columns `cols` of the [N, w] slab T, the chunk at `start` (kept on the CPU, whatever device
+        T is on)."""
         m = cols.numel()
         if self.size + m > self.vals.shape[1]:
             cap = max(2 * self.vals.shape[1], self.size + m, 1024)
@@ -196,14 +198,14 @@ class _Deferred:
             self.vals, self.cols = vals, idx
         self.vals[:, self.size : self.size + m] = T.index_select(1, cols).cpu()
         self.cols[self.size : self.size + m] = cols.cpu()
-        self.batches.append((segments, self.size, m))
+        self.batches.append((segments, start, self.size, m))
         self.size += m
         return self.size * self.vals.shape[0] * self.vals.element_size()
 
     def __iter__(self):
-        """(segments, chunk columns, contiguous [N, m] values) per batch."""
-        for segments, first, m in self.batches:
-            yield segments, self.cols[first : first + m], self.vals[:, first : first + m].contiguous()
+        """(segments, chunk start, chunk columns, contiguous [N, m] values) per batch."""
+        for segments, start, first, m in self.batches:
+            yield segments, start, self.cols[first : first + m], self.vals[:, first : first + m].contiguous()
 
 
 def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf"), rank: int | None = None):
@@ -225,7 +227,21 @@ def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf"), 
     # 4x the default width, like task arithmetic and the histogram pass: since the masks are written as floats
     # (fewer temporaries per slab) wider slabs are faster (B/32 x 8, interleaved: 262144 columns 3.84-4.16 s,
     # 65536 4.56-4.72 s, 524288 4.26-4.34 s)
-    for ch in tvs.chunks(size=4 * chunk_columns(len(tvs)), check="columns"):
+    kernel = fused.usable(tvs.device, tvs.dtype) and not tvs.allow_nonfinite
+    tail = fused.torch_tail(tvs.numel())  # where the reference sums its [N, d] matrix's columns differently
+    # the kernel's arithmetic is faster than the slab's reads: a reader thread fills the next slab meanwhile
+    for ch in tvs.chunks(size=4 * chunk_columns(len(tvs)), check="columns", read_ahead=kernel):
+        if kernel:
+            r = fused.ties_slab(ch.tvs, lo_d, hi_d, per_task, agg, at_or_above, tail - ch.start, w.view(ch))
+            tvs.check_columns(ch, r.colsum)
+            summed.add(r.colsum)
+            if r.hits is not None and deferred.add(list(ch.segments), r.hits, ch.tvs, ch.start) > budget:
+                raise _DeferOverflow
+            total += r.sign_total
+            if r.cancel_cols is not None:
+                pending.append((list(ch.segments), r.cancel_cols, r.cancel_vals))
+            w.write(ch, r.out)
+            continue
         T = ch.tvs  # the chunk's scratch buffer: trimmed in place
         column_sums = T.sum(dim=0)
         tvs.check_columns(ch, column_sums)  # before T changes: the NaN/Inf check rides on this sum
@@ -245,7 +261,7 @@ def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf"), 
                 hits = ge_lo.sum(dim=0).sub_(kept.sum(dim=0))  # entries with lo <= |tau| < hi, per column
                 if float(hits.sum()) > 0:  # (a float sum: torch's `any` cost 40-300 us per slab here)
                     dcols = hits.nonzero().flatten()
-                    if deferred.add(list(ch.segments), dcols, T) > budget:
+                    if deferred.add(list(ch.segments), dcols, T, ch.start) > budget:
                         raise _DeferOverflow
                 del ge_lo, hits
             T.mul_(kept)
@@ -275,10 +291,15 @@ def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf"), 
                 raise _DeferOverflow
             thresholds.append(float(torch.kthvalue(v, ranks[t]).values))
         thr = torch.tensor(thresholds, dtype=tvs.dtype).unsqueeze(1)
-        for segments, dcols, vals in deferred:
-            tr = weighted(vals * (vals.abs() >= thr), per_task)
-            out, raw, cols, neg = _elect(tr, agg)
-            total += int(raw.sum(dtype=torch.int64))
+        for segments, start, dcols, vals in deferred:
+            if kernel:  # the reference's order: columns past `tail` sum like the last of its whole matrix
+                r = fused.ties_slab(vals, thr, thr, per_task, agg, None, int((dcols + start < tail).sum()))
+                out, cols, neg = r.out, r.cancel_cols, r.cancel_vals
+                total += r.sign_total
+            else:
+                tr = weighted(vals * (vals.abs() >= thr), per_task)
+                out, raw, cols, neg = _elect(tr, agg)
+                total += int(raw.sum(dtype=torch.int64))
             if cols is not None:
                 pending.append((segments, dcols[cols], neg))
             w.write_at(segments, dcols, out)
