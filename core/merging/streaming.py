@@ -217,21 +217,25 @@ class TaskVectors:
             return sd.read_range(key, start, out).to(self.dtype)
         return sd[key].reshape(-1)[start : start + length].to(self.dtype)
 
-    def raw(self, key: str) -> list[torch.Tensor]:
-        b = self.base_f(key)
+    def raw(self, key: str, pool: ReadPool | None = None) -> list[torch.Tensor]:
+        """The N raw task vectors of `key`. With a `pool`, lazy checkpoints' tensors are read into its
+        buffers and the base is subtracted in place (valid until the pool's next read of `key`'s sources):
+        reads into reused memory, not fresh allocations whose pages fault in on every read."""
+        b = self.read(-1, key, pool)
         out = []
         for t, name in enumerate(self.names):
-            f = self.read(t, key)
+            f = self.read(t, key, pool)
             if f.shape != b.shape:
                 raise ValueError(
                     f"shape mismatch for {key!r}: base {tuple(b.shape)} vs fine-tuned {name!r} {tuple(f.shape)}"
                 )
-            out.append(f - b)
+            owned = pool is not None and hasattr(self.finetuned[t], "read_into")  # the pool's buffer, or an upcast
+            out.append(f.sub_(b) if owned and f.dtype == torch.result_type(f, b) else f - b)
         return out
 
-    def get(self, key: str) -> list[torch.Tensor]:
-        """The N task vectors of `key` (preprocessed, e.g. DARE), on the compute device."""
-        tvs = self.raw(key)
+    def get(self, key: str, pool: ReadPool | None = None) -> list[torch.Tensor]:
+        """The N task vectors of `key` (preprocessed, e.g. DARE), on the compute device (`raw`'s pool)."""
+        tvs = self.raw(key, pool)
         if self.preprocess is not None:
             tvs = [self.preprocess(t, key, v) for t, v in enumerate(tvs)]
         return [v.to(self.device) for v in tvs]
@@ -247,8 +251,9 @@ class TaskVectors:
         fault back in), no less memory; what bounds the SVD methods' memory is allocating their outputs
         first (core.merging.direction.keywise_direction)."""
         since_trim = 0
+        pool = ReadPool()  # every key's tensors read into the same buffers: the caller is done with a key first
         for key in self.keys:
-            ts = self.get(key)
+            ts = self.get(key, pool)
             yield key, ts, total(ts)
             since_trim += (len(ts) + 1) * ts[0].numel() * ts[0].element_size()
             ts = None
