@@ -59,6 +59,33 @@ def test_merge_from_files_equals_merge_in_memory_bitwise(files, method):
         assert torch.equal(lazy[k], eager[k]), (method, k)
 
 
+@pytest.mark.parametrize("method", ["magmax", "iso_c", "breadcrumbs"])
+def test_key_wise_reads_reuse_buffers_and_never_touch_in_memory_inputs(files, monkeypatch, method):
+    """Key-wise methods read every key into one buffer per file (TaskVectors.keywise's pool) and subtract the
+    base there in place; in-memory inputs (mixed with lazy ones here) are never written to."""
+    buffers, reads = set(), []
+    original = LazyStateDict.read_into
+
+    def spying(self, key, buf):
+        if buf is not None:
+            buffers.add(buf.data_ptr())
+            reads.append(key)
+        return original(self, key, buf)
+
+    monkeypatch.setattr(LazyStateDict, "read_into", spying)
+    paths = [files / f"t{t}.safetensors" for t in range(4)]
+    base = load_state_dict(files / "base.safetensors")
+    eager = [load_state_dict(p) for p in paths]
+    before = [{k: v.clone() for k, v in sd.items()} for sd in (base, *eager)]
+    mixed = merge(base, [eager[0], *(open_state_dict(p) for p in paths[1:])], method)
+    want = merge(base, eager, method)
+    for sd, kept in zip((base, *eager), before):
+        assert all(torch.equal(sd[k], kept[k]) for k in kept)
+    assert all(torch.equal(mixed[k], want[k]) for k in want)
+    # 3 lazy files x 17 keys read into 3 buffers (each grown when a larger key comes), not 51 fresh tensors
+    assert len(reads) == 3 * len(want) and 0 < len(buffers) <= 3 * 3, (len(reads), len(buffers))
+
+
 def test_task_vectors_read_no_tensor_before_the_merge(files, monkeypatch):
     reads = []
     original = LazyStateDict.__getitem__
