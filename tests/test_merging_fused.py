@@ -188,3 +188,7 @@ def test_without_numba_the_torch_pass_runs(monkeypatch):
     monkeypatch.delitem(sys.modules, "core.merging.ties_kernel", raising=False)
     assert not fused.usable(CPU, F32)
     assert not fused.usable(torch.device("meta"), F32) and not fused.usable(CPU, torch.float64)
+
+
+def test_warm_loads_the_kernel_and_says_so():
+    assert fused.warm().startswith("TIES kernel ready")

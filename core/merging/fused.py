@@ -152,3 +152,14 @@ def ties_slab(
         torch.from_numpy(cancel_cols[:n_cancel]) if n_cancel else None,
         torch.from_numpy(cancel_vals[:n_cancel]) if n_cancel else None,
     )
+
+
+def warm() -> str:
+    """Load (on a fresh install: compile, ~4 s) the kernel now, so no merge pays for it; `make` runs this after
+    installing."""
+    import time
+
+    t = time.perf_counter()
+    ok = usable(torch.device("cpu"), torch.float32)
+    state = "ready" if ok else "not usable here (the torch pass runs)"
+    return f"TIES kernel {state} ({time.perf_counter() - t:.1f} s)"
