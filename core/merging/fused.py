@@ -3,8 +3,8 @@
 The torch pass (core.merging.methods._ties_pass) runs about 15 whole-slab ops per [N, width] slab (sums,
 |tau|, comparisons, masks, products, clamps, signs): memory-bound on two cores, 2.5 s of arithmetic at
 ViT-B/32 x 8 for inputs that take 0.9 s to read. The kernel (core.merging.ties_kernel.ties_slab) reads a slab
-once, in blocks of 256 columns whose trimmed values stay in L1, branch-free so LLVM vectorizes it (2.3-2.6 ms
-per 8 x 262144 slab against ~25 ms for the torch ops), and releases the GIL, so a reader thread fills the next
+once, in blocks of 256 columns whose trimmed values stay in L1, branch-free so LLVM vectorizes it (2.5-3.1 ms
+per 8 x 262144 slab against 6.9-16.6 ms for the torch ops: bench/ties_slab.py), and releases the GIL, so a reader thread fills the next
 slab meanwhile (TaskVectors.chunks(read_ahead=True)).
 
 Bit-identity with the reference (nik-dim/tall_masks ties_utils.py on the stacked [N, d] matrix): every value
@@ -85,7 +85,7 @@ def torch_tail(w: int) -> int:
     """The first column of a contiguous [N, w] float32 matrix that torch sums over dim 0 in row_sum's
     interleaved order: on this build's CPU kernels, columns in full groups of 32 (vectorized_outer_sum's
     multi_row_sum) sum in the plain cascade, the rest in row_sum's order; narrower than 8 columns, torch takes
-    its scalar loop, whose groups are 4 columns. Checked against torch at first use (`calibrated`)."""
+    its scalar loop, whose groups are 4 columns. Checked against torch at first use (`_order_matches`)."""
     return w - w % 32 if w >= 8 else w - w % 4
 
 

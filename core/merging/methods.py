@@ -95,6 +95,8 @@ def ties_direction(tvs: TaskVectors, k: float = 0.2, agg: str = "mean", per_task
     the thresholds, which gives every threshold exactly, and pass 2 defers nothing. If the sample missed a
     bin, pass 2 defers as above; if the deferred columns still outgrow the budget (quantized task vectors,
     where a bin holds many equal values) one gather pass finds the exact thresholds first.
+    On the CPU in float32 the merge pass's arithmetic runs in one compiled loop per slab (core.merging.fused:
+    the same sums in torch's order, so the same bits) while a reader thread fills the next slab.
     With few tasks (the plain deferring pass would hold under a quarter of the budget) the histogram pass
     is skipped: a denser sample (`threshold_range`) gives each threshold a range of bins, the one merge
     pass defers the columns with an entry in that range and counts each task's entries at or above its
