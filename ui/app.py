@@ -14,6 +14,7 @@ from ui import errors, existing_pages, page_path
 from ui import state as S
 
 st.set_page_config(page_title="MergeScope", page_icon=":material/layers:", layout="wide")
+S.warm_kernels()  # once per server process, on a background thread
 
 
 def landing() -> None:
