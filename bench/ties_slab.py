@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.merging import fused  # noqa: E402
 from core.merging.direction import weighted  # noqa: E402
-from core.merging.methods import _elect  # noqa: E402
+from core.merging.methods import elect  # noqa: E402
 
 
 def torch_ops(T, lo, hi, agg="mean"):
@@ -34,7 +34,7 @@ def torch_ops(T, lo, hi, agg="mean"):
     counts = ge_lo.sum(dim=1)
     hits = ge_lo.sum(dim=0).sub_(kept.sum(dim=0))
     T.mul_(kept)
-    out, raw, cols, neg = _elect(weighted(T, None), agg)
+    out, raw, cols, neg = elect(weighted(T, None), agg)
     return out, column_sums, hits, counts
 
 

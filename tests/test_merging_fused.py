@@ -10,7 +10,7 @@ import torch
 import core.merging.streaming as streaming
 from core.merging import fused, merge
 from core.merging.direction import weighted
-from core.merging.methods import _elect
+from core.merging.methods import elect
 
 CPU, F32 = torch.device("cpu"), torch.float32
 pytestmark = pytest.mark.skipif(not fused.usable(CPU, F32), reason="numba missing or torch's sums in another order")
@@ -29,7 +29,7 @@ def torch_slab(T, lo, hi, per_task, agg):
     counts = ge_lo.sum(dim=1).long()
     hits = (ge_lo.sum(0) - kept.sum(0)).nonzero().flatten()
     tr = weighted(T * kept, per_task)
-    out, raw, cols, neg = _elect(tr, agg)
+    out, raw, cols, neg = elect(tr, agg)
     decided = torch.ones_like(raw, dtype=torch.bool)
     decided[hits] = False
     if cols is not None:
@@ -192,3 +192,34 @@ def test_without_numba_the_torch_pass_runs(monkeypatch):
 
 def test_warm_loads_the_kernel_and_says_so():
     assert fused.warm().startswith("TIES kernel ready")
+
+
+@pytest.mark.parametrize("n, quantize", [(6, None), (8, 16), (20, None)])
+def test_the_threshold_pass_counts_the_same_histograms_with_the_kernel(monkeypatch, n, quantize):
+    """kselect.topk_thresholds on the CPU counts its high- and low-bit histograms in the compiled loop: the
+    same bins, ranks and exact thresholds as torch's bincounts, which equal the flat kthvalue."""
+    from core.merging import TaskVectors, kselect
+
+    monkeypatch.setattr(streaming, "CHUNK", 64)
+    base, fts = _models(n, SHAPES, seed=50 + n, quantize=quantize)
+    calls = []
+    kernel = fused.histogram_slab
+    monkeypatch.setattr(fused, "histogram_slab", lambda *a: calls.append(a[2] is not None) or kernel(*a))
+    keys = sorted(base)
+    tv = torch.stack([torch.cat([f[x].reshape(-1) for x in keys]) for f in fts]) - torch.cat(
+        [base[x].reshape(-1) for x in keys]
+    )
+    exact = 0
+    for k in (0.05, 0.2, 0.7):
+        got = kselect.topk_thresholds(TaskVectors(base, fts), k)
+        bins_only = kselect.topk_thresholds(TaskVectors(base, fts), k, None)
+        with monkeypatch.context() as m:
+            m.setattr(fused, "ENABLED", False)
+            want = kselect.topk_thresholds(TaskVectors(base, fts), k)
+            want_bins = kselect.topk_thresholds(TaskVectors(base, fts), k, None)
+        assert got == want and bins_only == want_bins, k
+        d = tv.shape[1]
+        if got[2] is not None:
+            exact += 1
+            assert got[2] == tv.abs().kthvalue(d - int(d * k), dim=1).values.tolist()
+    assert exact and True in calls and False in calls  # with and without candidate bins, through the kernel

@@ -154,6 +154,21 @@ def ties_slab(
     )
 
 
+def histogram_slab(T: torch.Tensor, hist: torch.Tensor, cand: tuple | None, fine: torch.Tensor | None) -> None:
+    """The TIES threshold pass's histograms of slab T (float32 [N, W], contiguous, CPU; `usable`): adds to
+    hist (int64 [N, 2^15], CPU) and, with cand = (first, width, offset) int64 [N] tensors of the candidate
+    bins, to fine (int64, CPU) - core.merging.ties_kernel.histogram_slab, GIL released."""
+    from .ties_kernel import histogram_slab as kernel
+
+    n = T.shape[0]
+    if cand is None:
+        z = np.zeros(n, dtype=np.int64)
+        kernel(T.view(torch.int32).numpy(), hist.numpy(), z, z, z, np.zeros(1, dtype=np.int64), False)
+        return
+    first, width, offset = (c.to(torch.int64).numpy() for c in cand)
+    kernel(T.view(torch.int32).numpy(), hist.numpy(), first, width, offset, fine.numpy(), True)
+
+
 def warm() -> str:
     """Load (on a fresh install: compile, ~4 s) the kernel now, so no merge pays for it; `make` runs this after
     installing."""

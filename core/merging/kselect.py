@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import fused
 from .streaming import TaskVectors, chunk_columns
 
 
@@ -163,9 +164,16 @@ def topk_thresholds(
         offset = (torch.cumsum(width, 0) - width).to(dev)  # each task's first fine bin, in units of 2^16
         fine = torch.zeros(int(width.sum()) << 16, dtype=torch.int64, device=dev)
         pending, held = [], 0
+    # On the CPU in float32 one compiled loop per slab counts both histograms (core.merging.fused, GIL
+    # released) while a reader thread fills the next slab; elsewhere torch's bincounts.
+    kernel = fused.usable(tvs.device, tvs.dtype)
+    kcand = None if cand is None else (first, width, offset.cpu())
     # 4x wider slabs than the merge pass: a bincount per task and slab, so fewer, larger ones (measured
     # 2.05 vs 2.8 s for 8 ViT-B/32 task vectors)
-    for ch in tvs.chunks(size=4 * chunk_columns(n)):
+    for ch in tvs.chunks(size=4 * chunk_columns(n), read_ahead=kernel):
+        if kernel:
+            fused.histogram_slab(ch.tvs, hist, kcand, None if cand is None else fine)
+            continue
         high = high_bits(ch.tvs)
         for t in range(n):
             hist[t] += torch.bincount(high[t], minlength=nbins)

@@ -141,7 +141,7 @@ def _mask(b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return b.view(torch.uint8).to(dtype)
 
 
-def _elect(tr: torch.Tensor, agg: str):
+def elect(tr: torch.Tensor, agg: str):
     """Elect and merge the trimmed [N, w] slab `tr` (the reference's resolve_sign + disjoint_merge).
 
     Returns (merged values [w], raw elected sign [w], columns of exact cancellation, their values under a
@@ -269,7 +269,7 @@ def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf"), 
             T.mul_(kept)
             del a, kept
         tr = weighted(T, per_task)
-        out, raw, cols, neg = _elect(tr, agg)
+        out, raw, cols, neg = elect(tr, agg)
         if dcols is not None:  # provisional values: counted when the deferred columns are merged
             total -= int(raw[dcols].sum(dtype=torch.int64))
             if cols is not None:
@@ -300,7 +300,7 @@ def _ties_pass(tvs, lo, hi, ranks, agg, per_task, budget: float = float("inf"), 
                 total += r.sign_total
             else:
                 tr = weighted(vals * (vals.abs() >= thr), per_task)
-                out, raw, cols, neg = _elect(tr, agg)
+                out, raw, cols, neg = elect(tr, agg)
                 total += int(raw.sum(dtype=torch.int64))
             if cols is not None:
                 pending.append((segments, dcols[cols], neg))

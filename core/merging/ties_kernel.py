@@ -202,3 +202,40 @@ def ties_slab(T, lo, hi, lam, mean, tail_from, out, colsum, at_or_above, hits, c
             j = cancel_cols[i] - j0
             cancel_vals[i] = _disjoint(tr, j, -one, j0 + j >= tail_from, mean, col)[0]
     return n_hits, sign_total, n_cancel
+
+
+@numba.njit(nogil=True, cache=True)
+def histogram_slab(bits, hist, first, width, offset, fine, with_fine):
+    """The TIES threshold pass on one slab (core.merging.kselect.topk_thresholds): `bits` is the [N, W] slab
+    of float32 task vectors viewed as int32. Adds every entry's high 16 bits of |tau| (sign cleared) to its
+    task's row of hist [N, 2^15]; with_fine: an entry whose high bits fall in its task's candidate bins
+    [first, first + width) also adds its low 16 bits to fine, at ((offset + bin - first) << 16) | low.
+    Integer counts: the same histograms as the torch pass's bincounts, whatever the order.
+
+    The candidates (~2 % of the entries) are first compacted branch-free into `pos`, then counted: a branch
+    per entry around the fine count ran 2.6x slower (14.7 vs 5.7 ms for a [20, 262144] slab; the high
+    histogram alone 2.1 ms)."""
+    n, w = bits.shape
+    pos = np.empty(w, dtype=np.int64)
+    for t in range(n):
+        row = bits[t]
+        h = hist[t]
+        f0 = first[t]
+        wd = width[t]
+        o = offset[t]
+        if not with_fine:
+            for j in range(w):
+                h[(row[j] >> 16) & 0x7FFF] += 1
+            continue
+        cnt = 0
+        for j in range(w):
+            b = row[j]
+            hb = (b >> 16) & 0x7FFF
+            h[hb] += 1
+            rel = hb - f0
+            pos[cnt] = j
+            cnt += (rel >= 0) & (rel < wd)
+        for i in range(cnt):
+            b = row[pos[i]]
+            rel = ((b >> 16) & 0x7FFF) - f0
+            fine[((o + rel) << 16) | (b & 0xFFFF)] += 1
