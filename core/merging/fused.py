@@ -5,7 +5,9 @@ The torch pass (core.merging.methods._ties_pass) runs about 15 whole-slab ops pe
 ViT-B/32 x 8 for inputs that take 0.9 s to read. The kernel (core.merging.ties_kernel.ties_slab) reads a slab
 once, in blocks of 256 columns whose trimmed values stay in L1, branch-free so LLVM vectorizes it (2.5-3.1 ms
 per 8 x 262144 slab against 6.9-16.6 ms for the torch ops: bench/ties_slab.py), and releases the GIL, so a reader thread fills the next
-slab meanwhile (TaskVectors.chunks(read_ahead=True)).
+slab meanwhile (TaskVectors.chunks(read_ahead=True)). With many tasks TIES's threshold pass (the high- and
+low-bit histograms of |tau|, core.merging.kselect.topk_thresholds) runs a compiled loop too
+(`histogram_slab`: integer counts, the same in any order).
 
 Bit-identity with the reference (nik-dim/tall_masks ties_utils.py on the stacked [N, d] matrix): every value
 is added in torch's order. torch's float32 sum over dim 0 of a contiguous [N, W] matrix
