@@ -233,7 +233,7 @@ def test_ties_with_many_tasks_merges_in_two_passes_with_nothing_deferred(monkeyp
     monkeypatch.setattr(methods, "gather_thresholds", forbidden)
     monkeypatch.setattr(methods._Deferred, "add", forbidden)
     got = merge(base, fts, "ties", k=0.2, coefficients=0.7)
-    assert torch.equal(flat(got, sorted(base)), _reference_ties_keys(base, fts, 0.2, 0.7))
+    assert torch.equal(flat(got, sorted(base)), reference_ties_keys(base, fts, 0.2, 0.7))
 
 
 def _count_passes(monkeypatch):
@@ -254,7 +254,7 @@ def test_ties_with_few_tasks_merges_in_one_pass(monkeypatch, n):
     monkeypatch.setattr(methods, "topk_thresholds", lambda *a: pytest.fail("no histogram pass expected"))
     got = merge(base, fts, "ties", k=0.2, coefficients=0.7)
     assert len(passes) == 1
-    assert torch.equal(flat(got, sorted(base)), _reference_ties_keys(base, fts, 0.2, 0.7))
+    assert torch.equal(flat(got, sorted(base)), reference_ties_keys(base, fts, 0.2, 0.7))
 
 
 @pytest.mark.parametrize("how", ["missed", "too_wide"])
@@ -273,7 +273,7 @@ def test_a_one_pass_range_that_fails_falls_back_to_two_passes_and_stays_exact(mo
     passes = _count_passes(monkeypatch)
     got = merge(base, fts, "ties", k=0.2, coefficients=0.7)
     assert len(passes) == 3  # the failed pass, the histogram, the merge
-    assert torch.equal(flat(got, sorted(base)), _reference_ties_keys(base, fts, 0.2, 0.7))
+    assert torch.equal(flat(got, sorted(base)), reference_ties_keys(base, fts, 0.2, 0.7))
 
 
 def test_the_threshold_range_of_a_dense_sample_is_narrow_and_holds_the_thresholds():
@@ -291,17 +291,23 @@ def test_the_threshold_range_of_a_dense_sample_is_narrow_and_holds_the_threshold
     assert 0 < r.deferred_share < 0.5
 
 
-def _reference_ties_keys(base, fts, k, lam):
+def reference_ties_keys(base, fts, k, lam, agg="mean"):
+    """nik-dim/tall_masks ties_utils.py on the stacked, flattened [N, d] matrix (keys sorted). lam: the global
+    lambda, or per-task lambdas scaling the trimmed rows before the election (as core.merging.methods)."""
     keys = sorted(base)
     fb = torch.cat([base[x].reshape(-1) for x in keys])
     tv = torch.stack([torch.cat([f[x].reshape(-1) for x in keys]) for f in fts]) - fb
     d = tv.shape[1]
     thr = tv.abs().kthvalue(d - int(d * k), dim=1, keepdim=True).values
     tr = tv * (tv.abs() >= thr)
+    scale = lam
+    if isinstance(lam, list):
+        tr, scale = tr * torch.tensor(lam).unsqueeze(1), 1.0
     sign = torch.sign(tr.sum(0))
     sign[sign == 0] = torch.sign(sign.sum())
     sel = tr * torch.where(sign.unsqueeze(0) > 0, tr > 0, tr < 0)
-    return fb + lam * (sel.sum(0) / torch.clamp((sel != 0).sum(0).float(), min=1))
+    merged = sel.sum(0) / torch.clamp((sel != 0).sum(0).float(), min=1) if agg == "mean" else sel.sum(0)
+    return fb + scale * merged
 
 
 def test_a_sample_that_misses_the_threshold_bin_falls_back_and_stays_exact(monkeypatch):
@@ -323,7 +329,7 @@ def test_a_sample_that_misses_the_threshold_bin_falls_back_and_stays_exact(monke
     assert global_topk_thresholds(TaskVectors(base, fts), 0.2) == _flat_thresholds(base, fts, 0.2)  # gather pass
     got = merge(base, fts, "ties", k=0.2, coefficients=0.7)
     assert calls  # the merge pass deferred the in-bin columns
-    assert torch.equal(flat(got, sorted(base)), _reference_ties_keys(base, fts, 0.2, 0.7))
+    assert torch.equal(flat(got, sorted(base)), reference_ties_keys(base, fts, 0.2, 0.7))
 
 
 def test_the_threshold_sample_reads_a_small_share_of_each_lazy_file(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from test_merging import reference_ties_keys
 
 import core.merging.streaming as streaming
 from core.merging import fused, merge
@@ -118,27 +119,6 @@ def _models(n, d_keys, seed, quantize):
     return base, fts
 
 
-def reference_ties(base, fts, k, agg, lam):
-    """nik-dim/tall_masks ties_utils.py on the stacked [N, d] matrix (per-task lambdas scale the trimmed
-    rows before the election, as core.merging.methods does)."""
-    keys = sorted(base)
-    fb = torch.cat([base[x].reshape(-1) for x in keys])
-    tv = torch.stack([torch.cat([f[x].reshape(-1) for x in keys]) for f in fts]) - fb
-    d = tv.shape[1]
-    thr = tv.abs().kthvalue(d - int(d * k), dim=1, keepdim=True).values
-    tr = tv * (tv.abs() >= thr)
-    scale = 1.0
-    if isinstance(lam, list):
-        tr = tr * torch.tensor(lam).unsqueeze(1)
-    else:
-        scale = lam
-    sign = torch.sign(tr.sum(0))
-    sign[sign == 0] = torch.sign(sign.sum())
-    sel = tr * torch.where(sign.unsqueeze(0) > 0, tr > 0, tr < 0)
-    merged = sel.sum(0) / torch.clamp((sel != 0).sum(0).float(), min=1) if agg == "mean" else sel.sum(0)
-    return keys, fb + scale * merged
-
-
 SHAPES = {"a.w": (37, 41), "b.w": (64, 33), "c.bias": (29,)}  # d = 3658: not a multiple of 32
 
 
@@ -154,7 +134,7 @@ def test_streamed_ties_with_the_kernel_equals_the_flat_reference(monkeypatch, n,
     monkeypatch.setattr(fused, "ties_slab", lambda *a, **kw: calls.append(a[0].shape) or kernel(*a, **kw))
     base, fts = _models(n, SHAPES, seed=n + (quantize or 0), quantize=quantize)
     for lam in (0.7, [0.5 + 0.1 * t for t in range(n)]):
-        keys, want = reference_ties(base, fts, 0.2, agg, lam)
+        keys, want = sorted(base), reference_ties_keys(base, fts, 0.2, lam, agg)
         got = merge(base, fts, "ties", k=0.2, agg=agg, coefficients=lam)
         assert torch.equal(bits(torch.cat([got[x].reshape(-1) for x in keys])), bits(want)), lam
     assert calls, "the kernel was not used"
@@ -163,7 +143,7 @@ def test_streamed_ties_with_the_kernel_equals_the_flat_reference(monkeypatch, n,
 def test_the_torch_pass_runs_when_the_kernel_is_off_or_nonfinite_values_are_allowed(monkeypatch):
     monkeypatch.setattr(fused, "ties_slab", lambda *a, **kw: pytest.fail("the kernel should not run"))
     base, fts = _models(4, SHAPES, seed=3, quantize=None)
-    keys, want = reference_ties(base, fts, 0.2, "mean", 1.0)
+    keys, want = sorted(base), reference_ties_keys(base, fts, 0.2, 1.0)
     got = merge(base, fts, "ties", k=0.2, coefficients=1.0, allow_nonfinite=True)
     assert torch.equal(bits(torch.cat([got[x].reshape(-1) for x in keys])), bits(want))
     monkeypatch.setattr(fused, "ENABLED", False)

@@ -70,6 +70,18 @@ def _disjoint(tr, j, s, ilp, mean, u):
 
 
 @numba.njit(nogil=True, cache=True)
+def _carry(acc, r, b):
+    """After row r (a multiple of RUN) of a block's cascade: level 0 added into level 1, and a level into
+    the next while r completes a run of RUN of that level too (`_cascade`, for the first b columns)."""
+    for lv in range(1, 4):
+        for j in range(b):
+            acc[lv, j] += acc[lv - 1, j]
+            acc[lv - 1, j] = f32(0.0)
+        if (r & ((RUN - 1) << (lv * 4))) != 0:
+            break
+
+
+@numba.njit(nogil=True, cache=True)
 def ties_slab(T, lo, hi, lam, mean, tail_from, out, colsum, at_or_above, hits, cancel_cols, cancel_vals):
     """TIES on slab T [N, W]: trim (|tau| >= hi kept; lo <= |tau| < hi undecided, its column a hit; lo = hi: none), scale
     row t by lam[t], elect sign(sum) (0 -> +1), disjoint mean (or sum) of the entries of the elected sign.
@@ -127,16 +139,9 @@ def ties_slab(T, lo, hi, lam, mean, tail_from, out, colsum, at_or_above, hits, c
                 cnt += lanes[j]
                 lanes[j] = 0
             at_or_above[t] += cnt
-            r = t + 1
-            if r % RUN == 0 and r <= full:
-                for lv in range(1, 4):
-                    for j in range(b):
-                        acc[lv, j] += acc[lv - 1, j]
-                        acc[lv - 1, j] = zero
-                        acc2[lv, j] += acc2[lv - 1, j]
-                        acc2[lv - 1, j] = zero
-                    if (r & ((RUN - 1) << (lv * 4))) != 0:
-                        break
+            if (t + 1) % RUN == 0 and t + 1 <= full:
+                _carry(acc, t + 1, b)
+                _carry(acc2, t + 1, b)
         plain = min(b, max(0, tail_from - j0))  # the block's columns before the tail
         for j in range(plain):  # branch-free: vectorized
             c = acc[0, j] + acc[1, j]
@@ -170,14 +175,8 @@ def ties_slab(T, lo, hi, lam, mean, tail_from, out, colsum, at_or_above, hits, c
                 pos = u > zero
                 a0[j] += u if pos else zero
                 c0[j] += f32(pos)
-            r = t + 1
-            if r % RUN == 0 and r <= full:
-                for lv in range(1, 4):
-                    for j in range(b):
-                        acc[lv, j] += acc[lv - 1, j]
-                        acc[lv - 1, j] = zero
-                    if (r & ((RUN - 1) << (lv * 4))) != 0:
-                        break
+            if (t + 1) % RUN == 0 and t + 1 <= full:
+                _carry(acc, t + 1, b)
         for j in range(plain):
             tot = acc[0, j] + acc[1, j]
             tot = tot + acc[2, j]
