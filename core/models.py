@@ -62,10 +62,14 @@ def register_zoo_configs() -> None:
     global _registered
     if _registered:
         return
-    d = Path(tempfile.mkdtemp(prefix="mergescope-configs-"))
-    for name, cfg in ZOO_CONFIGS.items():
-        (d / f"{name}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(d)
+    # open_clip reads the files when the folder is added (and a later rescan skips a folder that is gone),
+    # so the folder is removed right away: one left per process filled /tmp with ~1,100 folders of tests and
+    # CLI runs
+    with tempfile.TemporaryDirectory(prefix="mergescope-configs-") as tmp:
+        d = Path(tmp)
+        for name, cfg in ZOO_CONFIGS.items():
+            (d / f"{name}.json").write_text(json.dumps(cfg))
+        open_clip.add_model_config(d)
     _registered = True
 
 

@@ -99,3 +99,21 @@ def test_load_visual_copies_in_place_and_checks_shapes():
     torch.testing.assert_close(model.token_embedding.weight, text_before)
     with pytest.raises(ValueError, match="shape"):
         load_visual(model, {"visual.conv1.weight": torch.zeros(1, 3, 8, 8)})
+
+
+def test_registering_the_zoo_configs_leaves_no_folder_behind(tmp_path, monkeypatch):
+    """open_clip reads the configs when their folder is added; the folder is removed at once (one per
+    process used to pile up in /tmp), and open_clip still builds the zoo's architecture afterwards."""
+    import tempfile
+
+    import open_clip
+
+    from core import models
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(models, "_registered", False)
+    models.register_zoo_configs()
+    assert list(tmp_path.iterdir()) == []
+    open_clip.add_model_config(tmp_path)  # a later rescan by anyone keeps the zoo's configs
+    assert "mergescope-zoo" in open_clip.list_models()
+    assert open_clip.create_model("mergescope-micro", pretrained=None) is not None
