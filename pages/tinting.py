@@ -179,8 +179,9 @@ by = st.radio("λ heatmap rows", ["block", "tensor"], horizontal=True, key="tint
 st.plotly_chart(P.lambda_heatmap(m.lambda_frame(by)), key="tint_lambda_fig")
 
 if st.button("Prepare export (merged encoder + per-task tints, safetensors)", key="tint_export"):
-    path = Path(tempfile.mkdtemp(prefix="mergescope-tint-")) / "tinted.safetensors"
-    export_tinted(m, path, config=res.config, accuracy=res.accuracy)
-    st.session_state["tint_export_bytes"] = path.read_bytes()
+    with tempfile.TemporaryDirectory(prefix="mergescope-tint-") as tmp:  # the bytes are kept, not the file
+        path = Path(tmp) / "tinted.safetensors"
+        export_tinted(m, path, config=res.config, accuracy=res.accuracy)
+        st.session_state["tint_export_bytes"] = path.read_bytes()
 if st.session_state.get("tint_export_bytes"):
     st.download_button("Download tinted.safetensors", st.session_state["tint_export_bytes"], "tinted.safetensors")

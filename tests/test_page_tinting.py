@@ -20,7 +20,7 @@ def micro(micro_zoo, monkeypatch, tmp_path):
     return micro_zoo
 
 
-def test_a_tiny_run_and_its_ablation_show_comparison_and_lambda_heatmap(micro):
+def test_a_tiny_run_and_its_ablation_show_comparison_and_lambda_heatmap(micro, tmp_path, monkeypatch):
     at = AppTest.from_file(PAGE, default_timeout=120)
     at.session_state["model_set_ref"] = core.spec.ModelSetRef(zoo="micro")
     at.run()
@@ -43,6 +43,14 @@ def test_a_tiny_run_and_its_ablation_show_comparison_and_lambda_heatmap(micro):
     assert [m.label for m in at.metric][:2] == ["Trained parameters", "Fraction of the visual encoder"]
     assert [r.steps_done for r in job.results] == [2, 2] and [r["step"] for r in job.rows] == [1, 2]
     assert [r.config.filter for r in job.results] == [True, False]
+    # the export: its bytes kept for the download button, no temp folder left behind
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp))
+    at.button(key="tint_export").click().run()
+    assert not at.exception
+    data = at.session_state["tint_export_bytes"]
+    assert len(data) > 1000 and list(tmp.iterdir()) == []
 
 
 def test_adamerging_is_a_method_choice_and_trains_only_lambda(micro):
