@@ -170,8 +170,12 @@ def test_without_numba_the_torch_pass_runs(monkeypatch):
     assert not fused.usable(torch.device("meta"), F32) and not fused.usable(CPU, torch.float64)
 
 
-def test_warm_loads_the_kernel_and_says_so():
+def test_warm_loads_the_kernel_and_says_so(monkeypatch):
+    calls = []
+    kernel = fused.histogram_slab
+    monkeypatch.setattr(fused, "histogram_slab", lambda *a: calls.append(1) or kernel(*a))
     assert fused.warm().startswith("TIES kernel ready")
+    assert calls  # the threshold pass's loop is loaded too
 
 
 @pytest.mark.parametrize("n, quantize", [(6, None), (8, 16), (20, None)])

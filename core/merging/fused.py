@@ -178,5 +178,7 @@ def warm() -> str:
 
     t = time.perf_counter()
     ok = usable(torch.device("cpu"), torch.float32)
+    if ok:  # the threshold pass's loop too (`usable` ran the merge pass's)
+        histogram_slab(torch.zeros(1, 8), torch.zeros(1, 1 << 15, dtype=torch.int64), None, None)
     state = "ready" if ok else "not usable here (the torch pass runs)"
     return f"TIES kernel {state} ({time.perf_counter() - t:.1f} s)"

@@ -187,9 +187,6 @@ class TaskVectors:
             self._checked.add((source, key))
         return as_compute(t)
 
-    def base_f(self, key: str) -> torch.Tensor:
-        return self.read(-1, key)
-
     def sample(self, every: int, spans: int = 4) -> torch.Tensor:
         """About one entry in `every` of each task vector, as an [N, m] tensor (compute dtype, CPU).
 
@@ -334,9 +331,10 @@ class TaskVectors:
         while the consumer computes on this one with one torch thread fewer (the reader has its core: on 2
         cores two OpenMP threads next to the reader stall at their barriers and nothing is gained). Task
         arithmetic at ViT-B/32 x 8 from the page cache: 0.61 s instead of 0.84 s (2 threads, inline), two
-        slabs of memory instead of one. Not for compute-bound consumers (TIES: its arithmetic on one thread
-        costs more than the reads it would hide). Either way the base is subtracted from a slab's N rows
-        in one op when the slab is handed over.
+        slabs of memory instead of one. Not for consumers whose torch arithmetic is compute-bound (TIES's
+        torch pass on one thread cost more than the reads it would hide); TIES's compiled loops
+        (core.merging.fused: one thread, the GIL released) use it. Either way the base is subtracted from a
+        slab's N rows in one op when the slab is handed over.
         """
         if check not in ("slab", "columns"):
             raise ValueError(f"check must be 'slab' or 'columns', got {check!r}")
