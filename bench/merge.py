@@ -112,7 +112,7 @@ def run_one(dirpath: Path, what: str, n_tasks: int, threads: int | None = None, 
     )  # the import of torch's CUDA build peaks high
     _reset_peak_rss()  # from here VmHWM is the peak of the merge itself (plus what is resident now)
     baseline = _status_bytes("VmRSS")
-    svd_time = _time_svds(torch)
+    svd_time, product_time = _time_svds(torch), _time_products(torch)
     anon = _AnonSampler()
     t0, cpu0 = time.perf_counter(), time.process_time()
     if what == "floor":
@@ -150,6 +150,7 @@ def run_one(dirpath: Path, what: str, n_tasks: int, threads: int | None = None, 
         "anon_peak": anon_peak,
         "svd_seconds": svd_time[0],
         "svd_calls": svd_time[1],
+        "product_seconds": product_time[0],
         "kernel_load_seconds": kernel_load,
     }
 
@@ -157,18 +158,32 @@ def run_one(dirpath: Path, what: str, n_tasks: int, threads: int | None = None, 
 def _time_svds(torch) -> list:
     """[seconds, calls] spent inside torch.linalg.svd from now on in this process: the SVD methods' target
     is their SVDs' own time plus 1.5x the floor (every SVD of core.merging.lowrank goes through it)."""
-    acc = [0.0, 0]
-    svd = torch.linalg.svd
+    return _timed(torch.linalg, "svd")
+
+
+def _time_products(torch) -> list:
+    """[seconds, calls] spent in matrix products (`@`, `addmm_`) from now on in this process: the SVD
+    methods' products of their factors (U V^T, the polar factors' product, CART's low-rank terms,
+    Iso-CTS's projections), reported apart from the rest."""
+    acc = _timed(torch.Tensor, "__matmul__")
+    _timed(torch.Tensor, "addmm_", acc)
+    return acc
+
+
+def _timed(owner, name: str, acc: list | None = None) -> list:
+    """Replace owner.name by a wrapper that adds its wall time and calls to acc ([seconds, calls])."""
+    acc = [0.0, 0] if acc is None else acc
+    fn = getattr(owner, name)
 
     def timed(*args, **kwargs):
         t = time.perf_counter()
         try:
-            return svd(*args, **kwargs)
+            return fn(*args, **kwargs)
         finally:
             acc[0] += time.perf_counter() - t
             acc[1] += 1
 
-    torch.linalg.svd = timed
+    setattr(owner, name, timed)
     return acc
 
 
@@ -342,13 +357,19 @@ def main() -> int:
         print(f"load average at start {load0:.1f}, at the end {os.getloadavg()[0]:.1f}, on {os.cpu_count()} cores")
         print(
             f"{'method':<15} {'seconds':>8} {'CPU s':>7} {'x floor':>8} {'peak anon':>10} {'x model':>8} "
-            f"{'peak RSS':>10} {'above start':>12} {'x model':>8} {'SVDs':>8} {'rest x floor':>13}"
+            f"{'peak RSS':>10} {'above start':>12} {'x model':>8} {'SVDs':>8} {'rest x floor':>13} "
+            f"{'products':>9} {'other x floor':>14}"
         )
         for what, r in results.items():
             above = r["peak_rss"] - r["baseline_rss"]
             anon = r["anon_peak"] - r["anon_start"]
             svd = r.get("svd_seconds", 0.0)
-            rest = f"{svd:7.2f}s {(r['seconds'] - svd) / floor:13.2f}" if r.get("svd_calls") else ""
+            mm = r.get("product_seconds", 0.0)
+            rest = (
+                f"{svd:7.2f}s {(r['seconds'] - svd) / floor:13.2f} {mm:8.2f}s {(r['seconds'] - svd - mm) / floor:14.2f}"
+                if r.get("svd_calls")
+                else ""
+            )
             print(
                 f"{what:<15} {r['seconds']:8.2f} {r.get('cpu_seconds', 0.0):7.1f} {r['seconds'] / floor:8.2f} {anon / 2**20:8.0f}Mi "
                 f"{anon / model_bytes:8.2f} {r['peak_rss'] / 2**20:8.0f}Mi {above / 2**20:10.0f}Mi "
@@ -359,7 +380,8 @@ def main() -> int:
         imp = max(r["import_peak_rss"] for r in results.values())
         print(
             "targets: ta, ta_lines <= 1.5x floor, ties <= 4x floor, peak anonymous memory <= 3.0 model sizes; "
-            "SVD methods: seconds <= their SVDs' seconds + 1.5x floor (rest x floor <= 1.5)"
+            "SVD methods: seconds <= their SVDs' seconds + 1.5x floor (rest x floor <= 1.5; 'other': the rest "
+            "without the methods' matrix products)"
         )
         print(
             "(peak anon: RssAnon sampled every 20 ms during the merge, minus its value at the start; peak RSS: "

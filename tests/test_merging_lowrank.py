@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.merging import merge, merged_direction
-from core.merging.lowrank import iso_cts_sizes, polar, svd, svdvals
+from core.merging.lowrank import iso_cts_sizes, polar, polar_product, svd, svdvals
 
 SHAPES = {
     "visual.class_embedding": (8,),
@@ -218,6 +218,20 @@ def test_polar_factors_are_orthogonal(shape):
     if shape[0] >= shape[1]:
         h = p.T @ a
         assert torch.allclose(h, h.T, atol=1e-12) and bool((torch.linalg.eigvalsh(h) > -1e-12).all())
+
+
+@pytest.mark.parametrize("m, p, n", [(30, 8, 12), (12, 8, 30), (9, 9, 9), (6, 10, 14), (14, 10, 6), (5, 3, 40)])
+@pytest.mark.parametrize("scalar", [False, True])
+def test_polar_product_is_the_product_of_the_polar_factors(m, p, n, scalar):
+    """polar(a) diag(s) polar(b), formed from the core out whichever side is cheaper (p > m or p > n too)."""
+    g = torch.Generator().manual_seed(m * 100 + p * 10 + n)
+    a, b = torch.randn(m, p, generator=g, dtype=torch.float64), torch.randn(p, n, generator=g, dtype=torch.float64)
+    s = torch.tensor(1.7, dtype=torch.float64) if scalar else torch.rand(p, generator=g, dtype=torch.float64) + 0.5
+    want = (polar(a) * s) @ polar(b)
+    got = polar_product(a, s, b, torch.float64)
+    assert got.shape == (m, n) and torch.allclose(got, want, atol=1e-12)
+    got32 = polar_product(a.float(), s.float(), b.float(), torch.float32)
+    assert got32.dtype == torch.float32 and torch.allclose(got32.double(), want, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(12, 5), (5, 12), (7, 7)])

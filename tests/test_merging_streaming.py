@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 from core.checkpoints import load_state_dict, open_state_dict, save_state_dict
 from core.checkpoints.formats import LazyStateDict
+from core.errors import NonFiniteError
 from core.merging import METHODS, TaskVectors, merge, merged_direction
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,3 +269,47 @@ def test_a_nonfinite_base_read_in_slices_is_refused_by_name(tmp_path, monkeypatc
     with pytest.raises(NonFiniteError) as e:
         merge(open_state_dict(tmp_path / "base.safetensors"), fts, method)
     assert (e.value.source, e.value.key, e.value.n_bad) == ("base", key, 2)
+
+
+KEY_WISE = ["tsv_m", "iso_c", "iso_cts", "cart", "magmax", "breadcrumbs"]
+
+
+@pytest.mark.parametrize("method", KEY_WISE)
+def test_key_wise_checks_ride_on_the_keys_norm(monkeypatch, method):
+    """Key-wise methods check NaN/Inf through each key's ||sum_t tau_t||_1 (TaskVectors.keywise): finite
+    inputs take no per-tensor check; a bad value is still named, base first; finite inputs whose sum
+    overflows float32 pass the re-check and merge."""
+    import core.merging.streaming as streaming
+
+    calls = []
+    real = streaming.check_finite
+    monkeypatch.setattr(streaming, "check_finite", lambda t, s, k, a: calls.append((s, k)) or real(t, s, k, a))
+    base = _tower(0)
+    fts = [_tower(1 + t) for t in range(3)]
+    merge(base, fts, method)
+    assert calls == []
+    # both the base and t1 spoiled: the re-check reads the base first and names it
+    key = "visual.transformer.resblocks.1.mlp.c_fc.weight"
+    bad_base, bad_ft = dict(base), [dict(f) for f in fts]
+    bad_base[key] = base[key].clone()
+    bad_base[key][0, 0] = float("inf")
+    bad_ft[1][key] = fts[1][key].clone()
+    bad_ft[1][key][3, 2] = float("nan")
+    with pytest.raises(NonFiniteError) as e:
+        merge(bad_base, bad_ft, method)
+    assert (e.value.source, e.value.key, e.value.n_bad) == ("base", key, 1)
+    with pytest.raises(NonFiniteError) as e:
+        merge(base, bad_ft, method)
+    assert (e.value.source, e.value.key, e.value.n_bad) == ("task1", key, 1)
+    # 3e38 in every task: the sum (and its norm) overflows to inf, every input is finite
+    big = [dict(f) for f in fts]
+    for f in big:
+        f[key] = base[key] + 3e38
+    calls.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the methods' own overflow (float32 SVDs of inf)
+        try:
+            merge(base, big, method)
+        except torch.linalg.LinAlgError:  # an SVD of an overflowed matrix may fail: not the check's business
+            pass
+    assert sorted(calls) == sorted((s, key) for s in ["base", "task0", "task1", "task2"])

@@ -52,13 +52,36 @@ def svdvals(a: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(a.mT if a.shape[-2] < a.shape[-1] else a)
 
 
+def polar_factors(a: torch.Tensor, dtype: torch.dtype = SVD_DTYPE) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, V^T) of a = U S V^T computed in float64, returned in `dtype`: polar(a) = U V^T."""
+    u, _, vh = svd(a.to(SVD_DTYPE))
+    return u.to(dtype), vh.to(dtype)
+
+
 def polar(a: torch.Tensor, dtype: torch.dtype = SVD_DTYPE) -> torch.Tensor:
     """The orthogonal polar factor U V^T of a, from a = U S V^T computed in float64: the nearest matrix
     with orthonormal columns (or rows, for a wide a). The product U V^T is formed in `dtype` (the methods
     pass their compute dtype: orthonormal factors lose nothing to a float32 product but its rounding,
     ~7e-7 of the largest entry, measured; float64's costs 2x as long)."""
-    u, _, vh = svd(a.to(SVD_DTYPE))
-    return u.to(dtype) @ vh.to(dtype)
+    u, vh = polar_factors(a, dtype)
+    return u @ vh
+
+
+def polar_product(a: torch.Tensor, s: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """polar(a) diag(s) polar(b) for an [m, p] a and a [p, n] b (the stacked U and V^T of TSV-M and
+    Iso-CTS; s: p values or one), in `dtype` from float64 factors.
+
+    With polar(a) = P_a Q_a^T and polar(b) = P_b Q_b^T the product is P_a (Q_a^T diag(s) P_b) Q_b^T: the
+    small core first, then whichever side costs fewer multiply-adds, instead of forming both polar factors
+    (m p^2 + p^2 n) before their m p n product. For ViT-B/32's matrices at p = min(m, n) that is 29 %
+    fewer (a block's four matrices: 9.0 instead of 12.7 GMAC)."""
+    pa, qa = polar_factors(a, dtype)
+    pb, qb = polar_factors(b, dtype)
+    core = (qa * s.to(dtype)) @ pb
+    (m, ra), (rb, n) = pa.shape, qb.shape
+    if m * rb * (ra + n) <= n * ra * (rb + m):
+        return (pa @ core) @ qb
+    return pa @ (core @ qb)
 
 
 def running_mean(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -99,9 +122,7 @@ def tsv_matrix(mats: list[torch.Tensor], sv_reduction: float) -> torch.Tensor:
         vs.append(vh[:k, :].clone())
     # The official code writes the blocks into zero-padded min(m, n)-wide buffers; the padding only
     # meets zero singular values, so the compact stacks give the same product.
-    dt = mats[0].dtype
-    u_perp, v_perp = polar(torch.cat(us, dim=1), dt), polar(torch.cat(vs, dim=0), dt)
-    return (u_perp * torch.cat(ss)) @ v_perp
+    return polar_product(torch.cat(us, dim=1), torch.cat(ss), torch.cat(vs, dim=0), mats[0].dtype)
 
 
 @merge_method(
@@ -199,11 +220,10 @@ def iso_cts_matrix(
         us.append(ut[:, :per_task].clone())  # copies: views would keep every task's full factors alive
         ss.append(st[:per_task].clone())
         vs.append(vt[:per_task, :].clone())
-    dt = mats[0].dtype
-    u_all = polar(torch.cat([u_.to(SVD_DTYPE) for u_ in (*us, uc)], dim=1), dt)
-    v_all = polar(torch.cat([v_.to(SVD_DTYPE) for v_ in (*vs, vc)], dim=0), dt)
-    flat = torch.cat([s_.to(SVD_DTYPE) for s_ in (*ss, sc)]).mean().to(dt)
-    return (u_all * flat) @ v_all
+    u_all = torch.cat([u_.to(SVD_DTYPE) for u_ in (*us, uc)], dim=1)
+    v_all = torch.cat([v_.to(SVD_DTYPE) for v_ in (*vs, vc)], dim=0)
+    flat = torch.cat([s_.to(SVD_DTYPE) for s_ in (*ss, sc)]).mean()
+    return polar_product(u_all, flat, v_all, mats[0].dtype)
 
 
 @merge_method(
@@ -257,11 +277,13 @@ def cart_matrix(
     mats: list[torch.Tensor], rank_ratio: float, prior: float, summed: torch.Tensor | None = None
 ) -> torch.Tensor:
     """mean tau + prior * sum_t SVD_k(tau_t - mean tau) = (theta_avg - theta_0) + prior * sum_t SVD_k(theta_t - theta_avg).
-    `summed`: sum_t tau_t, when the caller has it."""
+    `summed`: sum_t tau_t, when the caller has it. The deviations overwrite `mats` (the key's task vectors,
+    which the key-wise pass hands over to be used up: `direction.keywise_direction`): no fresh matrix per
+    task (0.35 s of CART's time outside its SVDs at ViT-B/32 x 8 went to allocating them)."""
     mean = (total(mats) if summed is None else summed) / len(mats)
     low = torch.zeros_like(mean)
     for m in mats:
-        u, s, vh = svd(m - mean)
+        u, s, vh = svd(m.sub_(mean))
         k = cart_rank(s.shape[0], rank_ratio)
         low.addmm_(u[:, :k] * s[:k], vh[:k, :])  # one kernel: 23 -> 14 ms per 3072x768 matrix of 8 tasks
     return low.mul_(prior).add_(mean)
