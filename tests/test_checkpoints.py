@@ -643,6 +643,34 @@ def test_open_state_dict_streams_canonical_safetensors(tmp_path):
         lazy["nope"]
 
 
+def test_prefetch_advises_the_kernel_of_exactly_the_tensors_bytes(tmp_path, monkeypatch):
+    """LazyStateDict.prefetch asks the OS (posix_fadvise WILLNEED) for the tensor's byte range in the file,
+    where pread would read it; a refused advice or an unknown key is no error."""
+    from core.checkpoints import formats, open_state_dict
+
+    sd = {"visual.conv1.weight": torch.randn(4, 3, 2, 2), "visual.ln_post.bias": torch.randn(4)}
+    p = tmp_path / "m.safetensors"
+    save_state_dict(sd, p)
+    lazy = open_state_dict(p)
+    advised, preads = [], []
+    real_pread = os.preadv
+    monkeypatch.setattr(formats.os, "posix_fadvise", lambda fd, off, n, how: advised.append((off, n, how)))
+    monkeypatch.setattr(
+        formats.os, "preadv", lambda fd, bufs, off: preads.append((off, len(bufs[0]))) or real_pread(fd, bufs, off)
+    )
+    for k in sd:
+        lazy.prefetch(k)
+        assert torch.equal(lazy[k], sd[k])
+    assert [(o, n) for o, n, _ in advised] == preads and {h for *_, h in advised} == {os.POSIX_FADV_WILLNEED}
+    lazy.prefetch("nope")
+
+    def refuse(*args):
+        raise OSError("advice refused")
+
+    monkeypatch.setattr(formats.os, "posix_fadvise", refuse)
+    lazy.prefetch("visual.ln_post.bias")
+
+
 def test_open_state_dict_falls_back_for_other_layouts(tmp_path):
     from core.checkpoints import LazyStateDict, open_state_dict
 

@@ -313,3 +313,33 @@ def test_key_wise_checks_ride_on_the_keys_norm(monkeypatch, method):
         except torch.linalg.LinAlgError:  # an SVD of an overflowed matrix may fail: not the check's business
             pass
     assert sorted(calls) == sorted((s, key) for s in ["base", "task0", "task1", "task2"])
+
+
+def test_key_wise_passes_prefetch_the_next_key_while_the_caller_works(files, monkeypatch):
+    """TaskVectors.keywise asks every lazy input for key i + 1 (LazyStateDict.prefetch) after reading key i
+    and before handing it over, so a cold disk reads ahead while the method decomposes."""
+    events = []
+    real_read, real_prefetch = LazyStateDict.read_into, LazyStateDict.prefetch
+
+    def reading(self, key, buf):
+        events.append(("read", self.path.name, key))
+        return real_read(self, key, buf)
+
+    def prefetching(self, key):
+        events.append(("prefetch", self.path.name, key))
+        return real_prefetch(self, key)
+
+    monkeypatch.setattr(LazyStateDict, "read_into", reading)
+    monkeypatch.setattr(LazyStateDict, "prefetch", prefetching)
+    base = open_state_dict(files / "base.safetensors")
+    tvs = TaskVectors(base, [open_state_dict(files / f"t{t}.safetensors") for t in range(4)])
+    names = {"base.safetensors", *(f"t{t}.safetensors" for t in range(4))}
+    for i, (key, *_) in enumerate(tvs.keywise()):
+        handed = len(events)
+        if i + 1 < len(tvs.keys):
+            nxt = tvs.keys[i + 1]
+            assert {e[1] for e in events if e == ("prefetch", e[1], nxt)} == names
+            last_read = max(j for j, e in enumerate(events) if e[0] == "read" and e[2] == key)
+            first_hint = min(j for j, e in enumerate(events) if e[0] == "prefetch" and e[2] == nxt)
+            assert last_read < first_hint < handed
+    assert not any(e[0] == "prefetch" and e[2] == tvs.keys[0] for e in events)

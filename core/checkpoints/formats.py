@@ -256,6 +256,20 @@ class LazyStateDict(Mapping):
                 raise CheckpointError(f"{self.path}: tensor {key!r} is cut short; the file is truncated")
         return out
 
+    def prefetch(self, key: str) -> None:
+        """Ask the OS to read tensor `key` into the page cache in the background (posix_fadvise WILLNEED),
+        so a later `read_into` copies from memory instead of waiting for the disk. A hint only: nothing
+        happens where the call does not exist, and the pages are the page cache's, not this process's."""
+        e = self._entries.get(key)
+        if e is None or not hasattr(os, "posix_fadvise"):
+            return
+        start, end = e["data_offsets"]
+        if end > start:
+            try:
+                os.posix_fadvise(self._fd, self._data_start + start, end - start, os.POSIX_FADV_WILLNEED)
+            except OSError:  # e.g. a file system that refuses the advice: reads stay as they were
+                pass
+
     def read_into(self, key: str, buffer: torch.Tensor | None) -> torch.Tensor:
         """Tensor `key`, read with pread into the front of `buffer` (a contiguous tensor of at least
         `nbytes(key)` bytes, any dtype; reused by streaming passes so no pass allocates per tensor), or
