@@ -645,7 +645,8 @@ def test_open_state_dict_streams_canonical_safetensors(tmp_path):
 
 def test_prefetch_advises_the_kernel_of_exactly_the_tensors_bytes(tmp_path, monkeypatch):
     """LazyStateDict.prefetch asks the OS (posix_fadvise WILLNEED) for the tensor's byte range in the file,
-    where pread would read it; a refused advice or an unknown key is no error."""
+    where pread would read it, in PREFETCH_STEP pieces (Linux reads one readahead window per advice); a
+    refused advice or an unknown key is no error."""
     from core.checkpoints import formats, open_state_dict
 
     sd = {"visual.conv1.weight": torch.randn(4, 3, 2, 2), "visual.ln_post.bias": torch.randn(4)}
@@ -658,10 +659,14 @@ def test_prefetch_advises_the_kernel_of_exactly_the_tensors_bytes(tmp_path, monk
     monkeypatch.setattr(
         formats.os, "preadv", lambda fd, bufs, off: preads.append((off, len(bufs[0]))) or real_pread(fd, bufs, off)
     )
+    monkeypatch.setattr(formats, "PREFETCH_STEP", 40)  # advised in 40-byte pieces (tensors of 192 and 16 bytes)
     for k in sd:
+        advised.clear()
         lazy.prefetch(k)
         assert torch.equal(lazy[k], sd[k])
-    assert [(o, n) for o, n, _ in advised] == preads and {h for *_, h in advised} == {os.POSIX_FADV_WILLNEED}
+        off, n = preads[-1]
+        want = [(o, min(40, off + n - o)) for o in range(off, off + n, 40)]
+        assert [(o, m) for o, m, _ in advised] == want and {h for *_, h in advised} == {os.POSIX_FADV_WILLNEED}
     lazy.prefetch("nope")
 
     def refuse(*args):

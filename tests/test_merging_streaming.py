@@ -315,9 +315,12 @@ def test_key_wise_checks_ride_on_the_keys_norm(monkeypatch, method):
     assert sorted(calls) == sorted((s, key) for s in ["base", "task0", "task1", "task2"])
 
 
-def test_key_wise_passes_prefetch_the_next_key_while_the_caller_works(files, monkeypatch):
-    """TaskVectors.keywise asks every lazy input for key i + 1 (LazyStateDict.prefetch) after reading key i
-    and before handing it over, so a cold disk reads ahead while the method decomposes."""
+def test_key_wise_passes_prefetch_the_next_keys_while_the_caller_works(files, monkeypatch):
+    """TaskVectors.keywise asks every lazy input for the next keys (LazyStateDict.prefetch, up to
+    PREFETCH_BYTES of each file) after reading a key and before handing it over, so a cold disk reads
+    ahead while the method decomposes; each key is asked for once, the first never (it is read at once)."""
+    import core.merging.streaming as streaming
+
     events = []
     real_read, real_prefetch = LazyStateDict.read_into, LazyStateDict.prefetch
 
@@ -331,15 +334,26 @@ def test_key_wise_passes_prefetch_the_next_key_while_the_caller_works(files, mon
 
     monkeypatch.setattr(LazyStateDict, "read_into", reading)
     monkeypatch.setattr(LazyStateDict, "prefetch", prefetching)
-    base = open_state_dict(files / "base.safetensors")
-    tvs = TaskVectors(base, [open_state_dict(files / f"t{t}.safetensors") for t in range(4)])
     names = {"base.safetensors", *(f"t{t}.safetensors" for t in range(4))}
-    for i, (key, *_) in enumerate(tvs.keywise()):
-        handed = len(events)
-        if i + 1 < len(tvs.keys):
-            nxt = tvs.keys[i + 1]
-            assert {e[1] for e in events if e == ("prefetch", e[1], nxt)} == names
-            last_read = max(j for j, e in enumerate(events) if e[0] == "read" and e[2] == key)
-            first_hint = min(j for j, e in enumerate(events) if e[0] == "prefetch" and e[2] == nxt)
-            assert last_read < first_hint < handed
-    assert not any(e[0] == "prefetch" and e[2] == tvs.keys[0] for e in events)
+
+    def run(budget):
+        events.clear()
+        monkeypatch.setattr(streaming, "PREFETCH_BYTES", budget)
+        base = open_state_dict(files / "base.safetensors")
+        tvs = TaskVectors(base, [open_state_dict(files / f"t{t}.safetensors") for t in range(4)])
+        handed = []
+        for _ in tvs.keywise():
+            handed.append(len(events))
+        hints = [(e[1], e[2]) for e in events if e[0] == "prefetch"]
+        assert sorted(hints) == sorted((n, k) for n in names for k in tvs.keys[1:])  # each once, never the first
+        return tvs.keys, handed
+
+    keys, handed = run(1)  # one key ahead: key i + 1 asked for after key i is read, before it is handed over
+    for i, key in enumerate(keys[:-1]):
+        last_read = max(j for j, e in enumerate(events) if e[0] == "read" and e[2] == key)
+        hinted = [j for j, e in enumerate(events) if e[0] == "prefetch" and e[2] == keys[i + 1]]
+        assert last_read < min(hinted) and max(hinted) < handed[i]
+    keys, handed = run(1 << 30)  # the whole (small) model fits the budget: every later key asked for at once
+    first = [j for j, e in enumerate(events) if e[0] == "prefetch"]
+    assert max(j for j, e in enumerate(events) if e[0] == "read" and e[2] == keys[0]) < min(first)
+    assert max(first) < handed[0]

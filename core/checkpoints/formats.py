@@ -216,6 +216,9 @@ def write_safetensors(tensors: Mapping[str, torch.Tensor], path: str, meta: Mapp
 # RSS) until it is unmapped, so a merge that walks N fine-tuned files would end up holding all
 # of them. `LazyStateDict` instead reads each tensor with pread into its own buffer when asked
 # for it; the caller drops it as soon as the key is done.
+PREFETCH_STEP = 1 << 20  # bytes per readahead advice (LazyStateDict.prefetch)
+
+
 class LazyStateDict(Mapping):
     """Read-only mapping over a safetensors file, reading each tensor from disk when it is accessed."""
 
@@ -259,16 +262,21 @@ class LazyStateDict(Mapping):
     def prefetch(self, key: str) -> None:
         """Ask the OS to read tensor `key` into the page cache in the background (posix_fadvise WILLNEED),
         so a later `read_into` copies from memory instead of waiting for the disk. A hint only: nothing
-        happens where the call does not exist, and the pages are the page cache's, not this process's."""
+        happens where the call does not exist, and the pages are the page cache's, not this process's.
+
+        Linux reads at most the device's readahead window per advice (read_ahead_kb: 8 MB here, 128 KB on
+        many systems; one advice over a 64 MB range cached 8 MB, measured with fincore), so the range is
+        advised in PREFETCH_STEP pieces; each returns once its reads are queued (~0.5 ms per 4 MB here)."""
         e = self._entries.get(key)
         if e is None or not hasattr(os, "posix_fadvise"):
             return
         start, end = e["data_offsets"]
-        if end > start:
-            try:
-                os.posix_fadvise(self._fd, self._data_start + start, end - start, os.POSIX_FADV_WILLNEED)
-            except OSError:  # e.g. a file system that refuses the advice: reads stay as they were
-                pass
+        try:
+            for off in range(self._data_start + start, self._data_start + end, PREFETCH_STEP):
+                n = min(PREFETCH_STEP, self._data_start + end - off)
+                os.posix_fadvise(self._fd, off, n, os.POSIX_FADV_WILLNEED)
+        except OSError:  # e.g. a file system that refuses the advice: reads stay as they were
+            pass
 
     def read_into(self, key: str, buffer: torch.Tensor | None) -> torch.Tensor:
         """Tensor `key`, read with pread into the front of `buffer` (a contiguous tensor of at least
