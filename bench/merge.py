@@ -17,7 +17,8 @@ its start (RssAnon sampled every 20 ms by a thread: file pages of the page cache
 count, heap and tensors do) and the peak RSS (VmHWM reset after imports), in model sizes.
 Targets (issue scale): TA and TA+LiNeS <= 1.5x floor, TIES <= 4x floor, peak anonymous memory
 <= 3 model sizes for every method; a method that computes SVDs (core.merging.lowrank) <= the seconds
-spent inside its torch.linalg.svd calls (timed in the same run) + 1.5x floor.
+spent inside its torch.linalg.svd calls (timed in the same run) + 1.5x floor. The seconds inside its matrix
+products (`@`, `addmm_`) are timed too and the rest is printed with and without them ("other x floor").
 
 Page cache: inputs that fit in half the RAM are read once before the runs, so every run reads them from
 memory (`--cache warm`); larger sets (L/14 x 20: 25 GB) are evicted from the page cache before every run
