@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.merging import merge, merged_direction
-from core.merging.lowrank import iso_cts_sizes, polar, polar_product, svd, svdvals
+from core.merging.lowrank import iso_cts_sizes, polar_factors, polar_product, svd, svdvals
 
 SHAPES = {
     "visual.class_embedding": (8,),
@@ -36,6 +36,12 @@ def models(n, seed):
 
 def task_vectors(base, fts):
     return [{k: f[k] - base[k] for k in sorted(base)} for f in fts]
+
+
+def polar(a):
+    """The orthogonal polar factor U V^T of a (float64), from lowrank's factors."""
+    u, vh = polar_factors(a)
+    return u @ vh
 
 
 # ----------------------------------------------------------------- references, from the official code

@@ -53,18 +53,12 @@ def svdvals(a: torch.Tensor) -> torch.Tensor:
 
 
 def polar_factors(a: torch.Tensor, dtype: torch.dtype = SVD_DTYPE) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U, V^T) of a = U S V^T computed in float64, returned in `dtype`: polar(a) = U V^T."""
+    """(U, V^T) of a = U S V^T computed in float64, returned in `dtype`: the orthogonal polar factor of a,
+    the nearest matrix with orthonormal columns (or rows, for a wide a), is U V^T. The methods take the
+    factors in their compute dtype: orthonormal factors lose nothing to a float32 product but its rounding
+    (~7e-7 of the largest entry, measured; float64's product costs 2x as long)."""
     u, _, vh = svd(a.to(SVD_DTYPE))
     return u.to(dtype), vh.to(dtype)
-
-
-def polar(a: torch.Tensor, dtype: torch.dtype = SVD_DTYPE) -> torch.Tensor:
-    """The orthogonal polar factor U V^T of a, from a = U S V^T computed in float64: the nearest matrix
-    with orthonormal columns (or rows, for a wide a). The product U V^T is formed in `dtype` (the methods
-    pass their compute dtype: orthonormal factors lose nothing to a float32 product but its rounding,
-    ~7e-7 of the largest entry, measured; float64's costs 2x as long)."""
-    u, vh = polar_factors(a, dtype)
-    return u @ vh
 
 
 def polar_product(a: torch.Tensor, s: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -271,16 +271,16 @@ class TaskVectors:
         pool = ReadPool()  # every key's tensors read into the same buffers: the caller is done with a key first
         by_norm = self.preprocess is None
         sources = range(-1, len(self))
-        ahead = 0  # keys[:ahead] have been asked for
+        ahead = asked = 0  # keys[:ahead] have been asked for; `asked`: float32 bytes of those after this key
         for i, key in enumerate(self.keys):
             ts = self.get(key, pool, check=not by_norm)
             # the disk fetches the next keys (PREFETCH_BYTES of each file) while the caller works on this one
-            budget, ahead = PREFETCH_BYTES, max(ahead, i + 1)
-            for k in self.keys[i + 1 : ahead]:
-                budget -= self.shapes[k].numel() * 4
-            while ahead < len(self.keys) and budget > 0:
+            if i < ahead:
+                asked -= self.shapes[key].numel() * 4
+            ahead = max(ahead, i + 1)
+            while ahead < len(self.keys) and asked < PREFETCH_BYTES:
                 self.prefetch(self.keys[ahead])
-                budget -= self.shapes[self.keys[ahead]].numel() * 4
+                asked += self.shapes[self.keys[ahead]].numel() * 4
                 ahead += 1
             tot = total(ts)
             norm = l1(tot)
