@@ -168,7 +168,7 @@ def test_iso_c_equals_the_official_code(n, seed):
 
 
 @pytest.mark.parametrize("n, seed", CASES)
-@pytest.mark.parametrize("f", [0.8, 0.5])
+@pytest.mark.parametrize("f", [0.8, 0.5, 1.0])
 def test_iso_cts_equals_the_official_code(n, seed, f):
     base, fts = models(n, seed)
     want = ref_iso_cts(task_vectors(base, fts), f)

@@ -197,7 +197,14 @@ def iso_cts_sizes(shape: Sequence[int], n_tasks: int, common_space_fraction: flo
 def iso_cts_matrix(
     mats: list[torch.Tensor], common_space_fraction: float, key: str = "", summed: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """One matrix of Iso-CTS: the common subspace of sum_t tau_t plus each task's own directions."""
+    """One matrix of Iso-CTS: the common subspace of sum_t tau_t plus each task's own directions, the top
+    singular triplets of tau_t - U_c U_c^T tau_t (iso-merging `iso_cts`; their SVD in the compute dtype).
+
+    Where m <= n the SVD of the sum gives a basis of all of R^m, and its last m - k columns R span the
+    complement of U_c: the residual is R (R^T tau_t), whose SVD is R times that of the (m - k) x n matrix
+    R^T tau_t (the same singular values and right vectors, left vectors R u'). One (m - k) m n product and
+    an SVD a fifth the height (k ~ 0.8 r) replace two k m n products and the m x n SVD. Tall matrices keep
+    the projection: their reduced U spans n of the m dimensions."""
     n = len(mats)
     common, per_task = iso_cts_sizes(mats[0].shape, n, common_space_fraction)
     if common < 0:
@@ -207,11 +214,17 @@ def iso_cts_matrix(
         )
     u, s, vh = svd((total(mats) if summed is None else summed).to(SVD_DTYPE))
     uc, sc, vc = u[:, :common], s[:common], vh[:common, :]
+    # m <= n: u is a basis of all of R^m, so its last m - k columns span the complement of U_c
+    rest = u[:, common:] if u.shape[0] == u.shape[1] else None
     us, ss, vs = [], [], []
-    for m in mats:  # each task's own directions, outside the common space (its SVD in the compute dtype)
-        m64 = m.to(SVD_DTYPE, copy=True)  # a scratch copy: the projection below works in place
-        ut, st, vt = svd(m64.addmm_(uc, uc.T @ m64, alpha=-1).to(m.dtype))  # m - U_c U_c^T m, in place
-        us.append(ut[:, :per_task].clone())  # copies: views would keep every task's full factors alive
+    for m in mats if per_task else ():  # each task's own directions, outside the common space
+        if rest is not None:  # tau - U_c U_c^T tau = R (R^T tau): the SVD of the (m - k) x n coordinates
+            ut, st, vt = svd((rest.T @ m.to(SVD_DTYPE)).to(m.dtype))
+            us.append(rest @ ut[:, :per_task].to(SVD_DTYPE))
+        else:
+            m64 = m.to(SVD_DTYPE, copy=True)  # a scratch copy: the projection below works in place
+            ut, st, vt = svd(m64.addmm_(uc, uc.T @ m64, alpha=-1).to(m.dtype))  # m - U_c U_c^T m, in place
+            us.append(ut[:, :per_task].clone())  # copies: views would keep every task's full factors alive
         ss.append(st[:per_task].clone())
         vs.append(vt[:per_task, :].clone())
     u_all = torch.cat([u_.to(SVD_DTYPE) for u_ in (*us, uc)], dim=1)
