@@ -188,7 +188,7 @@ def lab_body() -> None:
             )
         elif not LESSON and method in LESSON_METHODS:
             if st.button(
-                "Choose λ on validation for " + ", ".join(LESSON_METHODS) + " (a grid per method)",
+                f"Choose λ on validation for the {len(LESSON_METHODS)} methods with a global λ (a grid per method)",
                 key="ml_lesson_btn",
             ):
                 cb = S.progress_callback("Each method's λ on the validation split")

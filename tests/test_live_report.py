@@ -62,10 +62,13 @@ class _CurveLive:
 
 
 def test_the_merge_lesson_takes_each_methods_best_lambda_and_stops_after_the_peak():
-    from core.live_report import LESSON_PATIENCE, merge_lesson
+    from core.live_report import LESSON_METHODS, LESSON_PATIENCE, merge_lesson
     from core.merging import get_method
 
     peaks = {"task_arithmetic": 0.2, "ties": 0.7, "tsv_m": 1.5, "iso_c": 3.0}  # iso_c peaks on its grid's end
+    for i, m in enumerate(LESSON_METHODS):  # the others somewhere inside their grids
+        grid = get_method(m).lambda_grid
+        peaks.setdefault(m, grid[(3 * i + 1) % len(grid)])
     live = _CurveLive(lambda m, lam: 1.0 - abs(lam - peaks[m]))
     steps = []
     les = merge_lesson(live, progress=lambda d, n, msg: steps.append((d, n)))
@@ -80,6 +83,14 @@ def test_the_merge_lesson_takes_each_methods_best_lambda_and_stops_after_the_pea
     assert steps[-1] == (total, total) and all(s[0] <= total for s in steps)
     flat = _CurveLive(lambda m, lam: 0.5)  # ties keep the first (smallest) λ
     assert set(merge_lesson(flat)["lambda"].values()) == {0.1}
+
+
+def test_the_merge_lesson_covers_every_method_with_a_global_lambda():
+    from core.live_report import LESSON_METHODS
+    from core.merging import METHODS, get_method
+
+    with_lambda = [m for m in METHODS if any(p.name == "coefficients" for p in get_method(m).params)]
+    assert list(LESSON_METHODS) == with_lambda
 
 
 def test_the_merge_lesson_refuses_a_set_without_evaluation_data():
