@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from core.merging import merge, merged_direction
-from core.merging.lowrank import iso_cts_sizes, polar_factors, polar_product, svd, svdvals
+from core.merging import lowrank
+from core.merging.lowrank import iso_cts_sizes, polar_factors, polar_product, svd, svdvals, top_svd
 
 SHAPES = {
     "visual.class_embedding": (8,),
@@ -262,6 +263,77 @@ def test_svd_decomposes_wide_matrices_through_their_transpose(shape, monkeypatch
     seen.clear()
     monkeypatch.setattr(torch.linalg, "svdvals", lambda x: seen.append(tuple(x.shape)) or real(x)[1])
     assert torch.allclose(svdvals(a), s, atol=1e-12) and seen == [(max(shape), r)]
+
+
+def spectrum_matrix(m, n, decay, seed, dtype=torch.float32):
+    """An m x n matrix with singular values decay**i (i = 0..min-1) and random singular vectors."""
+    g = torch.Generator().manual_seed(seed)
+    r = min(m, n)
+    u = torch.linalg.qr(torch.randn(m, r, generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))[0]
+    s = decay ** torch.arange(r, dtype=torch.float64)
+    return ((u * s) @ v.T).to(dtype), s
+
+
+@pytest.mark.parametrize("shape", [(60, 20), (20, 60), (32, 32)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_svd_gives_the_top_triplets_from_the_gram_matrix(shape, dtype, monkeypatch):
+    a, s_true = spectrum_matrix(*shape, 0.9, 7, dtype)
+    ur, sr, vr = torch.linalg.svd(a.double(), full_matrices=False)
+    calls = []
+    monkeypatch.setattr(torch.linalg, "svd", lambda *x, **k: calls.append(1))  # the Gram route takes no SVD
+    u, s, vh = top_svd(a, 5)
+    assert not calls and u.dtype == s.dtype == vh.dtype == dtype
+    assert u.shape == (shape[0], 5) and s.shape == (5,) and vh.shape == (5, shape[1])
+    assert torch.allclose(s.double(), s_true[:5], rtol=1e-6)
+    eye = torch.eye(5, dtype=torch.float64)
+    assert torch.allclose(u.double().T @ u.double(), eye, atol=1e-6)
+    assert torch.allclose(vh.double() @ vh.double().T, eye, atol=1e-6)
+    a64 = a.double()  # a v_i = s_i u_i, and the rank-5 part is the best rank-5 approximation of a
+    assert torch.allclose(a64 @ vh.double().T, u.double() * s.double(), atol=1e-6)
+    assert torch.allclose((u.double() * s.double()) @ vh.double(), (ur[:, :5] * sr[:5]) @ vr[:5], atol=1e-6)
+
+
+def test_top_svd_is_closer_to_float64_than_a_float32_svd():
+    a, s_true = spectrum_matrix(300, 100, 0.97, 3)
+    ref = torch.linalg.svd(a.double(), full_matrices=False)
+    best = (ref[0][:, :10] * ref[1][:10]) @ ref[2][:10]
+    u, s, vh = top_svd(a, 10)
+    u32, s32, v32 = torch.linalg.svd(a, full_matrices=False)
+    err_gram = float(((u.double() * s.double()) @ vh.double() - best).abs().max())
+    err_f32 = float(((u32[:, :10] * s32[:10]) @ v32[:10]).double().sub(best).abs().max())
+    assert err_gram < err_f32 / 3, (err_gram, err_f32)
+
+
+@pytest.mark.parametrize("case", ["zero", "rank 2", "tiny tail", "all"])
+def test_top_svd_falls_back_to_the_svd_where_the_gram_matrix_cannot_tell(case):
+    a, _ = spectrum_matrix(40, 12, 0.9, 5)
+    p = 4
+    if case == "zero":
+        a = torch.zeros(40, 12)
+    elif case == "rank 2":
+        a = a[:, :2] @ torch.randn(2, 12, generator=torch.Generator().manual_seed(1))
+    elif case == "tiny tail":  # s_p / s_1 = 0.9 * 1e-5 < 1e-4: below GRAM_FLOOR's reach
+        a, _ = spectrum_matrix(40, 12, 1e-5**(1 / 3), 5)
+    else:
+        p = 12
+    u, s, vh = top_svd(a, p)
+    u0, s0, v0 = svd(a)
+    assert torch.equal(u, u0[:, :p]) and torch.equal(s, s0[:p]) and torch.equal(vh, v0[:p])
+    for x in (u, s, vh):  # copies, not views of the full factors
+        assert x.untyped_storage().nbytes() == x.numel() * x.element_size()
+
+
+def test_top_svd_of_no_triplets_is_empty():
+    u, s, vh = top_svd(torch.ones(6, 4), 0)
+    assert u.shape == (6, 0) and s.shape == (0,) and vh.shape == (0, 4)
+
+
+def test_top_svd_returns_the_dtype_asked_for():
+    a, _ = spectrum_matrix(30, 10, 0.8, 2, torch.float64)
+    u, s, vh = top_svd(a, 3, torch.float32)
+    assert u.dtype == s.dtype == vh.dtype == torch.float32
+    assert lowrank.GRAM_FLOOR == 1e-8
 
 
 def test_tsv_m_orthogonalises_the_stacked_bases():
