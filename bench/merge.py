@@ -17,7 +17,7 @@ its start (RssAnon sampled every 20 ms by a thread: file pages of the page cache
 count, heap and tensors do) and the peak RSS (VmHWM reset after imports), in model sizes.
 Targets (issue scale): TA and TA+LiNeS <= 1.5x floor, TIES <= 4x floor, peak anonymous memory
 <= 3 model sizes for every method; a method that computes SVDs (core.merging.lowrank) <= the seconds
-spent inside its decompositions (`lowrank.svd`, `lowrank.top_svd`: timed in the same run) + 1.5x floor. The seconds inside its matrix
+spent inside its decompositions (`lowrank.svd`, `top_svd`, `polar_factors`: timed in the same run) + 1.5x floor. The seconds inside its matrix
 products (`@`, `addmm_`) are timed too and the rest is printed with and without them ("other x floor").
 
 Page cache: inputs that fit in half the RAM are read once before the runs, so every run reads them from
@@ -162,14 +162,15 @@ _INSIDE = [0]  # depth of decomposition calls under way: their inner calls and p
 def _time_svds(torch) -> list:
     """[seconds, calls] spent inside the SVD methods' decompositions from now on in this process: the SVD
     methods' target is their SVDs' own time plus 1.5x the floor. Every decomposition of
-    core.merging.lowrank goes through `lowrank.svd` (torch.linalg.svd; polar factors, Iso's spectra) or
-    `lowrank.top_svd` (a task matrix's top triplets: the eigendecomposition of its float64 Gram matrix
-    with the products that form and undo it, which replaces that SVD, or the SVD); a call inside another
-    counts once, as part of the outer one."""
+    core.merging.lowrank goes through `lowrank.svd` (torch.linalg.svd: Iso's spectra), `lowrank.top_svd`
+    (a task matrix's top triplets) or `lowrank.polar_factors` (a stacked basis's singular vectors); the last
+    two take the eigendecomposition of a float64 Gram matrix, with the products that form and undo it, in
+    place of the SVD, or the SVD; a call inside another counts once, as part of the outer one."""
     from core.merging import lowrank
 
     acc = _timed(lowrank, "svd", decomposition=True)
     _timed(lowrank, "top_svd", acc, decomposition=True)
+    _timed(lowrank, "polar_factors", acc, decomposition=True)
     return acc
 
 

@@ -8,8 +8,7 @@ import copy
 import pytest
 import torch
 
-from core.merging import merge, merged_direction
-from core.merging import lowrank
+from core.merging import lowrank, merge, merged_direction
 from core.merging.lowrank import iso_cts_sizes, polar_factors, polar_product, svd, svdvals, top_svd
 
 SHAPES = {
@@ -227,6 +226,29 @@ def test_polar_factors_are_orthogonal(shape):
         assert torch.allclose(h, h.T, atol=1e-12) and bool((torch.linalg.eigvalsh(h) > -1e-12).all())
 
 
+@pytest.mark.parametrize("shape", [(40, 12), (12, 40), (16, 16)])
+def test_polar_factors_come_from_the_gram_matrix_when_well_conditioned(shape, monkeypatch):
+    a, _ = spectrum_matrix(*shape, 0.8, 11, torch.float64)  # condition number 0.8**-11 ~ 12 .. 0.8**-15 ~ 28
+    u0, _, v0 = torch.linalg.svd(a, full_matrices=False)
+    calls = []
+    monkeypatch.setattr(torch.linalg, "svd", lambda *x, **k: calls.append(1))
+    u, vh = polar_factors(a)
+    assert not calls and u.shape == u0.shape and vh.shape == v0.shape
+    assert torch.allclose(u @ vh, u0 @ v0, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["repeated column", "condition 1e5"])
+def test_polar_factors_fall_back_to_the_svd_when_the_gram_matrix_cannot_tell(case):
+    a, _ = spectrum_matrix(30, 10, 0.8, 13, torch.float64)
+    if case == "repeated column":  # a stack whose last column repeats its first: singular
+        a[:, -1] = a[:, 0]
+    else:
+        a, _ = spectrum_matrix(30, 10, 1e-5 ** (1 / 9), 13, torch.float64)
+    u0, _, v0 = svd(a)
+    u, vh = polar_factors(a)
+    assert torch.equal(u, u0) and torch.equal(vh, v0)
+
+
 @pytest.mark.parametrize("m, p, n", [(30, 8, 12), (12, 8, 30), (9, 9, 9), (6, 10, 14), (14, 10, 6), (5, 3, 40)])
 @pytest.mark.parametrize("scalar", [False, True])
 def test_polar_product_is_the_product_of_the_polar_factors(m, p, n, scalar):
@@ -314,7 +336,7 @@ def test_top_svd_falls_back_to_the_svd_where_the_gram_matrix_cannot_tell(case):
     elif case == "rank 2":
         a = a[:, :2] @ torch.randn(2, 12, generator=torch.Generator().manual_seed(1))
     elif case == "tiny tail":  # s_p / s_1 = 0.9 * 1e-5 < 1e-4: below GRAM_FLOOR's reach
-        a, _ = spectrum_matrix(40, 12, 1e-5**(1 / 3), 5)
+        a, _ = spectrum_matrix(40, 12, 1e-5 ** (1 / 3), 5)
     else:
         p = 12
     u, s, vh = top_svd(a, p)

@@ -96,8 +96,24 @@ def polar_factors(a: torch.Tensor, dtype: torch.dtype = SVD_DTYPE) -> tuple[torc
     """(U, V^T) of a = U S V^T computed in float64, returned in `dtype`: the orthogonal polar factor of a,
     the nearest matrix with orthonormal columns (or rows, for a wide a), is U V^T. The methods take the
     factors in their compute dtype: orthonormal factors lose nothing to a float32 product but its rounding
-    (~7e-7 of the largest entry, measured; float64's product costs 2x as long)."""
-    u, _, vh = svd(a.to(SVD_DTYPE))
+    (~7e-7 of the largest entry, measured; float64's product costs 2x as long).
+
+    While a's singular values stay within 1e4 of each other (`GRAM_FLOOR` on their squares; the stacked
+    bases of TSV-M and Iso-CTS: condition numbers 2.8-700 on ViT-shaped synthetic tasks, ~1e4 where the
+    stack fills a square matrix) the factors come from the float64 Gram matrix of a's shorter side, as in
+    `top_svd`: a^T a = Q S^2 Q^T gives (a Q S^-1, Q^T), a a^T = P S^2 P^T gives (P, S^-1 P^T a); every
+    singular pair counts in U V^T, so the whole spectrum must clear the floor. Against the SVD's factors
+    the product U V^T differed by 4e-16-1.5e-10, in 0.4-0.5x the time (4096 x 1020: 0.21 vs 0.53 s)."""
+    a64 = a.to(SVD_DTYPE)
+    m, n = a.shape
+    tall = m >= n
+    w, q = torch.linalg.eigh(a64.mT @ a64 if tall else a64 @ a64.mT)
+    if bool(w[0] >= GRAM_FLOOR * w[-1]) and bool(w[0] > 0):
+        s = w.sqrt()
+        if tall:
+            return (a64 @ q).div_(s).to(dtype), q.mT.to(dtype)
+        return q.to(dtype), (q.mT @ a64).div_(s.unsqueeze(1)).to(dtype)
+    u, _, vh = svd(a64)
     return u.to(dtype), vh.to(dtype)
 
 
