@@ -113,7 +113,7 @@ def run_one(dirpath: Path, what: str, n_tasks: int, threads: int | None = None, 
     )  # the import of torch's CUDA build peaks high
     _reset_peak_rss()  # from here VmHWM is the peak of the merge itself (plus what is resident now)
     baseline = _status_bytes("VmRSS")
-    svd_time, product_time = _time_svds(torch), _time_products(torch)
+    svd_time, product_time = _time_decompositions(), _time_products(torch)
     anon = _AnonSampler()
     t0, cpu0 = time.perf_counter(), time.process_time()
     if what == "floor":
@@ -159,7 +159,7 @@ def run_one(dirpath: Path, what: str, n_tasks: int, threads: int | None = None, 
 _INSIDE = [0]  # depth of decomposition calls under way: their inner calls and products are theirs
 
 
-def _time_svds(torch) -> list:
+def _time_decompositions() -> list:
     """[seconds, calls] spent inside the SVD methods' decompositions from now on in this process: the SVD
     methods' target is their SVDs' own time plus 1.5x the floor. Every decomposition of
     core.merging.lowrank goes through `lowrank.svd` (torch.linalg.svd: Iso's spectra), `lowrank.top_svd`

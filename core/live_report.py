@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from .merging import METHODS, get_method
 from .select import best_index
 from .spec import EvalSpec, MergeSpec
 
@@ -150,22 +151,12 @@ def cached_lines_lesson(ms, live=None, *, cache=None, compute: bool = True, prog
 
 
 # The methods whose λ a model set's merge lesson chooses on validation: the Merge lab opens each of them there.
-# Every registered method with a global λ (`coefficients`; a test keeps the two equal): at their published λ
-# the styled zoo's val scores spread from 42.2 (CART, prior 2) to 67.0 normalized (Breadcrumbs), against
-# 68.1 for the plain weight average, so a method opened at its paper's λ looked broken on a model set whose
-# task vectors are scaled differently.
-LESSON_METHODS: tuple[str, ...] = (
-    "task_arithmetic",
-    "ties",
-    "dare",
-    "consensus",
-    "tsv_m",
-    "iso_c",
-    "iso_cts",
-    "cart",
-    "breadcrumbs",
-    "magmax",
-    "pcb",
+# Every registered method with a global λ (`coefficients`): at their published λ the styled zoo's val scores
+# spread from 42.2 (CART, prior 2) to 67.0 normalized (Breadcrumbs), against 68.1 for the plain weight
+# average, so a method opened at its paper's λ looked broken on a model set whose task vectors are scaled
+# differently.
+LESSON_METHODS: tuple[str, ...] = tuple(
+    name for name, m in METHODS.items() if any(p.name == "coefficients" for p in m.params)
 )
 LESSON_PATIENCE = 3  # stop a method's grid after this many points in a row below its best so far
 
@@ -181,8 +172,6 @@ def merge_lesson(live, methods: tuple[str, ...] = LESSON_METHODS, split: str = "
 
     Returns {"lambda": {method: λ}, "normalized": {method: val score at λ}, "curve": {method: {λ: score}},
     "split"}. progress: optional callable(done, total, message), total = the full grids' size."""
-    from .merging import get_method
-
     if not [t for t in live.tasks if t in live.eval_tasks]:
         raise ValueError("the model set has no task with evaluation data: there is no lesson to measure")
     out = {"lambda": {}, "normalized": {}, "curve": {}, "split": split}
@@ -211,8 +200,6 @@ def merge_lesson(live, methods: tuple[str, ...] = LESSON_METHODS, split: str = "
 def cached_merge_lesson(ms, live=None, *, cache=None, compute: bool = True, progress=None) -> dict | None:
     """`merge_lesson` of a model set, kept on disk like `cached_lines_lesson`: `zoo build` measures it
     once, the Merge lab opens each method at its λ. compute=False only reads (None when never measured)."""
-    from .merging import get_method
-
     grids = {m: list(get_method(m).lambda_grid) for m in LESSON_METHODS}
     params = {"grids": grids, "patience": LESSON_PATIENCE, "split": "val"}
     return _cached_lesson("merge_lesson", merge_lesson, ms, live, cache, compute, params, progress)

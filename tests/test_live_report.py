@@ -91,6 +91,9 @@ def test_the_merge_lesson_covers_every_method_with_a_global_lambda():
 
     with_lambda = [m for m in METHODS if any(p.name == "coefficients" for p in get_method(m).params)]
     assert list(LESSON_METHODS) == with_lambda
+    # the methods whose published λ sat far off the styled zoo's are in it; a method without a λ is not
+    assert {"cart", "iso_cts", "pcb", "ties", "tsv_m"} <= set(LESSON_METHODS)
+    assert "weight_average" not in LESSON_METHODS
 
 
 def test_the_merge_lesson_refuses_a_set_without_evaluation_data():

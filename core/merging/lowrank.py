@@ -52,6 +52,24 @@ def svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 GRAM_FLOOR = 1e-8
 
 
+def _gram_triplets(
+    a: torch.Tensor, p: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The top p singular triplets of a from the eigendecomposition of the float64 Gram matrix of its
+    shorter side (torch.linalg.eigh): a^T a = V diag(s^2) V^T gives v_i, s_i and u_i = a v_i / s_i (a a^T:
+    u_i, s_i and v_i = a^T u_i / s_i), in `dtype`. None where the p-th eigenvalue is under GRAM_FLOOR of
+    the largest: there the Gram matrix cannot tell the triplets apart (`top_svd`, `polar_factors`)."""
+    a64 = a.to(SVD_DTYPE)
+    tall = a.shape[0] >= a.shape[1]
+    w, q = torch.linalg.eigh(a64.mT @ a64 if tall else a64 @ a64.mT)
+    w, q = w[-p:].flip(0), q[:, -p:].flip(1)
+    if not bool(w[-1] > 0) or not bool(w[-1] >= GRAM_FLOOR * w[0]):
+        return None
+    s = w.sqrt()
+    u, vh = ((a64 @ q).div_(s), q.mT) if tall else (q, (q.mT @ a64).div_(s.unsqueeze(1)))
+    return u.to(dtype), s.to(dtype), vh.to(dtype)
+
+
 def top_svd(
     a: torch.Tensor, p: int, dtype: torch.dtype | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -59,29 +77,19 @@ def top_svd(
     in `dtype` (default a's). TSV-M, Iso-CTS and CART keep a few of each task matrix's triplets (TSV-M
     min(m, n)/T, CART 12 %), where the official code computes every one.
 
-    Below min(m, n) they come from the float64 Gram matrix of a's shorter side, G = a^T a (or a a^T), and
-    its eigendecomposition G = V diag(s^2) V^T (torch.linalg.eigh): v_i the top eigenvectors, s_i their
-    square roots, u_i = a v_i / s_i. In float64 this is more accurate than the float32 SVD it replaces for
-    every kept triplet with s_p >= 1e-4 s_1 (`GRAM_FLOOR`: s_p to ~1e-8 of itself, where a float32 SVD
-    resolves s_p only to ~1e-7 s_1), and 2.3-3.4x faster on ViT matrices (1024 x 1024: 0.10 vs 0.23 s,
-    4096 x 1024: 0.17 vs 0.57 s, 2 threads). Where s_p is smaller than that (a rank-deficient or zero task
-    matrix) or p covers the whole rank, the triplets come from `svd`, as before."""
+    Below min(m, n) they come from the float64 Gram matrix of a's shorter side (`_gram_triplets`). In
+    float64 this is more accurate than the float32 SVD it replaces for every kept triplet with
+    s_p >= 1e-4 s_1 (`GRAM_FLOOR`: s_p to ~1e-8 of itself, where a float32 SVD resolves s_p only to
+    ~1e-7 s_1), and 2.3-3.4x faster on ViT matrices (1024 x 1024: 0.10 vs 0.23 s, 4096 x 1024: 0.17 vs
+    0.57 s, 2 threads). Where s_p is smaller than that (a rank-deficient or zero task matrix) or p covers
+    the whole rank, the triplets come from `svd`, as before."""
     dtype = dtype or a.dtype
     m, n = a.shape
     if p <= 0:
         return a.new_zeros((m, 0), dtype=dtype), a.new_zeros((0,), dtype=dtype), a.new_zeros((0, n), dtype=dtype)
-    if p < min(m, n):
-        a64 = a.to(SVD_DTYPE)
-        tall = m >= n
-        w, q = torch.linalg.eigh(a64.mT @ a64 if tall else a64 @ a64.mT)
-        w, q = w[-p:].flip(0), q[:, -p:].flip(1)
-        if bool(w[-1] >= GRAM_FLOOR * w[0]) and bool(w[0] > 0):
-            s = w.sqrt()
-            if tall:
-                u, vh = (a64 @ q).div_(s), q.mT
-            else:
-                u, vh = q, (q.mT @ a64).div_(s.unsqueeze(1))
-            return u.to(dtype), s.to(dtype), vh.to(dtype)
+    found = _gram_triplets(a, p, dtype) if p < min(m, n) else None
+    if found is not None:
+        return found
     u, s, vh = svd(a.to(dtype))
     return u[:, :p].clone(), s[:p].clone(), vh[:p, :].clone()  # copies: views would keep the full factors
 
@@ -104,16 +112,8 @@ def polar_factors(a: torch.Tensor, dtype: torch.dtype = SVD_DTYPE) -> tuple[torc
     `top_svd`: a^T a = Q S^2 Q^T gives (a Q S^-1, Q^T), a a^T = P S^2 P^T gives (P, S^-1 P^T a); every
     singular pair counts in U V^T, so the whole spectrum must clear the floor. Against the SVD's factors
     the product U V^T differed by 4e-16-1.5e-10, in 0.4-0.5x the time (4096 x 1020: 0.21 vs 0.53 s)."""
-    a64 = a.to(SVD_DTYPE)
-    m, n = a.shape
-    tall = m >= n
-    w, q = torch.linalg.eigh(a64.mT @ a64 if tall else a64 @ a64.mT)
-    if bool(w[0] >= GRAM_FLOOR * w[-1]) and bool(w[0] > 0):
-        s = w.sqrt()
-        if tall:
-            return (a64 @ q).div_(s).to(dtype), q.mT.to(dtype)
-        return q.to(dtype), (q.mT @ a64).div_(s.unsqueeze(1)).to(dtype)
-    u, _, vh = svd(a64)
+    found = _gram_triplets(a, min(a.shape), dtype)
+    u, _, vh = found if found is not None else svd(a.to(SVD_DTYPE))
     return u.to(dtype), vh.to(dtype)
 
 
@@ -254,7 +254,7 @@ def iso_cts_matrix(
     mats: list[torch.Tensor], common_space_fraction: float, key: str = "", summed: torch.Tensor | None = None
 ) -> torch.Tensor:
     """One matrix of Iso-CTS: the common subspace of sum_t tau_t plus each task's own directions, the top
-    singular triplets of tau_t - U_c U_c^T tau_t (iso-merging `iso_cts`; their SVD in the compute dtype).
+    singular triplets of tau_t - U_c U_c^T tau_t (iso-merging `iso_cts`; here in float64 throughout).
 
     Where m <= n the SVD of the sum gives a basis of all of R^m, and its last m - k columns R span the
     complement of U_c: the residual is R (R^T tau_t), whose SVD is R times that of the (m - k) x n matrix
@@ -275,17 +275,16 @@ def iso_cts_matrix(
     us, ss, vs = [], [], []
     for m in mats if per_task else ():  # each task's own directions, outside the common space
         if rest is not None:  # tau - U_c U_c^T tau = R (R^T tau): the SVD of the (m - k) x n coordinates
-            ut, st, vt = top_svd(rest.T @ m.to(SVD_DTYPE), per_task, m.dtype)
-            us.append(rest @ ut.to(SVD_DTYPE))
+            ut, st, vt = top_svd(rest.T @ m.to(SVD_DTYPE), per_task)
+            ut = rest @ ut
         else:
             m64 = m.to(SVD_DTYPE, copy=True)  # a scratch copy: the projection below works in place
-            ut, st, vt = top_svd(m64.addmm_(uc, uc.T @ m64, alpha=-1), per_task, m.dtype)  # m - U_c U_c^T m
-            us.append(ut)
+            ut, st, vt = top_svd(m64.addmm_(uc, uc.T @ m64, alpha=-1), per_task)  # m - U_c U_c^T m
+        us.append(ut)  # float64 like the common space's: stacked as they come
         ss.append(st)
         vs.append(vt)
-    u_all = torch.cat([u_.to(SVD_DTYPE) for u_ in (*us, uc)], dim=1)
-    v_all = torch.cat([v_.to(SVD_DTYPE) for v_ in (*vs, vc)], dim=0)
-    flat = torch.cat([s_.to(SVD_DTYPE) for s_ in (*ss, sc)]).mean()
+    u_all, v_all = torch.cat([*us, uc], dim=1), torch.cat([*vs, vc], dim=0)
+    flat = torch.cat([*ss, sc]).mean()
     return polar_product(u_all, flat, v_all, mats[0].dtype)
 
 
