@@ -1,12 +1,17 @@
-"""Executors: the process pool gives what the serial loop gives; cancel stops between items."""
+"""Executors: the process pool gives what the serial loop gives; cancel stops between items; workers
+started from a Streamlit page do not run the page again."""
 
+import multiprocessing as mp
 import os
+import sys
 import threading
 import time
+import types
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from core.runtime.executors import Cancelled, LocalExecutor, RayExecutor, get_executor
+from core.runtime.executors import Cancelled, LocalExecutor, RayExecutor, get_executor, spawn_safe_main
 
 
 def _square_and_pid(x):
@@ -112,3 +117,72 @@ def test_ray_executor_matches_the_process_pool_and_cancels(local_ray, pool):
     with pytest.raises(Cancelled) as info:
         ex.map(time.sleep, [0.3] * 20, progress=lambda d, n: cancel.set() if d >= 1 else None, cancel=cancel)
     assert len(info.value.results) < 20
+
+
+_SCRIPT = """
+import os
+with open({marker!r}, "a") as f:
+    f.write(f"{{os.getpid()}} {{__name__}}\\n")
+if __name__ == "__main__":
+    import streamlit as st
+
+    from core.runtime.executors import LocalExecutor
+
+    with LocalExecutor(processes=1) as ex:
+        st.write(f"pooled {{ex.map(abs, [-3, -4])}}")
+"""
+
+
+def _page_script(tmp_path):
+    marker = tmp_path / "runs.txt"
+    script = tmp_path / "page.py"
+    script.write_text(_SCRIPT.format(marker=str(marker)))
+    return script, marker
+
+
+def test_workers_started_from_a_streamlit_page_do_not_rerun_the_page(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    script, marker = _page_script(tmp_path)
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])  # AppTest replaces it; put it back after
+    at = AppTest.from_file(str(script)).run(timeout=120)
+    assert not at.exception
+    assert at.markdown[0].value == "pooled [3, 4]"
+    # The page ran once, in the server's process: the worker did not run it again as __mp_main__.
+    assert marker.read_text().split() == [str(os.getpid()), "__main__"]
+
+
+def test_without_the_guard_a_spawned_worker_reruns_a_hand_made_main(tmp_path, monkeypatch):
+    # What Streamlit does to __main__, and what the guard prevents: the control that shows the test above can fail.
+    script, marker = _page_script(tmp_path)
+    page = types.ModuleType("__main__")
+    page.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", page)
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as raw:
+        assert raw.submit(abs, -1).result(timeout=120) == 1
+    assert marker.read_text().split()[1::2] == ["__mp_main__"]
+    marker.unlink()
+    with spawn_safe_main(), ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as guarded:
+        assert guarded.submit(abs, -1).result(timeout=120) == 1
+    assert not marker.exists()
+    assert sys.modules["__main__"] is page  # put back after the block
+
+
+def test_spawn_safe_main_leaves_a_real_main_alone_and_a_newer_page_run_in_place(monkeypatch):
+    real = sys.modules["__main__"]
+    with spawn_safe_main():
+        assert sys.modules["__main__"] is real  # pytest's (has a spec) - and a script's (has a loader) - stay
+    script = types.ModuleType("__main__")
+    script.__file__ = "/x/script.py"
+    script.__loader__ = object()  # `python script.py`: its own functions must still unpickle in the workers
+    monkeypatch.setitem(sys.modules, "__main__", script)
+    with spawn_safe_main():
+        assert sys.modules["__main__"] is script
+    page, newer = types.ModuleType("__main__"), types.ModuleType("__main__")
+    page.__file__ = newer.__file__ = "/x/app.py"
+    monkeypatch.setitem(sys.modules, "__main__", page)
+    with spawn_safe_main():
+        hidden = sys.modules["__main__"]
+        assert hidden is not page and not hasattr(hidden, "__file__")
+        sys.modules["__main__"] = newer  # another session's page run starts meanwhile
+    assert sys.modules["__main__"] is newer

@@ -1,4 +1,5 @@
 import json
+import sys
 import threading
 
 import pytest
@@ -76,12 +77,21 @@ def test_zoo_cli_info_build_reuse_and_errors(micro_zoo_dir, capsys):
     assert "unknown recipe fields" in capsys.readouterr().err
 
 
-def test_the_build_counts_fine_tuning_steps_in_worker_processes(tmp_path):
+def test_the_build_counts_fine_tuning_steps_in_worker_processes(tmp_path, monkeypatch):
     """The fine-tune bar counts optimizer steps (it sat at 0/8 tasks for the first half-minute), also when
-    the fine-tunes run in a pool of worker processes, as the demo zoo's do."""
+    the fine-tunes run in a pool of worker processes, as the demo zoo's do. Built from a page (Streamlit
+    makes the app script a hand-made __main__), the workers do not run the app script again."""
+    import types
+
     from core.zoo import build_zoo
     from core.zoo.recipe import recipe_for
 
+    marker = tmp_path / "app-ran"
+    app = tmp_path / "app.py"
+    app.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    page = types.ModuleType("__main__")
+    page.__file__ = str(app)
+    monkeypatch.setitem(sys.modules, "__main__", page)
     recipe = recipe_for("micro", {"workers": "2", "ft_steps": "40"})
     seen = []
 
@@ -93,6 +103,7 @@ def test_the_build_counts_fine_tuning_steps_in_worker_processes(tmp_path):
     total = len(recipe.tasks) * recipe.ft_steps
     done = [d for d, _ in seen]
     assert {t for _, t in seen} == {total} and done == sorted(done) and done[0] == 0 and done[-1] == total
+    assert not marker.exists()
 
 
 def _micro_job(micro_zoo, tmp_path, steps):

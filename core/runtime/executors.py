@@ -20,8 +20,10 @@ import multiprocessing as mp
 import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+import types
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from typing import Any
 
 from .. import errors
@@ -80,6 +82,38 @@ def _worker_init() -> None:
         torch.set_flush_denormal(True)
 
 
+@contextmanager
+def spawn_safe_main() -> Iterator[None]:
+    """Start `spawn` processes inside this block so that they do not re-run a page script.
+
+    A spawned child re-runs the parent's ``__main__`` file (as ``__mp_main__``) when that module has a
+    ``__file__`` but no import spec, so that functions defined in a script unpickle. Streamlit installs
+    every run of a page as such a module - made by hand, with ``__file__`` set to the app script and no
+    loader - so a pool started from a page (the Models page's zoo build, a sweep) would run the whole app
+    again, in bare mode, in every worker: warnings, wasted seconds, and at exit the abort one CI run of
+    this suite caught (``terminate called without an active exception``). Work sent to core's workers is always a
+    module-level function of an importable module, so while processes start, a ``__main__`` that neither
+    the interpreter nor runpy made (no ``__spec__``, no ``__loader__``) is replaced by an empty one. A
+    script run with ``python file.py`` keeps its ``__main__``: its own functions still unpickle."""
+    main = sys.modules.get("__main__")
+    made_by_hand = (
+        main is not None
+        and getattr(main, "__file__", None) is not None
+        and getattr(main, "__spec__", None) is None
+        and getattr(main, "__loader__", None) is None
+    )
+    if not made_by_hand:
+        yield
+        return
+    placeholder = types.ModuleType("__main__")
+    sys.modules["__main__"] = placeholder
+    try:
+        yield
+    finally:
+        if sys.modules.get("__main__") is placeholder:  # else a page run that began meanwhile installed its own
+            sys.modules["__main__"] = main
+
+
 def default_processes() -> int:
     """Worker processes when none are asked for: the usable cores, at most 4 (each holds a model set)."""
     try:
@@ -132,7 +166,8 @@ class LocalExecutor(Executor):
         try:
             while nxt < total or running:
                 while nxt < total and len(running) < in_flight and not (cancel is not None and cancel.is_set()):
-                    running[pool.submit(fn, items[nxt])] = nxt
+                    with spawn_safe_main():  # a worker process starts inside submit, when one is wanted
+                        running[pool.submit(fn, items[nxt])] = nxt
                     nxt += 1
                 if not running:
                     break

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from core.cli.options import UserError, add_run_options, add_zoo_options, guarded
+from core.runtime.executors import spawn_safe_main
 from core.runtime.threads import torch_threads
 
 from .compare import markdown_table, summary_table
@@ -61,7 +62,9 @@ def run_grid_cli(
 
     jobs = [(kind, cache, c.to_dict(), threads, log) for c in configs]
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        for i, row in enumerate(pool.map(_grid_job, jobs), start=1):
+        with spawn_safe_main():  # map submits every job now, starting the workers
+            grid = pool.map(_grid_job, jobs)
+        for i, row in enumerate(grid, start=1):
             rows.append(row)
             report(i, row)
     return pd.DataFrame(rows)
