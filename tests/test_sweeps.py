@@ -199,7 +199,14 @@ def test_sweep_figures_mark_the_best_point():
     )
     fig = sweep_figure(lam, best=lam.iloc[1].to_dict(), test={"avg_norm": 0.66, "avg_abs": 0.5}, tasks=["a"])
     star = fig.data[-1]
-    assert (star.x[0], star.y[0]) == (0.2, 70.0) and "test: 66.0% norm" in star.text[0]
+    assert (star.x[0], star.y[0]) == (0.2, 70.0) and "test: 66.0% norm" in star.hovertext[0]
+    (note,) = fig.layout.annotations
+    assert (note.x, note.y) == (0.2, 70.0) and note.text == "λ=0.2<br>test: 66.0% norm, 50.0% abs"
+    assert note.ay > 0 and note.yanchor == "top"  # below the star, the curve's top: never cut off by the plot's top
+    # At an end of the grid the callout points inwards (a centred label lost its first letters at λ = 0.1).
+    first = sweep_figure(lam, best=lam.iloc[0].to_dict(), test={"avg_norm": 0.6, "avg_abs": 0.4}).layout.annotations[0]
+    last = sweep_figure(lam, best=lam.iloc[2].to_dict()).layout.annotations[0]
+    assert (first.ax > 0, first.xanchor) == (True, "left") and (last.ax < 0, last.xanchor) == (True, "right")
 
     grid = pd.DataFrame(
         [{"alpha": a, "beta": b, "avg_norm": a + b, "avg_abs": a} for a in (0.1, 0.2) for b in (0.5, 1.0)]
@@ -208,7 +215,9 @@ def test_sweep_figures_mark_the_best_point():
     assert heat.data[0].type == "heatmap" and heat.data[0].z.shape == (2, 2)
     assert (heat.data[-1].x[0], heat.data[-1].y[0]) == ("1", "0.2")
     one_alpha = grid[grid["alpha"] == 0.1]
-    assert sweep_figure(one_alpha).data[0].type == "scatter"  # alpha = auto: a line over beta
+    line = sweep_figure(one_alpha, best=one_alpha.iloc[1].to_dict())
+    assert line.data[0].type == "scatter"  # alpha = auto: a line over beta
+    assert line.layout.annotations[0].text == "β=1" and line.layout.annotations[0].ax < 0
 
 
 def test_lines_sweep_after_a_lambda_sweep_reuses_the_direction_and_gets_auto_alpha(synth):

@@ -2,7 +2,8 @@
 
 Pure functions, no streamlit. Accuracies are fractions in [0, 1], shown as %.
 The chosen point (best average normalized accuracy on validation) is marked with
-a star; its test numbers, when given, are written next to it - never used to choose.
+a star; its test numbers, when given, are written in a callout below it, pointing
+inwards so no end of the grid cuts it off - never used to choose.
 """
 
 from __future__ import annotations
@@ -30,6 +31,38 @@ def _test_note(test: Mapping | None) -> str:
     return f"<br>test: {100 * test['avg_norm']:.1f}% norm, {100 * test['avg_abs']:.1f}% abs"
 
 
+def _star_best(fig: go.Figure, x: float, y: float, label: str, xs: Sequence[float]) -> None:
+    """Star the best point and write `label` in a callout below it, pointing inwards: the best point is the
+    curve's top, often at an end of the grid, where a label above it (or centred on it) was cut off by the
+    plot's top and side (the Sweeps page's λ = 0.1 on the styled zoo lost its first line and first letters)."""
+    fig.add_scatter(
+        x=[x],
+        y=[y],
+        name="best on val",
+        mode="markers",
+        marker=dict(symbol="star", size=18, color=BEST_COLOUR),
+        hovertext=[label],
+        hoverinfo="text",
+    )
+    lo, hi = min(xs), max(xs)
+    left_half = hi == lo or (x - lo) <= (hi - lo) / 2
+    fig.add_annotation(
+        x=x,
+        y=y,
+        text=label,
+        showarrow=True,
+        arrowcolor=BEST_COLOUR,
+        ax=36 if left_half else -36,
+        ay=44,
+        xanchor="left" if left_half else "right",
+        yanchor="top",
+        align="left" if left_half else "right",
+        bgcolor="rgba(255,255,255,0.85)",
+        bordercolor=BEST_COLOUR,
+        font=dict(size=11),
+    )
+
+
 def lambda_curve(
     frame: pd.DataFrame,
     best: Mapping | None = None,
@@ -54,15 +87,7 @@ def lambda_curve(
         x=f["lambda"], y=f["avg_norm"] * 100, name="avg normalized", mode="lines+markers", line=dict(width=3)
     )
     if best:
-        fig.add_scatter(
-            x=[best["lambda"]],
-            y=[best["avg_norm"] * 100],
-            name="best on val",
-            mode="markers+text",
-            marker=dict(symbol="star", size=18, color=BEST_COLOUR),
-            text=[f"λ={best['lambda']:g}{_test_note(test)}"],
-            textposition="top center",
-        )
+        _star_best(fig, best["lambda"], best["avg_norm"] * 100, f"λ={best['lambda']:g}{_test_note(test)}", f["lambda"])
     fig.update_layout(xaxis_title="λ (global scale)", yaxis_title="accuracy on val (%)")
     return layout(fig, title)
 
@@ -124,15 +149,7 @@ def beta_curve(
             line=dict(dash="dash"),
         )
     if best:
-        fig.add_scatter(
-            x=[best["beta"]],
-            y=[best["avg_norm"] * 100],
-            name="best on val",
-            mode="markers+text",
-            marker=dict(symbol="star", size=18, color=BEST_COLOUR),
-            text=[f"β={best['beta']:g}{_test_note(test)}"],
-            textposition="top center",
-        )
+        _star_best(fig, best["beta"], best["avg_norm"] * 100, f"β={best['beta']:g}{_test_note(test)}", frame["beta"])
     fig.update_layout(xaxis_title="β", yaxis_title="accuracy on val (%)")
     return layout(fig, title)
 
