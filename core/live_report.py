@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from .merging import METHODS, get_method
+from .merging import get_method, lambda_methods
 from .select import best_index
 from .spec import EvalSpec, MergeSpec
 
@@ -155,9 +155,7 @@ def cached_lines_lesson(ms, live=None, *, cache=None, compute: bool = True, prog
 # spread from 42.2 (CART, prior 2) to 67.0 normalized (Breadcrumbs), against 68.1 for the plain weight
 # average, so a method opened at its paper's λ looked broken on a model set whose task vectors are scaled
 # differently.
-LESSON_METHODS: tuple[str, ...] = tuple(
-    name for name, m in METHODS.items() if any(p.name == "coefficients" for p in m.params)
-)
+LESSON_METHODS: tuple[str, ...] = lambda_methods()
 LESSON_PATIENCE = 3  # stop a method's grid after this many points in a row below its best so far
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.merging import METHODS
+from core.merging import METHODS, lambda_methods
 from core.plots.sweeps import sweep_figure
 from core.runtime.executors import get_executor
 from core.runtime.jobs import Job
@@ -58,7 +58,7 @@ def start(spec: SweepSpec, processes: int, address: str | None) -> None:
     jobs.start(JOB_KEY, Job(work, name="sweep"))
 
 
-methods = [m for m, meta in METHODS.items() if "coefficients" in meta.defaults()]
+methods = list(lambda_methods())
 c1, c2 = st.columns(2)
 method = c1.selectbox("Merge method", methods, key="sweep_method")
 kind = c2.radio("Grid", ["λ (global scale)", "LiNeS (α, β)"], horizontal=True, key="sweep_kind")

@@ -82,3 +82,12 @@ def test_registering_a_name_twice_is_an_error():
 def test_unknown_method_names_the_available_ones():
     with pytest.raises(KeyError, match="unknown merge method 'nope'; available: .*task_arithmetic"):
         get_method("nope")
+
+
+def test_lambda_methods_are_the_registered_methods_with_a_global_lambda_in_registry_order():
+    from core.merging import lambda_methods
+
+    names = lambda_methods()
+    assert names == tuple(m for m in METHODS if "coefficients" in METHODS[m].defaults())
+    assert names[0] == "task_arithmetic" and "weight_average" not in names
+    assert {"ties", "tsv_m", "iso_c", "iso_cts", "cart", "breadcrumbs", "magmax", "pcb"} <= set(names)

@@ -1,6 +1,6 @@
 """Merging fine-tuned checkpoints: one registry of methods, streamed over the task vectors.
 
-    registry.py   Param, MergeMethod, the merge_method decorator, METHODS, get_method
+    registry.py   Param, MergeMethod, the merge_method decorator, METHODS, get_method, lambda_methods
     streaming.py  TaskVectors (the one place inputs are read, NaN/Inf checked), Chunk, FlatWriter
     kselect.py    exact k-th value selection over a streamed model (TIES thresholds)
     direction.py  MergedDirection (tau_merged + global lambda) and apply_direction (lambda, LiNeS, curves)
@@ -30,7 +30,7 @@ from .apply import as_named_list, merge, merged_direction
 from .direction import MergedDirection, apply_direction
 from .kselect import global_topk_thresholds
 from .methods import dare_mask_seed, dare_preprocess, ties_direction
-from .registry import METHODS, MergeMethod, Param, get_method, merge_method
+from .registry import METHODS, MergeMethod, Param, get_method, lambda_methods, merge_method
 from .streaming import Chunk, FlatWriter, TaskVectors
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "dare_preprocess",
     "get_method",
     "global_topk_thresholds",
+    "lambda_methods",
     "merge",
     "merge_method",
     "merged_direction",

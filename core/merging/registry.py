@@ -108,6 +108,12 @@ def merge_method(name: str, *, params: Sequence[Param], reference: str, descript
     return deco
 
 
+def lambda_methods() -> tuple[str, ...]:
+    """The registered methods with a global λ (a `coefficients` parameter), in registry order: the ones a
+    λ sweep and the merge lesson tune on validation."""
+    return tuple(name for name, m in METHODS.items() if any(p.name == "coefficients" for p in m.params))
+
+
 def get_method(name: str) -> MergeMethod:
     if name not in METHODS:
         raise KeyError(f"unknown merge method {name!r}; available: {', '.join(METHODS)}")

@@ -84,7 +84,8 @@ def _worker_init() -> None:
 
 @contextmanager
 def spawn_safe_main() -> Iterator[None]:
-    """Start `spawn` processes inside this block so that they do not re-run a page script.
+    """Start `spawn` processes inside this block so that they do not re-run a page script (`spawn_context`
+    starts every child under it).
 
     A spawned child re-runs the parent's ``__main__`` file (as ``__mp_main__``) when that module has a
     ``__file__`` but no import spec, so that functions defined in a script unpickle. Streamlit installs
@@ -112,6 +113,24 @@ def spawn_safe_main() -> Iterator[None]:
     finally:
         if sys.modules.get("__main__") is placeholder:  # else a page run that began meanwhile installed its own
             sys.modules["__main__"] = main
+
+
+class _PageSafeSpawnProcess(mp.context.SpawnProcess):
+    @staticmethod
+    def _Popen(process_obj):  # multiprocessing's hook that starts the child: under the guard
+        with spawn_safe_main():
+            return mp.context.SpawnProcess._Popen(process_obj)
+
+
+class _PageSafeSpawnContext(mp.context.SpawnContext):
+    Process = _PageSafeSpawnProcess
+
+
+def spawn_context() -> mp.context.SpawnContext:
+    """The one multiprocessing context core starts processes from: `spawn` (safe with torch and with
+    Streamlit's threads), each child started under `spawn_safe_main`, whoever starts it - a pool's
+    constructor, a `ProcessPoolExecutor.submit` that wants one more worker, a pool replacing a worker."""
+    return _PageSafeSpawnContext()
 
 
 def default_processes() -> int:
@@ -145,7 +164,7 @@ class LocalExecutor(Executor):
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.processes,
-                mp_context=mp.get_context(self.start_method),
+                mp_context=spawn_context() if self.start_method == "spawn" else mp.get_context(self.start_method),
                 initializer=_worker_init,
             )
         return self._pool
@@ -166,8 +185,7 @@ class LocalExecutor(Executor):
         try:
             while nxt < total or running:
                 while nxt < total and len(running) < in_flight and not (cancel is not None and cancel.is_set()):
-                    with spawn_safe_main():  # a worker process starts inside submit, when one is wanted
-                        running[pool.submit(fn, items[nxt])] = nxt
+                    running[pool.submit(fn, items[nxt])] = nxt
                     nxt += 1
                 if not running:
                     break

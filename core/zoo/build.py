@@ -31,7 +31,7 @@ import torch
 from ..checkpoints import load_state_dict, save_state_dict
 from ..cli.options import DEFAULT_ZOO
 from ..models import build_model, zero_shot_head
-from ..runtime.executors import spawn_safe_main
+from ..runtime.executors import spawn_context
 from ..runtime.paths import cache_dir
 from ..runtime.threads import auto_threads
 from .data import get_task, load_split
@@ -197,13 +197,9 @@ def _build(kind: str, recipe: Recipe, work: Path, progress: Progress, cancel) ->
             ft_stats[task] = stats
             progress("finetune", done + recipe.ft_steps, total)
     else:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
+        ctx = spawn_context()  # built from the Models page, the workers must not re-run the app
         steps = ctx.Value("q", 0)
-        with spawn_safe_main():  # the workers start here; from a page they must not re-run the app
-            pool = ctx.Pool(workers, initializer=init_worker, initargs=(steps,))
-        with pool:
+        with ctx.Pool(workers, initializer=init_worker, initargs=(steps,)) as pool:
             pending = pool.map_async(finetune_job, jobs, chunksize=1)
             while not pending.ready():
                 pending.wait(0.5)

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from core.cli.options import UserError, add_run_options, add_zoo_options, guarded
-from core.runtime.executors import spawn_safe_main
+from core.runtime.executors import spawn_context
 from core.runtime.threads import torch_threads
 
 from .compare import markdown_table, summary_table
@@ -57,14 +57,11 @@ def run_grid_cli(
             rows.append(finetune(ms, cfg, run_log=None if log else False).row())
             report(i, rows[-1])
         return pd.DataFrame(rows)
-    import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     jobs = [(kind, cache, c.to_dict(), threads, log) for c in configs]
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        with spawn_safe_main():  # map submits every job now, starting the workers
-            grid = pool.map(_grid_job, jobs)
-        for i, row in enumerate(grid, start=1):
+    with ProcessPoolExecutor(workers, mp_context=spawn_context()) as pool:
+        for i, row in enumerate(pool.map(_grid_job, jobs), start=1):
             rows.append(row)
             report(i, row)
     return pd.DataFrame(rows)
