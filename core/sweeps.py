@@ -157,6 +157,25 @@ def _check_numbers(name: str, values) -> None:
             raise ValueError(f"grid values for {name!r} must be numbers{extra}, got {v!r}")
 
 
+def parse_values(text: str, what: str, allow_auto: bool = False) -> list:
+    """A grid typed as text ("0.1, 0.2; 0.3", or "auto" where allowed) -> its values; a part that is not a
+    number is named in the error, with the field (`what`) it came from."""
+    out: list = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if allow_auto and part == "auto":
+            out.append("auto")
+            continue
+        try:
+            out.append(float(part))
+        except ValueError:
+            also = ' or "auto"' if allow_auto else ""
+            raise ValueError(f"{what}: {part!r} is not a number{also}; separate the values with commas") from None
+    return out
+
+
 def default_grid(method: str, lines: bool) -> dict[str, list]:
     """The paper's grid for `method`: lambda_grid, or LiNeS alpha = auto with the method's beta_grid."""
     m = get_method(method)

@@ -16,7 +16,7 @@ from core.plots.sweeps import sweep_figure
 from core.runtime.executors import get_executor
 from core.runtime.jobs import Job
 from core.spec import EvalSpec, MergeSpec
-from core.sweeps import SweepSpec, default_grid, run_sweep
+from core.sweeps import SweepSpec, default_grid, parse_values, run_sweep
 from ui import jobs
 from ui import state as S
 
@@ -36,16 +36,6 @@ st.markdown(
 
 ms = S.require_model_set()
 ref = S.current_ref()
-
-
-def parse_values(text: str, allow_auto: bool = False) -> list:
-    out = []
-    for part in text.replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        out.append("auto" if allow_auto and part == "auto" else float(part))
-    return out
 
 
 def start(spec: SweepSpec, processes: int, address: str | None) -> None:
@@ -87,9 +77,9 @@ running = jobs.current(JOB_KEY) is not None
 if submitted and not running:
     try:
         grid = (
-            {"alpha": parse_values(alpha_txt, allow_auto=True), "beta": parse_values(beta_txt)}
+            {"alpha": parse_values(alpha_txt, "α values", allow_auto=True), "beta": parse_values(beta_txt, "β values")}
             if lines
-            else {"lambda": parse_values(lam_txt)}
+            else {"lambda": parse_values(lam_txt, "λ values")}
         )
         spec = SweepSpec.make(
             ref, MergeSpec.make(method), grid, EvalSpec(subsample=subsample, bf16=bf16, seed=S.seed())

@@ -71,3 +71,13 @@ def test_lines_grid_and_cancel(page):
     assert res.test == {}
     assert any("Cancelled" in w.value for w in page.warning)
     assert RunLog().list(kind="sweep")["status"].tolist() == ["cancelled"]
+
+
+def test_a_grid_that_is_not_numbers_is_named_in_a_clear_message_and_nothing_runs(page):
+    page.text_input(key="sweep_lambda_task_arithmetic").input("0.1, abc")
+    page.button(key="sweep_run").click().run()
+    assert not page.exception, page.exception
+    assert [e.value for e in page.error] == [
+        "Cannot run this grid: λ values: 'abc' is not a number; separate the values with commas"
+    ]
+    assert "sweep_job" not in page.session_state

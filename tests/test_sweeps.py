@@ -249,3 +249,12 @@ def test_micro_zoo_sweep_on_a_local_ray_matches_the_process_pool(micro_zoo, tmp_
     cols = ["lambda", *pooled.tasks, "avg_abs", "avg_norm"]
     assert on_ray.frame[cols].equals(pooled.frame[cols])
     assert on_ray.test == pooled.test and "Ray" in on_ray.executor
+
+
+def test_parse_values_reads_commas_and_semicolons_and_names_a_bad_part():
+    assert sw.parse_values("0.1, 0.2;0.3,, ", "λ values") == [0.1, 0.2, 0.3]
+    assert sw.parse_values("auto, 0.5", "α values", allow_auto=True) == ["auto", 0.5]
+    with pytest.raises(ValueError, match=r"λ values: 'auto' is not a number; separate"):
+        sw.parse_values("auto", "λ values")
+    with pytest.raises(ValueError, match=r"β values: '0\.1 0\.2' is not a number or \"auto\""):
+        sw.parse_values("0.1 0.2", "β values", allow_auto=True)
